@@ -1,0 +1,133 @@
+"""Tiny random models built from a config (no download), and an independent reference.
+
+The reference never touches tl_jacobian_scopes or TransformerLens: it runs the Hugging
+Face model in float64 with ``inputs_embeds`` and takes a brute-force Jacobian with
+``torch.autograd.functional.jacobian``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import torch
+
+from tl_jacobian_scopes.models.loading import bridge_from_hf, has_hooked_transformer, hooked_from_hf
+
+WORDS = (
+    "the a cat dog sat on mat and ran to house big small red blue green is was of in it "
+    "he she they we you I love hate food city Paris France Rome Italy capital river tree "
+    "sun moon star sky day night one two three four five six seven eight nine ten"
+).split()
+
+BACKENDS = ["bridge"] + (["hooked"] if has_hooked_transformer() else [])
+KINDS = ["gpt2", "llama"]
+
+
+_TOKENIZER_DIR = None
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer, saved to disk (TransformerLens reloads tokenizers by path)."""
+    global _TOKENIZER_DIR
+    from transformers import AutoTokenizer
+
+    if _TOKENIZER_DIR is None:
+        _TOKENIZER_DIR = tempfile.mkdtemp(prefix="tiny-tokenizer-")
+        _build_tokenizer().save_pretrained(_TOKENIZER_DIR)
+    return AutoTokenizer.from_pretrained(_TOKENIZER_DIR)
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<bos>": 1, "<pad>": 2}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>", pad_token="<pad>", eos_token="<bos>"
+    )
+
+
+def tiny_hf_model(kind: str, seed: int = 0):
+    """A random GPT-2-like (learned positions, LayerNorm) or Llama-like (RMSNorm, rotary, GQA) model."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    n_vocab = len(tiny_tokenizer())
+    if kind == "gpt2":
+        config = GPT2Config(
+            vocab_size=n_vocab, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=1,
+        )
+        config.architectures = ["GPT2LMHeadModel"]
+        model = GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = LlamaConfig(
+            vocab_size=n_vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+            rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=1, pad_token_id=2,
+        )
+        config.architectures = ["LlamaForCausalLM"]
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(kind)
+    # Random norm gains and biases: with gains of exactly 1, ‖y‖ would be constant.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln" in name or "norm" in name:
+                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith("weight") else 0.1 * torch.randn_like(param))
+            elif param.ndim >= 2:
+                param.mul_(5.0)  # larger weights: a less trivial, less linear model
+    model.eval()
+    return model
+
+
+def tiny_model(kind: str, backend: str, seed: int = 0):
+    """``(tl_model, hf_model)``: a TransformerLens model and the HF model it wraps or copies."""
+    hf = tiny_hf_model(kind, seed)
+    tok = tiny_tokenizer()
+    if backend == "bridge":
+        model = bridge_from_hf(copy.deepcopy(hf), tok, f"tiny-{kind}", device="cpu")
+    else:
+        model = hooked_from_hf(hf, tok, device="cpu")
+    return model, hf
+
+
+def reference_jacobian(hf_model, tokens: torch.Tensor, position: int):
+    """Brute-force ``dy/dx`` in float64: returns ``(J [d_out, pos, d_in], y, W_U [d, V], b_U)``."""
+    ref = copy.deepcopy(hf_model).double().eval()
+    embeds = ref.get_input_embeddings()(tokens.reshape(1, -1)).detach()
+
+    def final_hidden(x):
+        out = ref(inputs_embeds=x, output_hidden_states=True)
+        return out.hidden_states[-1][0, position]
+
+    J = torch.autograd.functional.jacobian(final_hidden, embeds, vectorize=True)[:, 0]
+    with torch.no_grad():
+        y = final_hidden(embeds)
+    head = ref.get_output_embeddings()
+    W_U = head.weight.detach().T
+    b_U = head.bias.detach() if getattr(head, "bias", None) is not None else torch.zeros(W_U.shape[1], dtype=W_U.dtype)
+    return J, y, W_U, b_U
+
+
+def reference_scores(J, y, W_U, b_U, scope: str, target=None, contrast=None, rank=None):
+    """Scores from the explicit Jacobian, with F formed as a full V x V computation."""
+    if scope == "semantic":
+        v = W_U[:, target] - (W_U[:, contrast] if contrast is not None else 0)
+        return torch.einsum("o,oti->ti", v, J).norm(dim=-1)
+    if scope == "temperature":
+        v = y / y.norm()
+        return torch.einsum("o,oti->ti", v, J).norm(dim=-1)
+    p = torch.softmax(y @ W_U + b_U, dim=-1)
+    F = W_U @ (torch.diag(p) - torch.outer(p, p)) @ W_U.T
+    if rank is None:
+        return torch.einsum("oti,op,pti->t", J, F, J)
+    evals, evecs = torch.linalg.eigh(F)
+    top = evecs[:, -rank:]
+    proj = torch.einsum("ok,oti->kti", top, J)
+    return (evals[-rank:, None] * proj.pow(2).sum(-1)).sum(0)

@@ -1,0 +1,47 @@
+"""Jacobian Scopes for TransformerLens: which input tokens drive a next-token prediction.
+
+Example:
+    >>> import tl_jacobian_scopes as tjs
+    >>> model = tjs.load_default_model()  # doctest: +SKIP
+    >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
+    >>> r.top(3)  # doctest: +SKIP
+"""
+
+from .errors import (
+    MissingHookError,
+    PositionError,
+    ProcessedWeightsError,
+    ProcessedWeightsWarning,
+    PromptError,
+    ScopeError,
+    ScopeMemoryError,
+    TargetError,
+    UnknownScopeError,
+)
+from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
+from .results import ScopeResult, TokenScore
+from .scopes import SCOPES, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "MissingHookError",
+    "PositionError",
+    "ProcessedWeightsError",
+    "ProcessedWeightsWarning",
+    "PromptError",
+    "SCOPES",
+    "ScopeError",
+    "ScopeMemoryError",
+    "ScopeResult",
+    "TargetError",
+    "TokenScore",
+    "UnknownScopeError",
+    "fisher_scope",
+    "jacobian_scope",
+    "load_default_model",
+    "load_model",
+    "semantic_scope",
+    "temperature_scope",
+]

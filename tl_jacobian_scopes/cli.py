@@ -1,0 +1,94 @@
+"""Command line: ``tl-jacobian-scopes "The capital of France is" --scope fisher``.
+
+Prints the prediction being explained and every prompt token with its score and a bar;
+``--json PATH`` writes the full result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .errors import ScopeError
+from .results.scope_result import ScopeResult
+from .scopes.api import SCOPES, resolve_scope
+
+BAR_WIDTH = 40
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tl-jacobian-scopes",
+        description="Explain a language model's next-token prediction with Jacobian Scopes.",
+    )
+    parser.add_argument("prompt", help="the text whose prediction to explain")
+    parser.add_argument("--scope", default="fisher", help=f"one of {sorted(SCOPES)} (default: fisher)")
+    parser.add_argument("--target", help="semantic: the token to explain, e.g. ' Paris' (default: top prediction)")
+    parser.add_argument("--contrast", help="semantic: explain target minus this token's logit")
+    parser.add_argument("--position", type=int, help="explained position (default: last token)")
+    parser.add_argument("--rank", type=int, default=1, help="fisher: number of eigen-directions (default: 1)")
+    parser.add_argument("--exact", action="store_true", help="fisher: exact trace (d_model probes)")
+    parser.add_argument("--model", help="a TransformerLens model name (needs the hub; default: embedded SmolLM2)")
+    parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
+    parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    return parser
+
+
+def format_result(result: ScopeResult) -> str:
+    """The text report: prediction, then one line per token with a bar scaled to the max."""
+    lines = [f"scope: {result.scope} ({result.score_kind} scores)  model: {result.model_name}"]
+    lines.append(
+        f"explaining position {result.position} ({result.str_tokens[result.position]!r}): "
+        f"top prediction {result.predicted_str!r} p={result.predicted_prob:.3f}"
+    )
+    if result.scope == "semantic":
+        what = f"target {result.target_str!r} p={result.target_prob:.3f}"
+        if result.contrast_str is not None:
+            what += f" vs contrast {result.contrast_str!r} p={result.contrast_prob:.3f}"
+        lines.append(what)
+    extras = {k: v for k, v in result.params.items() if isinstance(v, (int, float, str)) and k != "entropy"}
+    if extras:
+        lines.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()))
+    peak = float(result.scores.max()) or 1.0
+    width = max(len(repr(t)) for t in result.str_tokens)
+    for i, (token, score) in enumerate(zip(result.str_tokens, result.scores.tolist())):
+        bar = "█" * round(BAR_WIDTH * score / peak)
+        mark = " <- explained" if i == result.position else ""
+        lines.append(f"{i:4d} {token!r:<{width}} {score:12.5g} {bar}{mark}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    kwargs: dict = {"position": args.position}
+    if args.no_bos:
+        kwargs["prepend_bos"] = False
+    scope = args.scope.lower()
+    if scope == "semantic":
+        kwargs.update(target=args.target, contrast=args.contrast)
+    elif args.target or args.contrast:
+        print(f"error: --target/--contrast apply to the semantic scope, not {scope}", file=sys.stderr)
+        return 2
+    if scope == "fisher":
+        kwargs["rank"] = None if args.exact else args.rank
+    from .models.loading import load_model
+
+    try:
+        scope_fn = resolve_scope(scope)  # before loading a model
+        model = load_model(args.model, device=args.device, backend=args.backend)
+        result = scope_fn(model, args.prompt, **kwargs)
+    except ScopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if args.json:
+        result.save_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

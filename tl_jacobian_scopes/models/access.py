@@ -1,0 +1,191 @@
+"""Uniform access to a TransformerLens model, whichever backend built it.
+
+`HookedTransformer` (TransformerLens 3.x) and `TransformerBridge` (3.x and 4.x) share the
+hook-point interface (`hooks()`, `hook_dict`, `to_tokens`, `W_U`, ...). This module reads
+the few things a scope needs through that interface and nothing else, and guards the
+model's state (train/eval mode, grad flags, hooks) around a scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Optional
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import MissingHookError
+
+EMBED_HOOK = "hook_embed"
+FINAL_HOOK = "unembed.hook_in"
+
+
+def backend_name(model: Any) -> str:
+    """Return ``"bridge"`` for a TransformerBridge, ``"hooked"`` for a HookedTransformer."""
+    names = {cls.__name__ for cls in type(model).__mro__}
+    if "TransformerBridge" in names or "BridgeCore" in names:
+        return "bridge"
+    if "HookedTransformer" in names:
+        return "hooked"
+    return type(model).__name__
+
+
+class ModelAccess:
+    """The parts of a TransformerLens model that a Jacobian scope reads.
+
+    Args:
+        model: A `HookedTransformer` or `TransformerBridge`.
+        required_hooks: Hook names the caller will attach to; each must exist.
+
+    Raises:
+        MissingHookError: If the model is not a TransformerLens model or lacks a hook.
+    """
+
+    def __init__(self, model: Any, required_hooks: tuple[str, ...] = (EMBED_HOOK, FINAL_HOOK)):
+        if not all(hasattr(model, attr) for attr in ("hooks", "hook_dict", "cfg")):
+            raise MissingHookError(
+                f"{type(model).__name__} is not a TransformerLens model: pass a HookedTransformer "
+                "or a TransformerBridge (e.g. tl_jacobian_scopes.load_default_model())."
+            )
+        self.model = model
+        self.backend = backend_name(model)
+        hook_names = set(model.hook_dict)
+        missing = [name for name in required_hooks if name not in hook_names]
+        if missing:
+            raise MissingHookError(
+                f"{type(model).__name__} has no hook point(s) {missing}; Jacobian scopes perturb "
+                f"'{EMBED_HOOK}' and read '{FINAL_HOOK}'. Load the model with TransformerLens "
+                "(HookedTransformer.from_pretrained_no_processing or "
+                "TransformerBridge.boot_transformers) so that these hooks exist."
+            )
+        self.cfg = model.cfg
+
+    # ---- shapes and weights -------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.cfg, "model_name", "") or "")
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.cfg.n_ctx)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.cfg.n_heads)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(getattr(self.cfg, "d_mlp", None) or 4 * self.d_model)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.model.W_U
+
+    @property
+    def b_U(self) -> Optional[Float[Tensor, " d_vocab"]]:
+        return getattr(self.model, "b_U", None)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.W_U.shape[-1])
+
+    @property
+    def input_device(self) -> torch.device:
+        """Device of the token embedding: where tokens must go."""
+        return self.model.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_U.dtype
+
+    # ---- tokenization -------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.model, "tokenizer", None)
+
+    def to_tokens(self, text: str, prepend_bos: Optional[bool]) -> torch.Tensor:
+        # truncate=False: a too-long prompt must be refused, never silently cut.
+        return self.model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+
+    def to_str_tokens(self, tokens: torch.Tensor) -> list[str]:
+        if self.tokenizer is None:
+            return [str(int(t)) for t in tokens]
+        return list(self.model.to_str_tokens(tokens.reshape(-1)))
+
+    def token_str(self, token_id: int) -> str:
+        if self.tokenizer is None:
+            return str(token_id)
+        return self.tokenizer.decode([int(token_id)])
+
+    # ---- processed weights --------------------------------------------------------------
+
+    def final_norm_folded(self) -> bool:
+        """True when the final norm's scale was folded into W_U (so ‖y‖ is constant)."""
+        if self.backend == "hooked":
+            return str(getattr(self.cfg, "normalization_type", "")).endswith("Pre")
+        if getattr(self.model, "_weights_processed", False):
+            adapter = getattr(self.model, "adapter", None)
+            return bool(getattr(adapter, "_fold_ln_requested", True))
+        return False
+
+    def unembed_centered(self) -> bool:
+        """True when W_U was centered over the vocabulary (`center_unembed=True`)."""
+        W_U = self.W_U.detach()
+        row_means = W_U.float().mean(dim=-1).abs().max()
+        return bool(row_means <= 1e-6 * W_U.float().abs().max())
+
+    # ---- state guard --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Eval mode and no parameter gradients for the duration; everything restored after.
+
+        Parameters never need gradients for a scope, and freezing them halves the backward
+        pass. The original flags and train/eval mode come back even if the body raises.
+        """
+        model = self.model
+        was_training = model.training
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            model.train(was_training)
+
+
+def hook_count(model: Any) -> int:
+    """Number of hooks attached to the model's hook points (for state checks)."""
+    total = 0
+    seen = set()
+    for hook_point in model.hook_dict.values():
+        if id(hook_point) in seen:
+            continue
+        seen.add(id(hook_point))
+        total += len(getattr(hook_point, "fwd_hooks", [])) + len(getattr(hook_point, "bwd_hooks", []))
+        total += len(getattr(hook_point, "_forward_hooks", {})) + len(
+            getattr(hook_point, "_backward_hooks", {})
+        )
+    return total
+
+
+def is_degenerate_norm(y: Float[Tensor, "... d_model"]) -> bool:
+    """True when ‖y‖ equals √d_model, the signature of a folded (scale-free) final norm."""
+    d = y.shape[-1]
+    ratio = y.detach().float().norm(dim=-1) / math.sqrt(d)
+    return bool(((ratio - 1).abs() < 1e-3).all())

@@ -1,0 +1,124 @@
+"""Turn user inputs (prompt, target, position) into validated token ids and indices.
+
+Every check here runs before any forward pass, and every error names the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from ..errors import PositionError, PromptError, TargetError
+from .access import ModelAccess
+
+Prompt = Union[str, Tensor, Sequence[int]]
+Target = Union[str, int, None]
+
+
+def prepare_tokens(
+    access: ModelAccess, prompt: Prompt, prepend_bos: Optional[bool] = None
+) -> Int[Tensor, "1 pos"]:
+    """Tokenize (or check) a prompt and return tokens of shape ``[1, pos]``.
+
+    Args:
+        access: The model.
+        prompt: A string, or token ids (1-D tensor or list, or a ``[1, pos]`` tensor).
+        prepend_bos: For strings: whether to prepend BOS (default: the model's setting).
+
+    Raises:
+        PromptError: Empty prompt, bad token ids, or longer than the model's context.
+    """
+    if isinstance(prompt, str):
+        if prompt == "":
+            raise PromptError(
+                "The prompt is empty: pass the text whose next-token prediction you want explained."
+            )
+        tokens = access.to_tokens(prompt, prepend_bos=prepend_bos)
+    else:
+        if not isinstance(prompt, Tensor):
+            try:
+                prompt = torch.tensor(list(prompt), dtype=torch.long)
+            except (TypeError, ValueError) as exc:
+                raise PromptError(
+                    f"Cannot read a prompt of type {type(prompt).__name__}: pass a string or token ids."
+                ) from exc
+        if prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
+            raise PromptError(
+                f"Token ids must be integers, got dtype {prompt.dtype}: pass model.to_tokens(text)."
+            )
+        if prompt.ndim == 2 and prompt.shape[0] == 1:
+            prompt = prompt[0]
+        if prompt.ndim != 1:
+            raise PromptError(
+                f"Expected one prompt of token ids with shape [pos] or [1, pos], got {tuple(prompt.shape)}."
+            )
+        tokens = prompt.long().unsqueeze(0)
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= access.d_vocab):
+            raise PromptError(
+                f"Token ids must lie in [0, {access.d_vocab}); got ids from {int(tokens.min())} "
+                f"to {int(tokens.max())}."
+            )
+    n_tokens = tokens.shape[-1]
+    if n_tokens == 0:
+        raise PromptError("The prompt has no tokens: pass at least one token.")
+    if n_tokens > access.n_ctx:
+        raise PromptError(
+            f"The prompt has {n_tokens} tokens but the model's context holds {access.n_ctx}: "
+            f"shorten it by {n_tokens - access.n_ctx} tokens."
+        )
+    return tokens.to(access.input_device)
+
+
+def resolve_position(position: Optional[int], n_tokens: int) -> int:
+    """Return the explained position as a non-negative index (default: the last token).
+
+    Negative positions count from the end, as in Python (``-1`` is the last token).
+    """
+    if position is None:
+        return n_tokens - 1
+    if isinstance(position, Tensor) and position.numel() == 1:
+        position = int(position)
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise PositionError(f"position must be an int, got {type(position).__name__}.")
+    if not -n_tokens <= position < n_tokens:
+        raise PositionError(
+            f"position {position} is outside the prompt of {n_tokens} tokens: use 0..{n_tokens - 1} "
+            f"(or -{n_tokens}..-1 counting from the end; default is the last token)."
+        )
+    return position % n_tokens
+
+
+def resolve_token(access: ModelAccess, token: Target, role: str = "target") -> Optional[int]:
+    """Return the vocabulary id of a single-token string or id (``None`` stays ``None``).
+
+    Raises:
+        TargetError: If a string is not exactly one token, or an id is out of range.
+    """
+    if token is None:
+        return None
+    if isinstance(token, Tensor) and token.numel() == 1:
+        token = int(token)
+    if isinstance(token, bool):
+        raise TargetError(f"{role} must be a token string or a token id, got a bool.")
+    if isinstance(token, int):
+        if not 0 <= token < access.d_vocab:
+            raise TargetError(f"{role} id {token} is outside the vocabulary [0, {access.d_vocab}).")
+        return token
+    if isinstance(token, str):
+        if token == "":
+            raise TargetError(f"{role} is an empty string: pass one token, e.g. ' Paris'.")
+        ids = access.to_tokens(token, prepend_bos=False)[0].tolist()
+        if len(ids) != 1:
+            pieces = [access.token_str(i) for i in ids]
+            hint = ""
+            if not token.startswith(" ") and len(access.to_tokens(" " + token, prepend_bos=False)[0]) == 1:
+                hint = f" Did you mean {' ' + token!r} (with a leading space)?"
+            raise TargetError(
+                f"{role} {token!r} is {len(ids)} tokens {pieces}, not one: pass a single token "
+                f"(or its id).{hint}"
+            )
+        return int(ids[0])
+    raise TargetError(f"{role} must be a token string or a token id, got {type(token).__name__}.")

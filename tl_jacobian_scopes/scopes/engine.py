@@ -1,0 +1,205 @@
+"""The one mechanism every scope shares: a forward pass with leaf perturbations, then VJPs.
+
+A zero-valued leaf tensor is added to each perturbed activation in a forward hook
+(``act + delta``), so ``d(v·y)/d(delta)`` is exactly ``v^T dy/d(act)`` for every position
+at once, on any backend, including hooks whose tensors are reshaped views (every
+``hook_z`` on TransformerBridge). The forward pass stops as soon as ``y`` (the input of
+the unembedding) is captured: no full-vocabulary logits are computed for positions that
+are not explained.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterator, Optional, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..errors import ScopeMemoryError
+from ..models.access import EMBED_HOOK, FINAL_HOOK, ModelAccess
+
+
+class _StopForward(Exception):
+    """Raised from the final hook: nothing after y is needed."""
+
+
+@dataclass
+class ForwardState:
+    """What one instrumented forward pass leaves behind.
+
+    Attributes:
+        y: Final hidden state ``[batch, pos, d_model]``, connected to the graph.
+        leaves: Zero perturbation added at each hook, by hook name, ``[batch, pos, ...]``.
+        activations: Detached activation at each perturbed hook, by hook name.
+    """
+
+    y: Float[Tensor, "batch pos d_model"]
+    leaves: dict[str, Tensor] = field(default_factory=dict)
+    activations: dict[str, Tensor] = field(default_factory=dict)
+
+
+def forward_to_final_hidden(
+    access: ModelAccess,
+    tokens: Int[Tensor, "batch pos"],
+    perturb: Sequence[str] = (EMBED_HOOK,),
+    keep_activations: bool = False,
+) -> ForwardState:
+    """Run the model through its hooks up to ``unembed.hook_in`` with leaf perturbations.
+
+    Call inside ``access.frozen()`` so that no parameter gradient is built.
+    """
+    state = ForwardState(y=torch.empty(0))
+
+    def add_leaf(act: Tensor, hook, name: str) -> Tensor:
+        leaf = torch.zeros_like(act, requires_grad=True)
+        state.leaves[name] = leaf
+        if keep_activations:
+            state.activations[name] = act.detach()
+        return act + leaf
+
+    def capture_final(act: Tensor, hook) -> None:
+        state.y = act
+        raise _StopForward
+
+    fwd_hooks = [(name, partial(add_leaf, name=name)) for name in perturb]
+    fwd_hooks.append((FINAL_HOOK, capture_final))
+    with torch.enable_grad(), access.model.hooks(fwd_hooks=fwd_hooks):
+        try:
+            access.model(tokens)
+        except _StopForward:
+            pass
+    if state.y.numel() == 0:
+        raise RuntimeError(f"The forward pass never reached '{FINAL_HOOK}'.")
+    return state
+
+
+_BATCHED_VJP_OK = True
+
+
+def batched_vjp(
+    output: Float[Tensor, "... d_model"],
+    inputs: Sequence[Tensor],
+    probes: Float[Tensor, "n_probes ... d_model"],
+    chunk_size: int,
+) -> Iterator[tuple[slice, tuple[Tensor, ...]]]:
+    """Yield ``(probe_slice, grads)``, ``grads[i]`` of shape ``[chunk, *inputs[i].shape]``.
+
+    Probes are pushed through one backward pass per chunk (vectorized with
+    ``is_grads_batched``); only one chunk's VJPs are ever held at once.
+    """
+    global _BATCHED_VJP_OK
+    n_probes = probes.shape[0]
+    probes = probes.to(device=output.device, dtype=output.dtype)
+    for start in range(0, n_probes, chunk_size):
+        stop = min(start + chunk_size, n_probes)
+        retain = stop < n_probes
+        chunk = probes[start:stop]
+        if chunk.shape[0] == 1:
+            grads = torch.autograd.grad(output, inputs, grad_outputs=chunk[0], retain_graph=retain)
+            yield slice(start, stop), tuple(g.unsqueeze(0) for g in grads)
+            continue
+        if _BATCHED_VJP_OK:
+            try:
+                grads = torch.autograd.grad(
+                    output, inputs, grad_outputs=chunk, retain_graph=retain, is_grads_batched=True
+                )
+                yield slice(start, stop), grads
+                continue
+            except RuntimeError as exc:  # an op without a batching rule: fall back, once
+                _BATCHED_VJP_OK = False
+                warnings.warn(f"Batched VJPs unavailable ({exc}); using one backward per probe.")
+        per_probe = [
+            torch.autograd.grad(output, inputs, grad_outputs=p, retain_graph=True) for p in chunk
+        ]
+        yield slice(start, stop), tuple(torch.stack(gs) for gs in zip(*per_probe))
+
+
+# ---- memory -------------------------------------------------------------------------------
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Free bytes on a device (None when unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+def _dtype_bytes(access: ModelAccess) -> int:
+    return torch.finfo(access.dtype).bits // 8
+
+
+def forward_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> int:
+    """Rough upper estimate of the bytes a grad-enabled forward pass keeps for backward."""
+    per_layer = n_tokens * (12 * access.d_model + 4 * access.d_mlp) + 3 * access.n_heads * n_tokens**2
+    return batch * access.n_layers * per_layer * _dtype_bytes(access)
+
+
+def probe_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> int:
+    """Rough bytes one extra probe costs inside a batched backward pass."""
+    per_probe = 3 * access.n_heads * n_tokens**2 + 6 * n_tokens * max(access.d_mlp, access.d_model)
+    return batch * per_probe * _dtype_bytes(access) + n_tokens * access.d_model * 4
+
+
+def _budget(access: ModelAccess) -> Optional[int]:
+    override = os.environ.get("TL_JACOBIAN_SCOPES_MEMORY_BUDGET")
+    if override:
+        return int(float(override))
+    free = available_memory(access.input_device)
+    return None if free is None else int(0.8 * free)
+
+
+def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> None:
+    """Refuse, before any forward pass, a scope that would not fit in memory.
+
+    Raises:
+        ScopeMemoryError: naming the estimate, the budget and the longest prompt that fits.
+    """
+    budget = _budget(access)
+    if budget is None:
+        return
+    need = forward_memory(access, n_tokens, batch) + probe_memory(access, n_tokens, batch)
+    if need <= budget:
+        return
+    fits = n_tokens
+    while fits > 1 and forward_memory(access, fits, batch) + probe_memory(access, fits, batch) > budget:
+        fits = int(fits * 0.9)
+    raise ScopeMemoryError(
+        f"A scope over {n_tokens} tokens needs about {need / 2**30:.1f} GiB on "
+        f"{access.input_device}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
+        f"at most about {fits} tokens, free memory, or move the model to a larger device."
+    )
+
+
+def probe_chunk_size(access: ModelAccess, n_tokens: int, n_probes: int, cap: int = 64) -> int:
+    """How many probes to push through one backward pass without exceeding memory."""
+    budget = _budget(access)
+    if budget is None:
+        return max(1, min(cap, n_probes))
+    spare = budget - forward_memory(access, n_tokens)
+    fit = max(1, spare // max(1, probe_memory(access, n_tokens)))
+    return int(max(1, min(cap, n_probes, fit)))
+
+
+def squared_norms(grads: Tensor, reduce_dims: int) -> Tensor:
+    """Sum of squares over the trailing ``reduce_dims`` dimensions, in float32."""
+    dims = tuple(range(-reduce_dims, 0))
+    return grads.float().pow(2).sum(dim=dims)
+
