@@ -97,16 +97,30 @@ def tiny_model(kind: str, backend: str, seed: int = 0):
     return model, hf
 
 
-def reference_jacobian(hf_model, tokens: torch.Tensor, position: int):
-    """Brute-force ``dy/dx`` in float64: returns ``(J [d_out, pos, d_in], y, W_U [d, V], b_U)``."""
+def reference_jacobian(hf_model, tokens: torch.Tensor, position: int, row_chunk=None):
+    """Brute-force ``dy/dx`` in float64: returns ``(J [d_out, pos, d_in], y, W_U [d, V], b_U)``.
+
+    With ``row_chunk=None`` it calls ``torch.autograd.functional.jacobian``; for a large
+    model it builds the same matrix ``row_chunk`` output rows at a time with plain autograd
+    (bounded memory).
+    """
     ref = copy.deepcopy(hf_model).double().eval()
     embeds = ref.get_input_embeddings()(tokens.reshape(1, -1)).detach()
 
     def final_hidden(x):
-        out = ref(inputs_embeds=x, output_hidden_states=True)
-        return out.hidden_states[-1][0, position]
+        return ref.base_model(inputs_embeds=x).last_hidden_state[0, position]
 
-    J = torch.autograd.functional.jacobian(final_hidden, embeds, vectorize=True)[:, 0]
+    if row_chunk is None:
+        J = torch.autograd.functional.jacobian(final_hidden, embeds, vectorize=True)[:, 0]
+    else:
+        x = embeds.clone().requires_grad_(True)
+        out = final_hidden(x)
+        eye = torch.eye(out.shape[0], dtype=out.dtype)
+        rows = []
+        for start in range(0, out.shape[0], row_chunk):
+            (g,) = torch.autograd.grad(out, x, grad_outputs=eye[start : start + row_chunk], is_grads_batched=True, retain_graph=True)
+            rows.append(g[:, 0])
+        J = torch.cat(rows)
     with torch.no_grad():
         y = final_hidden(embeds)
     head = ref.get_output_embeddings()
@@ -116,7 +130,7 @@ def reference_jacobian(hf_model, tokens: torch.Tensor, position: int):
 
 
 def reference_scores(J, y, W_U, b_U, scope: str, target=None, contrast=None, rank=None):
-    """Scores from the explicit Jacobian, with F formed as a full V x V computation."""
+    """Scores from the explicit Jacobian and an explicit float64 F (no chunking)."""
     if scope == "semantic":
         v = W_U[:, target] - (W_U[:, contrast] if contrast is not None else 0)
         return torch.einsum("o,oti->ti", v, J).norm(dim=-1)
@@ -124,7 +138,8 @@ def reference_scores(J, y, W_U, b_U, scope: str, target=None, contrast=None, ran
         v = y / y.norm()
         return torch.einsum("o,oti->ti", v, J).norm(dim=-1)
     p = torch.softmax(y @ W_U + b_U, dim=-1)
-    F = W_U @ (torch.diag(p) - torch.outer(p, p)) @ W_U.T
+    mean = W_U @ p
+    F = (W_U * p) @ W_U.T - torch.outer(mean, mean)
     if rank is None:
         return torch.einsum("oti,op,pti->t", J, F, J)
     evals, evecs = torch.linalg.eigh(F)

@@ -144,10 +144,11 @@ def semantic_scope(
     contrast_id = resolve_token(access, contrast, "contrast")
     if contrast_id is not None and contrast_id == target_id:
         raise TargetError("target and contrast are the same token: their logit difference is 0.")
-    if access.unembed_centered():
+    if contrast_id is None and access.unembed_centered():  # a logit difference is unaffected
         warnings.warn(
             "W_U was centered (center_unembed=True): Semantic scores explain the target logit "
-            "minus the mean logit. Load unprocessed weights for the raw logit.",
+            "minus the mean logit. Load unprocessed weights for the raw logit, or pass contrast= "
+            "(logit differences are unaffected by centering).",
             ProcessedWeightsWarning,
             stacklevel=2,
         )
@@ -251,6 +252,14 @@ def fisher_scope(
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= access.d_model):
         raise ScopeError(
             f"rank must be an int in 1..{access.d_model} (d_model), or None for exact Fisher; got {rank!r}."
+        )
+    if rank is not None and access.final_norm_folded():
+        warnings.warn(
+            "The final norm's scale was folded into W_U (fold_ln=True or enable_compatibility_mode()): "
+            "this rescales y's coordinates, which changes F's top eigen-directions, so rank-k Fisher "
+            "scores differ from those of the raw model. Exact Fisher (rank=None) is invariant.",
+            ProcessedWeightsWarning,
+            stacklevel=2,
         )
     with access.frozen():
         state = forward_to_final_hidden(access, tokens)

@@ -1,0 +1,128 @@
+"""The embedded SmolLM2-135M-Instruct: scopes against an independent Hugging Face computation."""
+
+import warnings
+
+import pytest
+import torch
+
+import tl_jacobian_scopes as tjs
+from tiny_models import reference_jacobian, reference_scores
+from tl_jacobian_scopes.models.loading import has_hooked_transformer, hooked_from_hf, load_default_hf_model
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tjs.load_default_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Plain transformers, float64, inputs_embeds + autograd: no TransformerLens involved."""
+    hf, tokenizer = load_default_hf_model()
+    hf.config._attn_implementation = "eager"
+    return hf, tokenizer
+
+
+def _close(actual, expected, rtol=1e-4):
+    expected = expected.to(actual.dtype)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def test_default_model_predicts_paris(model):
+    logits = model(PROMPT)
+    assert model.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
+    result = tjs.fisher_scope(model, PROMPT)
+    assert result.predicted_str == " Paris" and result.target_str == " Paris"
+    assert result.str_tokens[0] == "<|im_start|>"  # BOS prepended, and scored
+
+
+def test_default_model_has_raw_weights(model):
+    access = tjs.models.ModelAccess(model)
+    assert not access.final_norm_folded()
+    assert not access.unembed_centered()
+
+
+def test_scopes_match_independent_hf_computation(model, reference):
+    hf, _ = reference
+    tokens = model.to_tokens(PROMPT)[0]
+    pos = len(tokens) - 1
+    J, y, W_U, b_U = reference_jacobian(hf, tokens, pos, row_chunk=32)
+    paris, rome = int(model.to_single_token(" Paris")), int(model.to_single_token(" Rome"))
+    cases = [
+        (tjs.semantic_scope(model, PROMPT, target=" Paris"), dict(scope="semantic", target=paris)),
+        (
+            tjs.semantic_scope(model, PROMPT, target=" Paris", contrast=" Rome"),
+            dict(scope="semantic", target=paris, contrast=rome),
+        ),
+        (tjs.temperature_scope(model, PROMPT), dict(scope="temperature")),
+        (tjs.fisher_scope(model, PROMPT, rank=1), dict(scope="fisher", rank=1)),
+        (tjs.fisher_scope(model, PROMPT, rank=None), dict(scope="fisher", rank=None)),
+    ]
+    for result, spec in cases:
+        _close(result.scores, reference_scores(J, y, W_U, b_U, **spec))
+    assert cases[2][0].params["y_norm"] == pytest.approx(float(y.norm()), rel=1e-4)
+
+
+def test_teacher_forced_position_matches_reference(model, reference):
+    hf, _ = reference
+    tokens = model.to_tokens(PROMPT)[0]
+    J, y, W_U, b_U = reference_jacobian(hf, tokens, 3, row_chunk=32)
+    result = tjs.fisher_scope(model, PROMPT, position=3, rank=1)
+    _close(result.scores, reference_scores(J, y, W_U, b_U, scope="fisher", rank=1))
+    assert torch.all(result.scores[4:] == 0)
+
+
+@pytest.mark.skipif(not has_hooked_transformer(), reason="HookedTransformer exists only on TransformerLens 3.x")
+def test_hooked_transformer_and_bridge_agree(model):
+    """Same weights, two backends (TransformerLens 3.x): same scores."""
+    hf, tokenizer = load_default_hf_model()
+    bridge = tjs.models.bridge_from_hf(hf, tokenizer, tjs.DEFAULT_MODEL_NAME, device="cpu")
+    hooked = model if tjs.models.backend_name(model) == "hooked" else hooked_from_hf(hf, tokenizer, "cpu")
+    assert tjs.models.backend_name(hooked) == "hooked" and tjs.models.backend_name(bridge) == "bridge"
+    for fn, kwargs in [
+        (tjs.semantic_scope, dict(target=" Paris", contrast=" Rome")),
+        (tjs.temperature_scope, {}),
+        (tjs.fisher_scope, dict(rank=4)),
+    ]:
+        a, b = fn(hooked, PROMPT, **kwargs), fn(bridge, PROMPT, **kwargs)
+        assert a.str_tokens == b.str_tokens
+        _close(a.scores, b.scores, rtol=2e-4)
+
+
+def test_processed_weights_behaviour(model):
+    """fold_ln + center_unembed (SPEC 2): exact Fisher and logit differences are invariant;
+    Temperature is refused; single-target Semantic and rank-k Fisher change, with a warning."""
+    hf, tokenizer = load_default_hf_model()
+    if tjs.models.backend_name(model) == "hooked":
+        processed = hooked_from_hf(hf, tokenizer, "cpu")
+        processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    else:
+        processed = tjs.models.bridge_from_hf(hf, tokenizer, tjs.DEFAULT_MODEL_NAME, device="cpu")
+        processed.enable_compatibility_mode(disable_warnings=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tjs.ProcessedWeightsWarning)  # invariant: no warning
+        _close(tjs.fisher_scope(processed, PROMPT, rank=None).scores, tjs.fisher_scope(model, PROMPT, rank=None).scores, rtol=1e-3)
+        kw = dict(target=" Paris", contrast=" Rome")
+        _close(tjs.semantic_scope(processed, PROMPT, **kw).scores, tjs.semantic_scope(model, PROMPT, **kw).scores, rtol=1e-3)
+        tjs.semantic_scope(model, PROMPT, target=" Paris")  # raw weights: no warning
+
+    with pytest.raises(tjs.ProcessedWeightsError, match="fold"):
+        tjs.temperature_scope(processed, PROMPT)
+    with pytest.warns(tjs.ProcessedWeightsWarning, match="center"):
+        centered = tjs.semantic_scope(processed, PROMPT, target=" Paris")
+    assert not torch.allclose(centered.scores, tjs.semantic_scope(model, PROMPT, target=" Paris").scores, rtol=1e-2)
+    with pytest.warns(tjs.ProcessedWeightsWarning, match="eigen"):
+        tjs.fisher_scope(processed, PROMPT, rank=1)
+
+
+def test_temperature_runtime_guard_catches_unflagged_folding(model, monkeypatch):
+    """A folded model that does not say so is still refused, from ‖y‖ = √d itself."""
+    hf, tokenizer = load_default_hf_model()
+    with torch.no_grad():
+        hf.model.norm.weight.fill_(1.0)  # a final norm with no scale: ‖y‖ = √d exactly
+    scale_free = tjs.models.bridge_from_hf(hf, tokenizer, tjs.DEFAULT_MODEL_NAME, device="cpu")
+    with pytest.raises(tjs.ProcessedWeightsError, match="√d_model"):
+        tjs.temperature_scope(scale_free, PROMPT)
