@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--exact-repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--skip-exact", action="store_true", help="skip exact Fisher (about a minute a run)")
     args = parser.parse_args()
 
     model = tjs.load_default_model(device=args.device)
@@ -100,11 +101,18 @@ def main() -> None:
         "semantic": median_time(lambda: tjs.semantic_scope(model, tokens, target=target), args.repeats),
         "temperature": median_time(lambda: tjs.temperature_scope(model, tokens), args.repeats),
         "fisher rank 1": median_time(lambda: tjs.fisher_scope(model, tokens, rank=1), args.repeats),
-        "fisher rank 16": median_time(lambda: tjs.fisher_scope(model, tokens, rank=16), args.repeats),
-        "fisher exact": median_time(
-            lambda: tjs.fisher_scope(model, tokens, rank=None, progress=False), args.exact_repeats
+        "semantic +internals": median_time(
+            lambda: tjs.semantic_scope(model, tokens, target=target, internals=True), args.repeats
         ),
+        "fisher r1 +internals": median_time(
+            lambda: tjs.fisher_scope(model, tokens, rank=1, internals=True), args.repeats
+        ),
+        "fisher rank 16": median_time(lambda: tjs.fisher_scope(model, tokens, rank=16), args.repeats),
     }
+    if not args.skip_exact:
+        rows["fisher exact"] = median_time(
+            lambda: tjs.fisher_scope(model, tokens, rank=None, progress=False), args.exact_repeats
+        )
     floor = rows["floor (inputs)"]
     print(
         f"default model, {args.tokens} tokens, device={args.device}, torch threads={torch.get_num_threads()}, "
@@ -113,6 +121,10 @@ def main() -> None:
     print(f"{'':18s} {'median s':>9s} {'/ floor(inputs)':>16s} {'/ floor(params)':>16s}")
     for name, seconds in rows.items():
         print(f"{name:18s} {seconds:9.3f} {seconds / floor:16.2f} {seconds / rows['floor (params)']:16.2f}")
+    print(
+        f"internal maps cost: semantic {rows['semantic +internals'] / rows['semantic']:.2f}x, "
+        f"fisher rank 1 {rows['fisher r1 +internals'] / rows['fisher rank 1']:.2f}x token-only time"
+    )
     if args.json:
         Path(args.json).write_text(
             json.dumps({"tokens": args.tokens, "device": args.device, "seconds": rows}, indent=2)

@@ -86,9 +86,11 @@ def test_hooked_transformer_and_bridge_agree(model):
         (tjs.temperature_scope, {}),
         (tjs.fisher_scope, dict(rank=4)),
     ]:
-        a, b = fn(hooked, PROMPT, **kwargs), fn(bridge, PROMPT, **kwargs)
+        a, b = fn(hooked, PROMPT, internals=True, **kwargs), fn(bridge, PROMPT, internals=True, **kwargs)
         assert a.str_tokens == b.str_tokens
         _close(a.scores, b.scores, rtol=2e-4)
+        for site in ("layer", "attn", "mlp", "head"):
+            _close(a.internal(site), b.internal(site), rtol=2e-3)
 
 
 def test_processed_weights_behaviour(model):

@@ -146,3 +146,91 @@ def reference_scores(J, y, W_U, b_U, scope: str, target=None, contrast=None, ran
     top = evecs[:, -rank:]
     proj = torch.einsum("ok,oti->kti", top, J)
     return (evals[-rank:, None] * proj.pow(2).sum(-1)).sum(0)
+
+
+def _site_modules(hf_model):
+    """(module, 'pre'|'out') per internal site of a plain HF GPT-2 or Llama model."""
+    if hasattr(hf_model, "transformer"):  # GPT-2
+        blocks, final = hf_model.transformer.h, hf_model.transformer.ln_f
+        attn, mlp, o_proj = "attn", "mlp", lambda b: b.attn.c_proj
+    else:  # Llama
+        blocks, final = hf_model.model.layers, hf_model.model.norm
+        attn, mlp, o_proj = "self_attn", "mlp", lambda b: b.self_attn.o_proj
+    n = len(blocks)
+    sites = {
+        "layer": [(b, "pre") for b in blocks] + [(final, "pre")],
+        "attn": [(getattr(b, attn), "out") for b in blocks],
+        "mlp": [(getattr(b, mlp), "out") for b in blocks],
+        "head": [(o_proj(b), "pre") for b in blocks],
+    }
+    assert all(len(v) in (n, n + 1) for v in sites.values())
+    return sites
+
+
+def reference_internal_jacobians(hf_model, tokens: torch.Tensor, position: int, n_heads: int):
+    """Brute-force ``dy/da`` (float64) for every internal site, by replacing ``a`` with
+    PyTorch module hooks on the plain HF model.
+
+    Returns ``{site: [J per layer]}`` with ``J`` of shape ``[d_out, pos, d_in]`` (for heads
+    ``[d_out, pos, n_heads, d_head]``), and ``(y, W_U, b_U)``.
+    """
+    ref = copy.deepcopy(hf_model).double().eval()
+    embeds = ref.get_input_embeddings()(tokens.reshape(1, -1)).detach()
+    out = {}
+    for site, modules in _site_modules(ref).items():
+        out[site] = []
+        for module, mode in modules:
+            captured, replacement = {}, {}
+
+            def hook(mod, args, kwargs, output=None, mode=mode):
+                if mode == "pre":
+                    x = args[0] if args else kwargs["hidden_states"]
+                    captured["a"] = x.detach()
+                    if "a" in replacement:
+                        if args:
+                            return (replacement["a"],) + tuple(args[1:]), kwargs
+                        return args, {**kwargs, "hidden_states": replacement["a"]}
+                    return None
+                x = output[0] if isinstance(output, tuple) else output
+                captured["a"] = x.detach()
+                if "a" in replacement:
+                    return (replacement["a"],) + tuple(output[1:]) if isinstance(output, tuple) else replacement["a"]
+                return None
+
+            if mode == "pre":
+                handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+            else:
+                handle = module.register_forward_hook(lambda m, a, k, o: hook(m, a, k, o), with_kwargs=True)
+            try:
+                with torch.no_grad():
+                    ref.base_model(inputs_embeds=embeds)
+
+                def final_hidden(a):
+                    replacement["a"] = a
+                    return ref.base_model(inputs_embeds=embeds).last_hidden_state[0, position]
+
+                J = torch.autograd.functional.jacobian(final_hidden, captured["a"], vectorize=True)[:, 0]
+            finally:
+                handle.remove()
+            if site == "head":
+                J = J.reshape(*J.shape[:2], n_heads, -1)
+            out[site].append(J)
+    _, y, W_U, b_U = reference_jacobian(hf_model, tokens, position)
+    return out, (y, W_U, b_U)
+
+
+def reference_internal_scores(J, y, W_U, b_U, scope: str, target=None, rank=None):
+    """The scope of one internal site from its explicit Jacobian (reduced over the last dim)."""
+    flat = J.reshape(J.shape[0], -1, J.shape[-1])  # [d_out, cells, d_in]
+    if scope == "semantic":
+        return torch.einsum("o,oci->ci", W_U[:, target], flat).norm(dim=-1).reshape(J.shape[1:-1])
+    if scope == "temperature":
+        return torch.einsum("o,oci->ci", y / y.norm(), flat).norm(dim=-1).reshape(J.shape[1:-1])
+    p = torch.softmax(y @ W_U + b_U, dim=-1)
+    mean = W_U @ p
+    F = (W_U * p) @ W_U.T - torch.outer(mean, mean)
+    if rank is None:
+        return torch.einsum("oci,op,pci->c", flat, F, flat).reshape(J.shape[1:-1])
+    evals, evecs = torch.linalg.eigh(F)
+    proj = torch.einsum("ok,oci->kci", evecs[:, -rank:], flat)
+    return (evals[-rank:, None] * proj.pow(2).sum(-1)).sum(0).reshape(J.shape[1:-1])

@@ -141,10 +141,20 @@ class ModelAccess:
         return False
 
     def unembed_centered(self) -> bool:
-        """True when W_U was centered over the vocabulary (`center_unembed=True`)."""
+        """True when W_U was centered over the vocabulary (`center_unembed=True`).
+
+        One pass over W_U, cached on the model until the weights change.
+        """
         W_U = self.W_U.detach()
-        row_means = W_U.float().mean(dim=-1).abs().max()
-        return bool(row_means <= 1e-6 * W_U.float().abs().max())
+        key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape))
+        cached = getattr(self.model, "_tjs_unembed_centered", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        row_means = W_U.sum(dim=-1, dtype=torch.float32).abs().max() / W_U.shape[-1]
+        scale = W_U[:, :4096].float().abs().mean()
+        centered = bool(row_means <= 1e-5 * scale)
+        self.model._tjs_unembed_centered = (key, centered)
+        return centered
 
     # ---- state guard --------------------------------------------------------------------
 

@@ -23,6 +23,29 @@ class TokenScore(NamedTuple):
     score: float
 
 
+class HeadScore(NamedTuple):
+    """One row of :meth:`ScopeResult.top_heads`."""
+
+    layer: int
+    head: int
+    score: float
+
+
+class CellScore(NamedTuple):
+    """One row of :meth:`ScopeResult.top_cells`: a site at one (layer[, head], position)."""
+
+    layer: int
+    head: Optional[int]
+    position: int
+    token: str
+    score: float
+
+
+#: Internal maps and their tensor field names.
+SITES = ("layer", "attn", "mlp", "head")
+NORMALIZATIONS = ("raw", "scaled")
+
+
 @dataclass
 class ScopeResult:
     """Token-level attributions of one Jacobian scope for one explained prediction.
@@ -46,6 +69,15 @@ class ScopeResult:
         params: The scope's parameters (rank, probe count, ...) and diagnostics such as
             ``y_norm`` (the inverse temperature ‖y‖).
         model_name: Name of the model that produced the result.
+        layer_scores: With ``internals=True``: ``[n_layers + 1, pos]``, the scope of the
+            residual stream entering each block (row 0 equals ``scores``; the last row is
+            the final residual stream).
+        attn_scores: ``[n_layers, pos]``, the scope of each block's attention output.
+        mlp_scores: ``[n_layers, pos]``, the scope of each block's MLP output.
+        head_scores: ``[n_layers, n_heads, pos]``, the scope of each head's output
+            (``hook_z``, before ``W_O``).
+        internal_norms: Activation norms ‖a‖ at every internal site, same shapes, used by
+            the ``"scaled"`` normalization.
 
     Example:
         >>> r = tjs.fisher_scope(model, "The capital of France is")  # doctest: +SKIP
@@ -70,6 +102,11 @@ class ScopeResult:
     contrast_prob: Optional[float] = None
     params: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
+    layer_scores: Optional[Float[Tensor, "n_layers_plus_1 pos"]] = None
+    attn_scores: Optional[Float[Tensor, "n_layers pos"]] = None
+    mlp_scores: Optional[Float[Tensor, "n_layers pos"]] = None
+    head_scores: Optional[Float[Tensor, "n_layers n_heads pos"]] = None
+    internal_norms: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def score_kind(self) -> str:
@@ -91,9 +128,128 @@ class ScopeResult:
         total = self.scores.sum()
         return self.scores / total if total > 0 else self.scores.clone()
 
-    def to_dataframe(self):
-        """One row per token: position, token, token_id, score, share, rank, explained."""
+    # ---- internal maps ---------------------------------------------------------------------
+
+    @property
+    def has_internals(self) -> bool:
+        return self.layer_scores is not None
+
+    def internal(self, site: str = "layer", normalization: str = "raw") -> Tensor:
+        """One internal map: ``site`` in ``layer``, ``attn``, ``mlp``, ``head``.
+
+        ``normalization="raw"`` is the scope of SPEC section 3 (``‖v^T ∂y/∂a‖``, or the
+        F-weighted sum for Fisher). The residual stream's norm grows with depth, so raw
+        deep-layer sensitivities look tiny; ``"scaled"`` multiplies by the activation's own
+        norm (squared for the quadratic Fisher), i.e. the sensitivity to a perturbation of
+        relative size, which makes layers comparable.
+        """
+        if not self.has_internals:
+            raise ValueError("This result has no internal maps: rerun the scope with internals=True.")
+        if site not in SITES:
+            raise ValueError(f"site must be one of {SITES}, got {site!r}.")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+        raw = getattr(self, f"{site}_scores")
+        if normalization == "raw":
+            return raw
+        power = 2 if self.score_kind == "quadratic" else 1
+        return raw * self.internal_norms[site] ** power
+
+    def aggregate(self, values: Tensor, dim: int = -1) -> Tensor:
+        """Combine scores over positions as the scope itself would: quadratic scores add;
+        norm scores combine as a root-sum-of-squares (the norm over all positions at once)."""
+        if self.score_kind == "quadratic":
+            return values.sum(dim=dim)
+        return values.pow(2).sum(dim=dim).sqrt()
+
+    def top_heads(self, k: int = 5, normalization: str = "raw", position: Optional[int] = None) -> list[HeadScore]:
+        """Heads with the largest score over all positions (or at one ``position``)."""
+        heads = self.internal("head", normalization)
+        per_head = heads[..., position] if position is not None else self.aggregate(heads)
+        values, flat = torch.topk(per_head.flatten(), min(k, per_head.numel()))
+        n_heads = per_head.shape[1]
+        return [HeadScore(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, flat)]
+
+    def top_layers(self, k: int = 5, site: str = "layer", normalization: str = "raw") -> list[tuple[int, float]]:
+        """``(layer, score)`` of the layers with the largest score over all positions."""
+        per_layer = self.aggregate(self.internal(site, normalization))
+        values, idx = torch.topk(per_layer, min(k, per_layer.numel()))
+        return [(int(i), float(v)) for v, i in zip(values, idx)]
+
+    def top_cells(self, k: int = 5, site: str = "layer", normalization: str = "scaled") -> list[CellScore]:
+        """The ``k`` largest (layer[, head], position) cells of one internal map."""
+        grid = self.internal(site, normalization)
+        values, flat = torch.topk(grid.flatten(), min(k, grid.numel()))
+        cells = []
+        for v, i in zip(values, flat):
+            index = [int(x) for x in torch.unravel_index(i, grid.shape)]
+            layer, head, position = (index[0], index[1], index[2]) if site == "head" else (index[0], None, index[1])
+            cells.append(CellScore(layer, head, position, self.str_tokens[position], float(v)))
+        return cells
+
+    def at_position(self, position: int, normalization: str = "raw") -> dict[str, Tensor]:
+        """Every internal map at one token position: ``{site: [n_layers(+1)] or [n_layers, n_heads]}``."""
+        return {site: self.internal(site, normalization)[..., position] for site in SITES}
+
+    def layer_summary(self, normalization: str = "raw"):
+        """A per-layer DataFrame: residual, attention and MLP totals, best position and head."""
         import pandas as pd
+
+        resid = self.internal("layer", normalization)
+        attn, mlp = self.internal("attn", normalization), self.internal("mlp", normalization)
+        heads = self.aggregate(self.internal("head", normalization))
+        rows = []
+        for layer in range(resid.shape[0]):
+            inside = layer < attn.shape[0]
+            best = int(resid[layer].argmax())
+            rows.append(
+                {
+                    "layer": layer if inside else "final",
+                    "resid": float(self.aggregate(resid[layer])),
+                    "attn": float(self.aggregate(attn[layer])) if inside else float("nan"),
+                    "mlp": float(self.aggregate(mlp[layer])) if inside else float("nan"),
+                    "top_position": best,
+                    "top_token": self.str_tokens[best],
+                    "top_head": int(heads[layer].argmax()) if inside else None,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def _internal_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for site in SITES:
+            raw, scaled = self.internal(site, "raw"), self.internal(site, "scaled")
+            grid = raw if site == "head" else raw[:, None, :]
+            grid_scaled = scaled if site == "head" else scaled[:, None, :]
+            for index in torch.cartesian_prod(*[torch.arange(n) for n in grid.shape]).tolist():
+                layer, head, position = index
+                rows.append(
+                    {
+                        "scope": self.scope,
+                        "site": site,
+                        "layer": layer,
+                        "head": head if site == "head" else None,
+                        "position": position,
+                        "token": self.str_tokens[position],
+                        "score": float(grid[layer, head, position]),
+                        "score_scaled": float(grid_scaled[layer, head, position]),
+                    }
+                )
+        return rows
+
+    def to_dataframe(self, internals: bool = False):
+        """One row per token: position, token, token_id, score, share, rank, explained.
+
+        With ``internals=True``: the internal maps in long format, one row per
+        (site, layer, head, position) with columns scope, site, layer, head, position,
+        token, score (raw) and score_scaled.
+        """
+        import pandas as pd
+
+        if internals:
+            if not self.has_internals:
+                raise ValueError("This result has no internal maps: rerun the scope with internals=True.")
+            return pd.DataFrame(self._internal_rows())
 
         scores = self.scores.float().cpu()
         order = torch.argsort(scores, descending=True)
@@ -132,6 +288,12 @@ class ScopeResult:
             "tokens": self.tokens.cpu().tolist(),
             "str_tokens": self.str_tokens,
             "scores": self.scores.float().cpu().tolist(),
+            **{
+                f"{site}_scores": getattr(self, f"{site}_scores").tolist()
+                for site in SITES
+                if getattr(self, f"{site}_scores") is not None
+            },
+            "internal_norms": {site: t.tolist() for site, t in self.internal_norms.items()},
         }
 
     def save_json(self, path: Union[str, Path]) -> Path:
@@ -147,6 +309,10 @@ class ScopeResult:
         data.pop("score_kind", None)
         data["scores"] = torch.tensor(data["scores"], dtype=torch.float32)
         data["tokens"] = torch.tensor(data["tokens"], dtype=torch.long)
+        for site in SITES:
+            if data.get(f"{site}_scores") is not None:
+                data[f"{site}_scores"] = torch.tensor(data[f"{site}_scores"], dtype=torch.float32)
+        data["internal_norms"] = {k: torch.tensor(v) for k, v in data.get("internal_norms", {}).items()}
         return cls(**data)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -22,14 +23,52 @@ from ..models.inputs import Prompt, Target, prepare_tokens, resolve_position, re
 from ..results.scope_result import ScopeResult
 from . import probes as P
 from .engine import ForwardState, batched_vjp, check_memory, forward_to_final_hidden, probe_chunk_size
+from .internals import InternalMaps, assemble, internal_hook_names
 
 
-def _prepare(model: Any, prompt: Prompt, position: Optional[int], prepend_bos: Optional[bool]):
+def _prepare(model: Any, prompt: Prompt, position: Optional[int], prepend_bos: Optional[bool], internals: bool):
     access = ModelAccess(model)
+    if internals:
+        ModelAccess(model, required_hooks=tuple(internal_hook_names(access.n_layers)))
     tokens = prepare_tokens(access, prompt, prepend_bos)
     pos = resolve_position(position, tokens.shape[-1])
     check_memory(access, tokens.shape[-1])
     return access, tokens, pos
+
+
+@dataclass
+class Probes:
+    """What a scope pushes through the backward pass, and what it reports."""
+
+    vectors: Float[Tensor, "k d_model"]
+    weights: Float[Tensor, " k"]
+    quadratic: bool
+    target: int
+    contrast: Optional[int] = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _explain(
+    scope: str,
+    access: ModelAccess,
+    tokens: Tensor,
+    pos: int,
+    make_probes: Callable[[Tensor, Tensor], Probes],
+    internals: bool,
+    progress: Optional[bool] = None,
+) -> ScopeResult:
+    """Forward once, build the probes from (y, p), push them back, assemble the result."""
+    leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
+    with access.frozen():
+        state = forward_to_final_hidden(access, tokens, perturb=leaf_names, keep_activations=internals)
+        y = state.y[0, pos]
+        probs = _distribution(access, y)
+        probes = make_probes(y, probs)
+        totals = probe_scores(
+            access, state, y, probes.vectors.to(y.device), probes.weights, leaf_names, probes.quadratic, progress
+        )
+    maps = assemble(access.n_layers, totals, state.activations) if internals else None
+    return _result(scope, access, tokens, pos, totals[EMBED_HOOK], probs, probes, maps)
 
 
 def probe_scores(
@@ -49,7 +88,7 @@ def probe_scores(
     residual stream or ``[pos, n_heads]`` for ``hook_z``.
     """
     n_tokens = state.y.shape[1]
-    chunk = probe_chunk_size(access, n_tokens, probes.shape[0])
+    chunk = probe_chunk_size(access, n_tokens, probes.shape[0], n_leaves=len(leaf_names))
     n_chunks = -(-probes.shape[0] // chunk)
     inputs = [state.leaves[name] for name in leaf_names]
     weights = weights.float().to(y.device)
@@ -80,12 +119,12 @@ def _result(
     pos: int,
     scores: Tensor,
     probs: Tensor,
-    target: int,
-    contrast: Optional[int] = None,
-    params: Optional[dict[str, Any]] = None,
+    probes: Probes,
+    maps: Optional[InternalMaps] = None,
 ) -> ScopeResult:
     predicted = int(probs.argmax())
     entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum())
+    target, contrast = probes.target, probes.contrast
     return ScopeResult(
         scope=scope,
         scores=scores.detach().float().cpu(),
@@ -101,8 +140,13 @@ def _result(
         contrast=contrast,
         contrast_str=None if contrast is None else access.token_str(contrast),
         contrast_prob=None if contrast is None else float(probs[contrast]),
-        params={"entropy": entropy, **(params or {})},
+        params={"entropy": entropy, **probes.params},
         model_name=access.model_name,
+        layer_scores=None if maps is None else maps.scores["layer"],
+        attn_scores=None if maps is None else maps.scores["attn"],
+        mlp_scores=None if maps is None else maps.scores["mlp"],
+        head_scores=None if maps is None else maps.scores["head"],
+        internal_norms={} if maps is None else maps.norms,
     )
 
 
@@ -118,6 +162,7 @@ def semantic_scope(
     contrast: Target = None,
     position: Optional[int] = None,
     prepend_bos: Optional[bool] = None,
+    internals: bool = False,
 ) -> ScopeResult:
     """Semantic Scope: which input tokens move the logit of ``target`` (``s_t = ‖J_t^T w_target‖``).
 
@@ -130,16 +175,17 @@ def semantic_scope(
         position: Explained position (default: last token, i.e. the next-token
             prediction; negative counts from the end).
         prepend_bos: Override the model's BOS setting when tokenizing a string.
+        internals: Also compute per-layer, per-head, attention- and MLP-output maps from
+            the same backward pass (``layer_scores``, ``head_scores``, ...).
 
     Returns:
         A :class:`ScopeResult` with one L2-norm score per prompt token.
 
     Example:
         >>> r = semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
-        >>> r.top(1)[0].token  # doctest: +SKIP
-        ' France'
+        >>> r.top(3)  # doctest: +SKIP
     """
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
+    access, tokens, pos = _prepare(model, prompt, position, prepend_bos, internals)
     target_id = resolve_token(access, target, "target")
     contrast_id = resolve_token(access, contrast, "contrast")
     if contrast_id is not None and contrast_id == target_id:
@@ -152,19 +198,15 @@ def semantic_scope(
             ProcessedWeightsWarning,
             stacklevel=2,
         )
-    with access.frozen():
-        state = forward_to_final_hidden(access, tokens)
-        y = state.y[0, pos]
-        probs = _distribution(access, y)
-        if target_id is None:
-            target_id = int(probs.argmax())
-            if contrast_id == target_id:
-                raise TargetError(
-                    "contrast equals the model's top prediction, the default target: pass target=."
-                )
-        v = P.semantic_probe(access.W_U, target_id, contrast_id).to(y.device)
-        scores = probe_scores(access, state, y, v[None], torch.ones(1), [EMBED_HOOK], quadratic=False)
-    return _result("semantic", access, tokens, pos, scores[EMBED_HOOK], probs, target_id, contrast_id)
+
+    def make_probes(y: Tensor, probs: Tensor) -> Probes:
+        chosen = int(probs.argmax()) if target_id is None else target_id
+        if contrast_id == chosen:
+            raise TargetError("contrast equals the model's top prediction, the default target: pass target=.")
+        v = P.semantic_probe(access.W_U, chosen, contrast_id)
+        return Probes(v[None], torch.ones(1), quadratic=False, target=chosen, contrast=contrast_id)
+
+    return _explain("semantic", access, tokens, pos, make_probes, internals)
 
 
 def temperature_scope(
@@ -173,6 +215,7 @@ def temperature_scope(
     *,
     position: Optional[int] = None,
     prepend_bos: Optional[bool] = None,
+    internals: bool = False,
 ) -> ScopeResult:
     """Temperature Scope: which tokens move the model's confidence ‖y‖ (``s_t = ‖J_t^T ŷ‖``).
 
@@ -185,6 +228,8 @@ def temperature_scope(
         prompt: Text, or token ids.
         position: Explained position (default: last token).
         prepend_bos: Override the model's BOS setting when tokenizing a string.
+        internals: Also compute per-layer, per-head, attention- and MLP-output maps from
+            the same backward pass (``layer_scores``, ``head_scores``, ...).
 
     Returns:
         A :class:`ScopeResult`; ``params["y_norm"]`` holds ‖y‖.
@@ -192,7 +237,7 @@ def temperature_scope(
     Example:
         >>> r = temperature_scope(model, "12,15,18,21,")  # doctest: +SKIP
     """
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
+    access, tokens, pos = _prepare(model, prompt, position, prepend_bos, internals)
     fix = (
         "Temperature Scope needs the final norm's scale in y, but this model folded it into W_U "
         "(fold_ln=True or enable_compatibility_mode()), so ‖y‖ is constant and every score would "
@@ -202,19 +247,15 @@ def temperature_scope(
     )
     if access.final_norm_folded():
         raise ProcessedWeightsError(fix)
-    with access.frozen():
-        state = forward_to_final_hidden(access, tokens)
-        y = state.y[0, pos]
+
+    def make_probes(y: Tensor, probs: Tensor) -> Probes:
         if is_degenerate_norm(y):
             raise ProcessedWeightsError(f"‖y‖ = √d_model exactly at position {pos}. {fix}")
-        probs = _distribution(access, y)
         v = P.temperature_probe(y)
-        scores = probe_scores(access, state, y, v[None], torch.ones(1), [EMBED_HOOK], quadratic=False)
-    y_norm = float(y.detach().float().norm())
-    return _result(
-        "temperature", access, tokens, pos, scores[EMBED_HOOK], probs, int(probs.argmax()),
-        params={"y_norm": y_norm},
-    )
+        y_norm = float(y.detach().float().norm())
+        return Probes(v[None], torch.ones(1), quadratic=False, target=int(probs.argmax()), params={"y_norm": y_norm})
+
+    return _explain("temperature", access, tokens, pos, make_probes, internals)
 
 
 def fisher_scope(
@@ -224,6 +265,7 @@ def fisher_scope(
     rank: Optional[int] = 1,
     position: Optional[int] = None,
     prepend_bos: Optional[bool] = None,
+    internals: bool = False,
     progress: Optional[bool] = None,
 ) -> ScopeResult:
     """Fisher Scope: which tokens move the whole predictive distribution (``s_t = tr(J_t^T F J_t)``).
@@ -239,6 +281,8 @@ def fisher_scope(
             for the exact trace (``d_model`` probes, in memory-bounded chunks).
         position: Explained position (default: last token).
         prepend_bos: Override the model's BOS setting when tokenizing a string.
+        internals: Also compute per-layer, per-head, attention- and MLP-output maps from
+            the same backward pass (``layer_scores``, ``head_scores``, ...).
         progress: Show a progress bar (default: only when many probe chunks are needed).
 
     Returns:
@@ -248,7 +292,7 @@ def fisher_scope(
     Example:
         >>> r = fisher_scope(model, "The capital of France is", rank=None)  # exact  # doctest: +SKIP
     """
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
+    access, tokens, pos = _prepare(model, prompt, position, prepend_bos, internals)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= access.d_model):
         raise ScopeError(
             f"rank must be an int in 1..{access.d_model} (d_model), or None for exact Fisher; got {rank!r}."
@@ -261,25 +305,21 @@ def fisher_scope(
             ProcessedWeightsWarning,
             stacklevel=2,
         )
-    with access.frozen():
-        state = forward_to_final_hidden(access, tokens)
-        y = state.y[0, pos]
-        probs = _distribution(access, y)
-        F = P.fisher_matrix(access.W_U, probs)
-        evals, evecs = P.fisher_eigenpairs(F)
+
+    def make_probes(y: Tensor, probs: Tensor) -> Probes:
+        evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(access.W_U, probs))
         k = access.d_model if rank is None else rank
-        scores = probe_scores(
-            access, state, y, evecs[:k].to(y.device), evals[:k], [EMBED_HOOK], quadratic=True, progress=progress
-        )
-    trace = float(evals.sum())
-    params = {
-        "rank": "exact" if rank is None else rank,
-        "n_probes": k,
-        "eigenvalues": evals[: min(k, 16)].tolist(),
-        "trace_F": trace,
-        "captured_trace": float(evals[:k].sum()) / trace if trace > 0 else 1.0,
-    }
-    return _result("fisher", access, tokens, pos, scores[EMBED_HOOK], probs, int(probs.argmax()), params=params)
+        trace = float(evals.sum())
+        params = {
+            "rank": "exact" if rank is None else rank,
+            "n_probes": k,
+            "eigenvalues": evals[: min(k, 16)].tolist(),
+            "trace_F": trace,
+            "captured_trace": float(evals[:k].sum()) / trace if trace > 0 else 1.0,
+        }
+        return Probes(evecs[:k], evals[:k], quadratic=True, target=int(probs.argmax()), params=params)
+
+    return _explain("fisher", access, tokens, pos, make_probes, internals, progress)
 
 
 SCOPES: dict[str, Callable[..., ScopeResult]] = {

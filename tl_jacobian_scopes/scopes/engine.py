@@ -152,10 +152,10 @@ def forward_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> int:
     return batch * access.n_layers * per_layer * _dtype_bytes(access)
 
 
-def probe_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> int:
-    """Rough bytes one extra probe costs inside a batched backward pass."""
+def probe_memory(access: ModelAccess, n_tokens: int, batch: int = 1, n_leaves: int = 1) -> int:
+    """Rough bytes one extra probe costs inside a batched backward pass (and its VJPs)."""
     per_probe = 3 * access.n_heads * n_tokens**2 + 6 * n_tokens * max(access.d_mlp, access.d_model)
-    return batch * per_probe * _dtype_bytes(access) + n_tokens * access.d_model * 4
+    return batch * (per_probe * _dtype_bytes(access) + n_leaves * n_tokens * access.d_model * 4)
 
 
 def _budget(access: ModelAccess) -> Optional[int]:
@@ -188,13 +188,13 @@ def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> None:
     )
 
 
-def probe_chunk_size(access: ModelAccess, n_tokens: int, n_probes: int, cap: int = 64) -> int:
+def probe_chunk_size(access: ModelAccess, n_tokens: int, n_probes: int, n_leaves: int = 1, cap: int = 64) -> int:
     """How many probes to push through one backward pass without exceeding memory."""
     budget = _budget(access)
     if budget is None:
         return max(1, min(cap, n_probes))
     spare = budget - forward_memory(access, n_tokens)
-    fit = max(1, spare // max(1, probe_memory(access, n_tokens)))
+    fit = max(1, spare // max(1, probe_memory(access, n_tokens, n_leaves=n_leaves)))
     return int(max(1, min(cap, n_probes, fit)))
 
 

@@ -1,0 +1,59 @@
+"""Where inside the model a scope's influence travels (SPEC section 3).
+
+The probes that give token scores also give, from the same backward pass(es), the
+sensitivity of y to the residual stream entering each block, each block's attention and
+MLP output, and each attention head's output (``hook_z``, before ``W_O``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: Internal map name -> hook name pattern ({L} is the layer).
+SITES = {
+    "layer": "blocks.{L}.hook_resid_pre",
+    "attn": "blocks.{L}.hook_attn_out",
+    "mlp": "blocks.{L}.hook_mlp_out",
+    "head": "blocks.{L}.attn.hook_z",
+}
+
+
+def final_resid_hook(n_layers: int) -> str:
+    return f"blocks.{n_layers - 1}.hook_resid_post"
+
+
+def internal_hook_names(n_layers: int) -> list[str]:
+    """Every hook an internal map perturbs, in a fixed order."""
+    names = [pattern.format(L=L) for pattern in SITES.values() for L in range(n_layers)]
+    return names + [final_resid_hook(n_layers)]
+
+
+@dataclass
+class InternalMaps:
+    """Raw scores and activation norms of every internal site.
+
+    Shapes: ``layer`` ``[n_layers + 1, pos]`` (the last row is the final residual stream),
+    ``attn`` and ``mlp`` ``[n_layers, pos]``, ``head`` ``[n_layers, n_heads, pos]``.
+    """
+
+    scores: dict[str, Tensor]
+    norms: dict[str, Tensor]
+
+
+def assemble(n_layers: int, totals: dict[str, Tensor], activations: dict[str, Tensor]) -> InternalMaps:
+    """Stack per-hook results (``[pos]`` or ``[pos, n_heads]``) into per-site maps."""
+    scores: dict[str, Tensor] = {}
+    norms: dict[str, Tensor] = {}
+    for site, pattern in SITES.items():
+        names = [pattern.format(L=L) for L in range(n_layers)]
+        if site == "layer":
+            names.append(final_resid_hook(n_layers))
+        s = torch.stack([totals[n] for n in names]).float().cpu()
+        a = torch.stack([activations[n][0].float().norm(dim=-1) for n in names]).cpu()
+        if site == "head":  # [L, pos, heads] -> [L, heads, pos]
+            s, a = s.transpose(1, 2), a.transpose(1, 2)
+        scores[site], norms[site] = s.contiguous(), a.contiguous()
+    return InternalMaps(scores=scores, norms=norms)
