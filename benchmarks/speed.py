@@ -37,18 +37,24 @@ def prompt_tokens(model, n_tokens: int) -> torch.Tensor:
     return tokens
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+
+def interleaved_medians(methods: dict, repeats: int) -> dict:
+    """Median seconds of each method, timed round-robin (one run of each per round) so that
+    slow drifts of a shared machine hit every method alike; one warm-up round first."""
+    times = {name: [] for name in methods}
+    for round_ in range(repeats + 1):
+        for name, fn in methods.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def floor_inputs(model, tokens, target):
@@ -95,24 +101,20 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(True)  # the model's natural state for the naive floor
 
-    rows = {
-        "floor (inputs)": median_time(lambda: floor_inputs(model, tokens, target), args.repeats),
-        "floor (params)": median_time(lambda: floor_params(model, tokens, target), args.repeats),
-        "semantic": median_time(lambda: tjs.semantic_scope(model, tokens, target=target), args.repeats),
-        "temperature": median_time(lambda: tjs.temperature_scope(model, tokens), args.repeats),
-        "fisher rank 1": median_time(lambda: tjs.fisher_scope(model, tokens, rank=1), args.repeats),
-        "semantic +internals": median_time(
-            lambda: tjs.semantic_scope(model, tokens, target=target, internals=True), args.repeats
-        ),
-        "fisher r1 +internals": median_time(
-            lambda: tjs.fisher_scope(model, tokens, rank=1, internals=True), args.repeats
-        ),
-        "fisher rank 16": median_time(lambda: tjs.fisher_scope(model, tokens, rank=16), args.repeats),
+    methods = {
+        "floor (inputs)": lambda: floor_inputs(model, tokens, target),
+        "floor (params)": lambda: floor_params(model, tokens, target),
+        "semantic": lambda: tjs.semantic_scope(model, tokens, target=target),
+        "temperature": lambda: tjs.temperature_scope(model, tokens),
+        "fisher rank 1": lambda: tjs.fisher_scope(model, tokens, rank=1),
+        "semantic +internals": lambda: tjs.semantic_scope(model, tokens, target=target, internals=True),
+        "fisher r1 +internals": lambda: tjs.fisher_scope(model, tokens, rank=1, internals=True),
+        "fisher rank 16": lambda: tjs.fisher_scope(model, tokens, rank=16),
     }
+    rows = interleaved_medians(methods, args.repeats)
     if not args.skip_exact:
-        rows["fisher exact"] = median_time(
-            lambda: tjs.fisher_scope(model, tokens, rank=None, progress=False), args.exact_repeats
-        )
+        exact = {"fisher exact": lambda: tjs.fisher_scope(model, tokens, rank=None, progress=False)}
+        rows.update(interleaved_medians(exact, args.exact_repeats))
     floor = rows["floor (inputs)"]
     print(
         f"default model, {args.tokens} tokens, device={args.device}, torch threads={torch.get_num_threads()}, "

@@ -21,6 +21,7 @@ from .errors import (
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import ScopeResult, TokenScore
 from .scopes import SCOPES, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
+from .views import ScopeView, compare, save_html
 
 __version__ = "0.1.0"
 
@@ -35,13 +36,16 @@ __all__ = [
     "ScopeError",
     "ScopeMemoryError",
     "ScopeResult",
+    "ScopeView",
     "TargetError",
     "TokenScore",
     "UnknownScopeError",
+    "compare",
     "fisher_scope",
     "jacobian_scope",
     "load_default_model",
     "load_model",
+    "save_html",
     "semantic_scope",
     "temperature_scope",
 ]

@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
+    parser.add_argument("--internals", action="store_true", help="also compute layer, head, attn and MLP maps")
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML view (works offline)")
+    parser.add_argument("--png", metavar="PATH", help="write a static figure (needs matplotlib)")
     return parser
 
 
@@ -52,6 +55,9 @@ def format_result(result: ScopeResult) -> str:
     extras = {k: v for k, v in result.params.items() if isinstance(v, (int, float, str)) and k != "entropy"}
     if extras:
         lines.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()))
+    if result.has_internals:
+        heads = ", ".join(f"L{h.layer}H{h.head}={h.score:.3g}" for h in result.top_heads(5))
+        lines.append(f"top heads (raw, all positions): {heads}")
     peak = float(result.scores.max()) or 1.0
     width = max(len(repr(t)) for t in result.str_tokens)
     for i, (token, score) in enumerate(zip(result.str_tokens, result.scores.tolist())):
@@ -63,7 +69,7 @@ def format_result(result: ScopeResult) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    kwargs: dict = {"position": args.position}
+    kwargs: dict = {"position": args.position, "internals": args.internals}
     if args.no_bos:
         kwargs["prepend_bos"] = False
     scope = args.scope.lower()
@@ -84,9 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result))
-    if args.json:
-        result.save_json(args.json)
-        print(f"wrote {args.json}")
+    for path, save in ((args.json, result.save_json), (args.html, result.save_html), (args.png, result.save_png)):
+        if path:
+            save(path)
+            print(f"wrote {path}")
     return 0
 
 

@@ -315,6 +315,37 @@ class ScopeResult:
         data["internal_norms"] = {k: torch.tensor(v) for k, v in data.get("internal_norms", {}).items()}
         return cls(**data)
 
+    # ---- views ---------------------------------------------------------------------------
+
+    def show(self, normalization: str = "scaled"):
+        """A CircuitsVis view (tokens coloured by score; layer and head views with internals).
+
+        In a notebook, ``r.show()`` as a cell's last line displays it (no network needed);
+        the result itself also displays this way. ``normalization`` applies to internal maps.
+        """
+        from ..views.html import show
+
+        return show(self, normalization)
+
+    def _repr_html_(self) -> str:
+        return self.show()._repr_html_()
+
+    def save_html(self, path: Union[str, Path], normalization: str = "scaled") -> Path:
+        """Write one self-contained HTML file (all JavaScript inlined, nothing fetched)."""
+        return self.show(normalization).save(path)
+
+    def plot(self, normalization: str = "scaled"):
+        """A static matplotlib figure for papers (needs the ``plot`` extra)."""
+        from ..views.static import plot
+
+        return plot(self, normalization)
+
+    def save_png(self, path: Union[str, Path], normalization: str = "scaled", dpi: int = 150) -> Path:
+        """Write :meth:`plot` as a PNG."""
+        from ..views.static import save_png
+
+        return save_png(self, path, normalization, dpi)
+
     def __repr__(self) -> str:
         best = ", ".join(f"{t.token!r}:{t.score:.3g}" for t in self.top(3))
         what = f"{self.target_str!r}"

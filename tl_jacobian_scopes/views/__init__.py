@@ -1,0 +1,4 @@
+"""Views: CircuitsVis pages that work offline, and static matplotlib figures."""
+
+from .html import ScopeView, compare, save_html, show
+from .static import plot, save_png
