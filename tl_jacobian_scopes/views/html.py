@@ -106,50 +106,56 @@ def _token_labels(result: ScopeResult) -> list[str]:
     return [f"{i}:{t}" for i, t in enumerate(result.str_tokens)]
 
 
-def result_sections(result: ScopeResult, normalization: str = "scaled") -> list[str]:
-    """HTML sections for one result: header, token view, and (with internals) layer and head views."""
+PARTS = ("tokens", "layers", "heads")
+
+
+def result_sections(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> list[str]:
+    """HTML sections for one result: header, then the token view and, when the result has
+    internal maps, the layer view (layer × position) and the head view (layer × head)."""
     r = result
     color = SCOPE_COLORS.get(r.scope, "#444")
-    sections = [
-        _header(r),
-        f'<h4>Tokens coloured by {r.scope} score (0 … {float(r.scores.max()):.4g}); '
-        f"explained position {r.position}</h4>",
-        _cv("ColoredTokens", tokens=r.str_tokens, values=r.scores.tolist(), minValue=0.0,
-            maxValue=float(r.scores.max()), positiveColor=color),
-    ]
+    sections = [_header(r)]
+    if "tokens" in parts:
+        sections += [
+            f"<h4>Tokens coloured by {r.scope} score (0 … {float(r.scores.max()):.4g}); "
+            f"explained position {r.position}</h4>",
+            _cv("ColoredTokens", tokens=r.str_tokens, values=r.scores.tolist(), minValue=0.0,
+                maxValue=float(r.scores.max()), positiveColor=color),
+        ]
     if not r.has_internals:
         return sections
-    labels = _token_labels(r)
     n_layers = r.attn_scores.shape[0]
     norm_text = NORMALIZATION_TEXT[normalization]
-    resid = r.internal("layer", normalization)
-    sections.append(
-        _heatmap(resid, [f"L{i}" for i in range(n_layers)] + ["final"], labels, color,
-                 f"Layer × position: residual stream entering each block, {norm_text}", r.position)
-    )
-    # Per-site token colouring with layer selectors (CircuitsVis).
-    sites = torch.zeros(r.n_tokens, 3, n_layers + 1)
-    sites[:, 0] = resid.T
-    sites[:, 1, :n_layers] = r.internal("attn", normalization).T
-    sites[:, 2, :n_layers] = r.internal("mlp", normalization).T
-    sections.append(f"<h4>Tokens by site and layer ({html.escape(norm_text)})</h4>")
-    sections.append(
-        _cv("TextNeuronActivations", tokens=r.str_tokens, activations=sites.tolist(),
-            firstDimensionName="Site", secondDimensionName="Layer",
-            firstDimensionLabels=["resid_pre", "attn_out", "mlp_out"],
-            secondDimensionLabels=[str(i) for i in range(n_layers)] + ["final"])
-    )
-    heads = r.internal("head", normalization)
-    per_head = r.aggregate(heads)
-    sections.append(
-        _heatmap(per_head, [f"L{i}" for i in range(n_layers)], [f"H{h}" for h in range(per_head.shape[1])],
-                 color, f"Layer × head (all positions combined), {norm_text}")
-    )
-    sections.append(f"<h4>Tokens by head ({html.escape(norm_text)})</h4>")
-    sections.append(
-        _cv("TextNeuronActivations", tokens=r.str_tokens, activations=heads.permute(2, 0, 1).tolist(),
-            firstDimensionName="Layer", secondDimensionName="Head")
-    )
+    if "layers" in parts:
+        resid = r.internal("layer", normalization)
+        sections.append(
+            _heatmap(resid, [f"L{i}" for i in range(n_layers)] + ["final"], _token_labels(r), color,
+                     f"Layer × position: residual stream entering each block, {norm_text}", r.position)
+        )
+        # Per-site token colouring with site and layer selectors (CircuitsVis).
+        sites = torch.zeros(r.n_tokens, 3, n_layers + 1)
+        sites[:, 0] = resid.T
+        sites[:, 1, :n_layers] = r.internal("attn", normalization).T
+        sites[:, 2, :n_layers] = r.internal("mlp", normalization).T
+        sections.append(f"<h4>Tokens by site and layer ({html.escape(norm_text)})</h4>")
+        sections.append(
+            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=sites.tolist(),
+                firstDimensionName="Site", secondDimensionName="Layer",
+                firstDimensionLabels=["resid_pre", "attn_out", "mlp_out"],
+                secondDimensionLabels=[str(i) for i in range(n_layers)] + ["final"])
+        )
+    if "heads" in parts:
+        heads = r.internal("head", normalization)
+        per_head = r.aggregate(heads)
+        sections.append(
+            _heatmap(per_head, [f"L{i}" for i in range(n_layers)], [f"H{h}" for h in range(per_head.shape[1])],
+                     color, f"Layer × head (all positions combined), {norm_text}")
+        )
+        sections.append(f"<h4>Tokens by head ({html.escape(norm_text)})</h4>")
+        sections.append(
+            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=heads.permute(2, 0, 1).tolist(),
+                firstDimensionName="Layer", secondDimensionName="Head")
+        )
     return sections
 
 
@@ -224,9 +230,10 @@ class ScopeView:
         return path
 
 
-def show(result: ScopeResult, normalization: str = "scaled") -> ScopeView:
-    """The view of one result (internal maps included when the result has them)."""
-    return ScopeView(result_sections(result, normalization), f"{result.scope} scope")
+def show(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> ScopeView:
+    """The view of one result: ``parts`` among ``"tokens"``, ``"layers"``, ``"heads"``
+    (the last two need a result computed with ``internals=True``)."""
+    return ScopeView(result_sections(result, normalization, parts), f"{result.scope} scope")
 
 
 def compare(*results: ScopeResult, labels: Optional[Sequence[str]] = None) -> ScopeView:

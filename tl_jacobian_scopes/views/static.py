@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
+import numpy as np
+
 from ..results.scope_result import ScopeResult
 from .html import NORMALIZATION_TEXT, SCOPE_COLORS
 
@@ -49,12 +51,16 @@ def plot(result: ScopeResult, normalization: str = "scaled"):
     if r.has_internals:
         resid = r.internal("layer", normalization).numpy()
         ax = axes[1, 0]
-        im = ax.imshow(resid, aspect="auto", cmap=cmap, interpolation="nearest")
+        vmax = float(np.quantile(resid, 0.99)) or None  # as in the HTML view: a few cells would wash out the rest
+        im = ax.imshow(resid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
         ax.set_yticks(range(resid.shape[0]), [str(i) for i in range(resid.shape[0] - 1)] + ["final"], fontsize=6)
         ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8)
         ax.axvline(r.position, color="black", lw=0.8, ls=":")
         ax.set_ylabel("layer (resid_pre)")
-        ax.set_title(f"layer × position, {NORMALIZATION_TEXT[normalization]}", fontsize=8)
+        ax.set_title(
+            f"layer × position, {NORMALIZATION_TEXT[normalization]}\n(colour saturates at the 99th percentile, "
+            f"{vmax:.4g}; max {resid.max():.4g})", fontsize=8,
+        )
         fig.colorbar(im, ax=ax, fraction=0.02)
         heads = r.aggregate(r.internal("head", normalization)).numpy()
         ax = axes[2, 0]
