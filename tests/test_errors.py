@@ -27,7 +27,7 @@ def _state(model):
 BAD_INPUTS = [
     ("fisher", dict(prompt=""), tjs.PromptError, "empty"),
     ("fisher", dict(prompt=" ".join(["the"] * 40)), tjs.PromptError, "context holds 32"),
-    ("fisher", dict(prompt=torch.tensor([[1, 5], [1, 6]])), tjs.PromptError, r"\[pos\]"),
+    ("fisher", dict(prompt=torch.ones(2, 2, 2, dtype=torch.long)), tjs.PromptError, r"\[pos\]"),
     ("fisher", dict(prompt=torch.tensor([1.0, 2.0])), tjs.PromptError, "integers"),
     ("fisher", dict(prompt=[1, 5, 10_000]), tjs.PromptError, "must lie in"),
     ("fisher", dict(prompt=torch.zeros(0, dtype=torch.long)), tjs.PromptError, "no tokens"),

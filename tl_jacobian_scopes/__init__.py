@@ -19,7 +19,7 @@ from .errors import (
     UnknownScopeError,
 )
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
-from .results import ScopeResult, TokenScore
+from .results import CellScore, HeadScore, ScopeMatrix, ScopeResult, TokenScore
 from .scopes import SCOPES, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, save_html
 
@@ -35,6 +35,7 @@ __all__ = [
     "SCOPES",
     "ScopeError",
     "ScopeMemoryError",
+    "ScopeMatrix",
     "ScopeResult",
     "ScopeView",
     "TargetError",

@@ -1,3 +1,4 @@
 """Result types returned by the scopes."""
 
-from .scope_result import ScopeResult, TokenScore
+from .scope_matrix import ScopeMatrix
+from .scope_result import CellScore, HeadScore, ScopeResult, TokenScore

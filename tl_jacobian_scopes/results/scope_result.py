@@ -78,6 +78,8 @@ class ScopeResult:
             (``hook_z``, before ``W_O``).
         internal_norms: Activation norms ‖a‖ at every internal site, same shapes, used by
             the ``"scaled"`` normalization.
+        stderr: For a stochastic estimate (Fisher with ``samples=``), the standard error of
+            each token's score; None for exact computations.
 
     Example:
         >>> r = tjs.fisher_scope(model, "The capital of France is")  # doctest: +SKIP
@@ -107,6 +109,7 @@ class ScopeResult:
     mlp_scores: Optional[Float[Tensor, "n_layers pos"]] = None
     head_scores: Optional[Float[Tensor, "n_layers n_heads pos"]] = None
     internal_norms: dict[str, Tensor] = field(default_factory=dict)
+    stderr: Optional[Float[Tensor, " pos"]] = None
 
     @property
     def score_kind(self) -> str:
@@ -294,6 +297,7 @@ class ScopeResult:
                 if getattr(self, f"{site}_scores") is not None
             },
             "internal_norms": {site: t.tolist() for site, t in self.internal_norms.items()},
+            "stderr": None if self.stderr is None else self.stderr.tolist(),
         }
 
     def save_json(self, path: Union[str, Path]) -> Path:
@@ -313,6 +317,8 @@ class ScopeResult:
             if data.get(f"{site}_scores") is not None:
                 data[f"{site}_scores"] = torch.tensor(data[f"{site}_scores"], dtype=torch.float32)
         data["internal_norms"] = {k: torch.tensor(v) for k, v in data.get("internal_norms", {}).items()}
+        if data.get("stderr") is not None:
+            data["stderr"] = torch.tensor(data["stderr"], dtype=torch.float32)
         return cls(**data)
 
     # ---- views ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def forward_to_final_hidden(
     tokens: Int[Tensor, "batch pos"],
     perturb: Sequence[str] = (EMBED_HOOK,),
     keep_activations: bool = False,
+    **forward_kwargs,
 ) -> ForwardState:
     """Run the model through its hooks up to ``unembed.hook_in`` with leaf perturbations.
 
@@ -70,7 +71,7 @@ def forward_to_final_hidden(
     fwd_hooks.append((FINAL_HOOK, capture_final))
     with torch.enable_grad(), access.model.hooks(fwd_hooks=fwd_hooks):
         try:
-            access.model(tokens)
+            access.model(tokens, **forward_kwargs)
         except _StopForward:
             pass
     if state.y.numel() == 0:
@@ -188,13 +189,15 @@ def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> None:
     )
 
 
-def probe_chunk_size(access: ModelAccess, n_tokens: int, n_probes: int, n_leaves: int = 1, cap: int = 64) -> int:
+def probe_chunk_size(
+    access: ModelAccess, n_tokens: int, n_probes: int, n_leaves: int = 1, batch: int = 1, cap: int = 64
+) -> int:
     """How many probes to push through one backward pass without exceeding memory."""
     budget = _budget(access)
     if budget is None:
         return max(1, min(cap, n_probes))
-    spare = budget - forward_memory(access, n_tokens)
-    fit = max(1, spare // max(1, probe_memory(access, n_tokens, n_leaves=n_leaves)))
+    spare = budget - forward_memory(access, n_tokens, batch)
+    fit = max(1, spare // max(1, probe_memory(access, n_tokens, batch, n_leaves=n_leaves)))
     return int(max(1, min(cap, n_probes, fit)))
 
 

@@ -80,3 +80,29 @@ def fisher_eigenpairs(
     if rank is not None:
         evals, evecs = evals[:rank], evecs[:, :rank]
     return evals.float(), evecs.T.float().contiguous()
+
+
+def fisher_sample_probes(
+    W_U: Float[Tensor, "d_model d_vocab"],
+    probs: Float[Tensor, " d_vocab"],
+    n_samples: int,
+    generator: torch.Generator,
+) -> Float[Tensor, "n_samples d_model"]:
+    """Random probes ``a = A^T z`` with ``A^T A = F`` and Rademacher ``z`` in output space.
+
+    ``A = diag(√p)(W - 1 m^T)`` (``W = W_U^T``, ``m = W_U p``), so ``E[a a^T] = F`` and
+    ``E‖J^T a‖² = tr(J^T F J)``: the average over probes is an unbiased estimate of the
+    exact Fisher score. Costs one pass over W_U; F itself is never formed.
+    """
+    probs = probs.detach().float().to(W_U.device)
+    z = torch.randint(0, 2, (n_samples, W_U.shape[-1]), generator=generator, device=W_U.device).float() * 2 - 1
+    sqrt_p = probs.sqrt()
+    out = torch.zeros(n_samples, W_U.shape[0], dtype=torch.float32, device=W_U.device)
+    mean = torch.zeros(W_U.shape[0], dtype=torch.float32, device=W_U.device)
+    weight_sum = torch.zeros(n_samples, dtype=torch.float32, device=W_U.device)
+    for cols, W in _vocab_chunks(W_U):
+        zs = z[:, cols] * sqrt_p[cols]
+        out.addmm_(zs, W.T)
+        weight_sum += zs.sum(dim=-1)
+        mean.add_(W @ probs[cols])
+    return out - weight_sum[:, None] * mean[None, :]

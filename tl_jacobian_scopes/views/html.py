@@ -255,3 +255,26 @@ def save_html(results: Union[ScopeResult, Sequence[ScopeResult]], path: Union[st
     if isinstance(results, ScopeResult):
         return show(results).save(path)
     return compare(*results).save(path)
+
+
+def matrix_view(matrix) -> ScopeView:
+    """A :class:`ScopeMatrix`: explained positions x tokens heatmap, then per-position colouring."""
+    first = matrix[0]
+    color = SCOPE_COLORS.get(matrix.scope, "#444")
+    rows = [f"{r.position}:{r.str_tokens[r.position]}→{r.target_str}" for r in matrix]
+    labels = [f"{i}:{t}" for i, t in enumerate(matrix.str_tokens)]
+    header = (
+        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{matrix.scope}</b> scope '
+        f"({matrix.score_kind} scores) at {len(matrix)} positions · {html.escape(first.model_name)}</div>"
+    )
+    values = matrix.scores.T  # [tokens, positions]
+    peak = values.max(dim=0).values.clamp_min(1e-30)
+    return ScopeView(
+        [
+            header,
+            _heatmap(matrix.scores, rows, labels, color, "Explained position (row, → its target) × input token"),
+            "<h4>Tokens coloured per explained position (each divided by its own maximum)</h4>",
+            _cv("ColoredTokensMulti", tokens=matrix.str_tokens, values=(values / peak).tolist(), labels=rows),
+        ],
+        f"{matrix.scope} scope matrix",
+    )

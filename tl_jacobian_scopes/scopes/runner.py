@@ -1,0 +1,175 @@
+"""Run a scope for many explained predictions with one forward pass.
+
+A *job* is one explained prediction: (prompt row of a padded batch, position). All jobs
+share one forward pass. Their probes are packed into as few backward passes as possible:
+jobs in different rows never interact (a row only sees its own tokens), so one VJP can
+carry one probe for every row at once; jobs in the same row (many positions of one text)
+need VJPs of their own. With ``k`` probes per job and at most ``G`` jobs per row, the
+whole call costs one forward pass and ``k * G`` vectorized VJPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..models.access import EMBED_HOOK, ModelAccess
+from . import probes as P
+from .engine import batched_vjp, forward_to_final_hidden, probe_chunk_size
+from .internals import InternalMaps, assemble, internal_hook_names
+
+
+@dataclass
+class Probes:
+    """What one job pushes through the backward pass, and what it reports.
+
+    ``vectors[j]`` is weighted by ``weights[j]``; probes from index ``stochastic_from`` on
+    are random samples whose spread gives a standard error.
+    """
+
+    vectors: Float[Tensor, "k d_model"]
+    weights: Float[Tensor, " k"]
+    quadratic: bool
+    target: int
+    contrast: Optional[int] = None
+    params: dict[str, Any] = field(default_factory=dict)
+    stochastic_from: Optional[int] = None
+
+
+@dataclass
+class JobOutput:
+    """Per-job results, unpadded: token scores, internal maps, probes, distribution."""
+
+    scores: Tensor
+    probs: Tensor
+    probes: Probes
+    stderr: Optional[Tensor] = None
+    maps: Optional[InternalMaps] = None
+
+
+def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> tuple[Tensor, Tensor, list[int]]:
+    """Stack 1-D token rows into ``[batch, max_len]``: tokens, attention mask, row offsets."""
+    longest = max(len(r) for r in rows)
+    tokenizer = access.tokenizer
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = pad_id if pad_id is not None else 0
+    tokens = torch.full((len(rows), longest), pad_id, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long, device=rows[0].device)
+    offsets = []
+    for i, row in enumerate(rows):
+        start = longest - len(row) if padding_side == "left" else 0
+        tokens[i, start : start + len(row)] = row
+        mask[i, start : start + len(row)] = 1
+        offsets.append(start)
+    return tokens, mask, offsets
+
+
+def run_jobs(
+    access: ModelAccess,
+    rows: Sequence[Tensor],
+    jobs: Sequence[tuple[int, int]],
+    make_probes: Callable[[int, Tensor, Tensor], Probes],
+    internals: bool = False,
+    padding_side: str = "right",
+    progress: Optional[bool] = None,
+) -> list[JobOutput]:
+    """Explain every ``(row, position)`` job with one forward pass over the padded rows.
+
+    Args:
+        access: The model.
+        rows: One 1-D token tensor per prompt.
+        jobs: ``(row index, position within that row)`` pairs.
+        make_probes: ``(job index, y, p) -> Probes``; ``y`` and ``p`` (float32) belong to the job.
+        internals: Also perturb and report every internal site.
+        padding_side: Where pads go when rows differ in length (``"right"`` needs no mask
+            for a causal model; ``"left"`` passes an attention mask and offset positions).
+        progress: Progress bar over backward passes (default: when there are many).
+    """
+    tokens, mask, offsets = pad_rows(access, rows, padding_side)
+    leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
+    padded = bool((mask == 0).any())
+    forward_kwargs = {}
+    if padded and padding_side == "left":
+        forward_kwargs = {"attention_mask": mask, "padding_side": "left"}
+    job_rows = torch.tensor([r for r, _ in jobs])
+    job_cols = torch.tensor([offsets[r] + p for r, p in jobs])
+    # Group g of a job = how many earlier jobs share its row: one VJP can serve one job per row.
+    seen: dict[int, int] = {}
+    groups = []
+    for r, _ in jobs:
+        groups.append(seen.get(r, 0))
+        seen[r] = groups[-1] + 1
+    n_groups = max(groups) + 1
+    group_of = torch.tensor(groups)
+
+    with access.frozen():
+        state = forward_to_final_hidden(access, tokens, leaf_names, keep_activations=internals, **forward_kwargs)
+        device = state.y.device
+        Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
+        probs = torch.softmax(P.logits_at(Y, access.W_U, access.b_U), dim=-1).to(device)
+        probes = [make_probes(i, Y[i], probs[i]) for i in range(len(jobs))]
+        k = probes[0].vectors.shape[0]
+        if any(p.vectors.shape[0] != k for p in probes):
+            raise ValueError("every job of one call must use the same number of probes")
+        vectors = torch.stack([p.vectors.to(device) for p in probes], dim=1)  # [k, jobs, d]
+        weights = torch.stack([p.weights.float().to(device) for p in probes], dim=1)  # [k, jobs]
+        stochastic_from = probes[0].stochastic_from
+        # VJP number v = g * k + j carries probe j of every job in group g.
+        in_group = (group_of[None, :] == torch.arange(n_groups)[:, None]).to(device)  # [G, jobs]
+        grad_outputs = (vectors[None] * in_group[:, None, :, None]).reshape(n_groups * k, len(jobs), -1)
+        vjp_group = torch.arange(n_groups * k, device=device) // k
+        vjp_probe = torch.arange(n_groups * k, device=device) % k
+
+        chunk = probe_chunk_size(access, tokens.shape[1], n_groups * k, n_leaves=len(leaf_names), batch=len(rows))
+        leaves = [state.leaves[n] for n in leaf_names]
+        totals: dict[str, Tensor] = {}
+        moments: dict[str, list[Tensor]] = {}
+        n_chunks = -(-(n_groups * k) // chunk)
+        bar = tqdm(total=n_groups * k, desc="backward passes", unit="vjp", leave=False,
+                   disable=not (progress if progress is not None else n_chunks > 4))
+        with bar:
+            for sl, grads in batched_vjp(Y, leaves, grad_outputs, chunk):
+                # Weight of VJP c for job i: its probe's weight if the job is in its group.
+                member = in_group[vjp_group[sl]].float()  # [c, jobs]
+                w = weights[vjp_probe[sl]] * member
+                for name, grad in zip(leaf_names, grads):
+                    sq = grad.float().pow(2).sum(dim=-1)[:, job_rows.to(grad.device)]  # [c, jobs, pos, ...]
+                    part = torch.einsum("cj,cj...->j...", w.to(sq.device), sq)
+                    totals[name] = totals[name] + part if name in totals else part
+                    if stochastic_from is not None and name == EMBED_HOOK:
+                        s = member * (vjp_probe[sl] >= stochastic_from).float()[:, None]
+                        s = s.to(sq.device)
+                        m1 = torch.einsum("cj,cj...->j...", s, sq)
+                        m2 = torch.einsum("cj,cj...->j...", s, sq.pow(2))
+                        if name in moments:
+                            moments[name][0] += m1
+                            moments[name][1] += m2
+                        else:
+                            moments[name] = [m1, m2]
+                bar.update(sl.stop - sl.start)
+
+    outputs = []
+    for i, ((r, _), probe) in enumerate(zip(jobs, probes)):
+        span = slice(offsets[r], offsets[r] + len(rows[r]))
+        per_leaf = {n: t[i][span] for n, t in totals.items()}
+        if not probe.quadratic:
+            per_leaf = {n: t.sqrt() for n, t in per_leaf.items()}
+        stderr = None
+        if stochastic_from is not None:
+            m = k - stochastic_from
+            s1, s2 = (x[i][span] for x in moments[EMBED_HOOK])
+            mean = s1 / m
+            var = (s2 / m - mean.pow(2)).clamp_min(0) * m / max(m - 1, 1)
+            # The estimate is weight * s1 with weight 1/m per probe: its standard error.
+            stderr = (var / m).sqrt().cpu()
+        maps = None
+        if internals:
+            acts = {n: a[r : r + 1, span] for n, a in state.activations.items()}
+            maps = assemble(access.n_layers, per_leaf, acts)
+        outputs.append(JobOutput(per_leaf[EMBED_HOOK].detach().float().cpu(), probs[i], probe, stderr, maps))
+    return outputs
