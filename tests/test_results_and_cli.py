@@ -78,3 +78,13 @@ def test_console_script_is_installed():
     assert script.exists(), "pip install -e . installs the console script"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "--scope" in proc.stdout
+
+
+def test_cli_positions_samples_internals(capsys, tmp_path):
+    assert main(["The capital of France is", "--scope", "semantic", "--target", "next", "--positions", "3,5"]) == 0
+    out = capsys.readouterr().out
+    assert "at 2 positions" in out and "-> ' Paris'" in out and "-> ' France'" in out
+    html = tmp_path / "v.html"
+    assert main(["The capital of France is", "--scope", "fisher", "--samples", "8", "--internals", "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    assert "standard errors up to" in out and "top heads" in out and html.stat().st_size > 1_000_000

@@ -11,6 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import ScopeError
+from .results.scope_matrix import ScopeMatrix
 from .results.scope_result import ScopeResult
 from .scopes.api import SCOPES, resolve_scope
 
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--position", type=int, help="explained position (default: last token)")
     parser.add_argument("--rank", type=int, default=1, help="fisher: number of eigen-directions (default: 1)")
     parser.add_argument("--exact", action="store_true", help="fisher: exact trace (d_model probes)")
+    parser.add_argument("--samples", type=int, help="fisher: estimate the exact trace from N random probes (e.g. 24)")
+    parser.add_argument("--seed", type=int, default=0, help="fisher --samples: random seed")
+    parser.add_argument("--positions", help="explain many positions: 'all' or a comma-separated list")
     parser.add_argument("--model", help="a TransformerLens model name (needs the hub; default: embedded SmolLM2)")
     parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -55,6 +59,8 @@ def format_result(result: ScopeResult) -> str:
     extras = {k: v for k, v in result.params.items() if isinstance(v, (int, float, str)) and k != "entropy"}
     if extras:
         lines.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()))
+    if result.stderr is not None:
+        lines.append(f"stochastic estimate: standard errors up to {float(result.stderr.max()):.3g}")
     if result.has_internals:
         heads = ", ".join(f"L{h.layer}H{h.head}={h.score:.3g}" for h in result.top_heads(5))
         lines.append(f"top heads (raw, all positions): {heads}")
@@ -64,6 +70,15 @@ def format_result(result: ScopeResult) -> str:
         bar = "█" * round(BAR_WIDTH * score / peak)
         mark = " <- explained" if i == result.position else ""
         lines.append(f"{i:4d} {token!r:<{width}} {score:12.5g} {bar}{mark}")
+    return "\n".join(lines)
+
+
+def format_matrix(matrix: ScopeMatrix, k: int = 3) -> str:
+    """One line per explained position: the prediction there and its top-k tokens."""
+    lines = [f"scope: {matrix.scope} ({matrix.score_kind} scores) at {len(matrix)} positions"]
+    for r in matrix:
+        top = ", ".join(f"{t.position}:{t.token!r}={t.score:.3g}" for t in r.top(k))
+        lines.append(f"{r.position:4d} {r.str_tokens[r.position]!r:>16} -> {r.target_str!r:<14} {top}")
     return "\n".join(lines)
 
 
@@ -79,7 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --target/--contrast apply to the semantic scope, not {scope}", file=sys.stderr)
         return 2
     if scope == "fisher":
-        kwargs["rank"] = None if args.exact else args.rank
+        kwargs["rank"] = None if (args.exact or args.samples) else args.rank
+        if args.samples:
+            kwargs.update(samples=args.samples, seed=args.seed)
+    if args.positions:
+        kwargs.pop("position")
+        kwargs["positions"] = "all" if args.positions == "all" else [int(p) for p in args.positions.split(",")]
     from .models.loading import load_model
 
     try:
@@ -89,8 +109,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ScopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_result(result))
-    for path, save in ((args.json, result.save_json), (args.html, result.save_html), (args.png, result.save_png)):
+    if isinstance(result, ScopeMatrix):
+        print(format_matrix(result))
+    else:
+        print(format_result(result))
+    for path, save in (
+        (args.json, getattr(result, "save_json", None)),
+        (args.html, result.save_html),
+        (args.png, getattr(result, "save_png", None)),
+    ):
+        if path and save is None:
+            print(f"error: this output is not available with --positions: {path}", file=sys.stderr)
+            return 2
         if path:
             save(path)
             print(f"wrote {path}")

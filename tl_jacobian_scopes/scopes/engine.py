@@ -200,9 +200,3 @@ def probe_chunk_size(
     fit = max(1, spare // max(1, probe_memory(access, n_tokens, batch, n_leaves=n_leaves)))
     return int(max(1, min(cap, n_probes, fit)))
 
-
-def squared_norms(grads: Tensor, reduce_dims: int) -> Tensor:
-    """Sum of squares over the trailing ``reduce_dims`` dimensions, in float32."""
-    dims = tuple(range(-reduce_dims, 0))
-    return grads.float().pow(2).sum(dim=dims)
-
