@@ -22,6 +22,15 @@ from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import CellScore, HeadScore, ScopeMatrix, ScopeResult, TokenScore
 from .scopes import SCOPES, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, save_html
+from .evaluation import (
+    ablate_positions,
+    gradient_x_input,
+    integrated_gradients,
+    leave_one_out,
+    patch_activations,
+    path_semantic_scope,
+    random_attribution,
+)
 
 __version__ = "0.1.0"
 
@@ -41,7 +50,14 @@ __all__ = [
     "TargetError",
     "TokenScore",
     "UnknownScopeError",
+    "ablate_positions",
     "compare",
+    "gradient_x_input",
+    "integrated_gradients",
+    "leave_one_out",
+    "patch_activations",
+    "path_semantic_scope",
+    "random_attribution",
     "fisher_scope",
     "jacobian_scope",
     "load_default_model",

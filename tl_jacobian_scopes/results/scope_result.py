@@ -12,7 +12,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 #: How each scope's score scales: norms are linear in the Jacobian, Fisher is quadratic.
-SCORE_KINDS = {"semantic": "norm", "temperature": "norm", "fisher": "quadratic"}
+SCORE_KINDS = {
+    "semantic": "norm", "temperature": "norm", "fisher": "quadratic",
+    "gxi": "norm", "ig": "norm", "path_semantic": "norm", "random": "random", "loo": "kl",
+}
 
 
 class TokenScore(NamedTuple):

@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -48,10 +48,12 @@ def forward_to_final_hidden(
     tokens: Int[Tensor, "batch pos"],
     perturb: Sequence[str] = (EMBED_HOOK,),
     keep_activations: bool = False,
+    extra_hooks: Sequence[tuple[str, Callable]] = (),
     **forward_kwargs,
 ) -> ForwardState:
     """Run the model through its hooks up to ``unembed.hook_in`` with leaf perturbations.
 
+    ``extra_hooks`` (e.g. interventions) run before the leaves are added at the same hook.
     Call inside ``access.frozen()`` so that no parameter gradient is built.
     """
     state = ForwardState(y=torch.empty(0))
@@ -67,7 +69,7 @@ def forward_to_final_hidden(
         state.y = act
         raise _StopForward
 
-    fwd_hooks = [(name, partial(add_leaf, name=name)) for name in perturb]
+    fwd_hooks = list(extra_hooks) + [(name, partial(add_leaf, name=name)) for name in perturb]
     fwd_hooks.append((FINAL_HOOK, capture_final))
     with torch.enable_grad(), access.model.hooks(fwd_hooks=fwd_hooks):
         try:

@@ -34,6 +34,14 @@ def logits_at(
     return z
 
 
+def mean_unembedding(
+    W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, "... d_vocab"]
+) -> Float[Tensor, "... d_model"]:
+    """``W_U p``: the probability-weighted mean unembedding direction, in float32."""
+    probs = probs.detach().float().to(W_U.device)
+    return sum(probs[..., cols] @ W.T for cols, W in _vocab_chunks(W_U))
+
+
 def semantic_probe(
     W_U: Float[Tensor, "d_model d_vocab"], target: int, contrast: Optional[int] = None
 ) -> Float[Tensor, " d_model"]:

@@ -1,0 +1,217 @@
+"""Baselines, interventions and the AOPC protocol, against independent computations."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import tl_jacobian_scopes as tjs
+from tiny_models import BACKENDS, tiny_model
+from tl_jacobian_scopes.evaluation import aopc, deletion_deltas, loo_percentile
+from tl_jacobian_scopes.evaluation import faithfulness as F
+
+PROMPT = "the cat sat on the mat and the dog ran to the"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def tiny(request):
+    model, hf = tiny_model("llama", request.param)
+    ref = copy.deepcopy(hf).double().eval()
+    return model, ref
+
+
+def _hf_logprobs(ref, tokens, embeds_fn, position):
+    """log p at ``position`` from the plain HF model with edited input embeddings (float64)."""
+    embeds = embeds_fn(ref.get_input_embeddings()(tokens[None]).detach())
+    return torch.log_softmax(ref(inputs_embeds=embeds).logits[0, position], -1)
+
+
+def test_ablation_hooks_match_edited_embeddings(tiny):
+    model, ref = tiny
+    tokens = model.to_tokens(PROMPT)[0]
+    for replacement in ("zero", "mean", 5):
+        hooks = tjs.ablate_positions([2, 4], replacement, model)
+        got = torch.log_softmax(model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0, -1].double(), -1)
+        W_E = ref.get_input_embeddings().weight.detach()
+        fill = {"zero": torch.zeros(W_E.shape[1], dtype=W_E.dtype), "mean": W_E.mean(0), 5: W_E[5]}[replacement]
+
+        def edit(e):
+            e = e.clone()
+            e[0, [2, 4]] = fill
+            return e
+
+        torch.testing.assert_close(got, _hf_logprobs(ref, tokens, edit, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_patching_everything_recovers_clean_and_nothing_changes_nothing(tiny):
+    model, _ = tiny
+    clean, corrupt = model.to_tokens("the cat sat on the mat"), model.to_tokens("the dog sat on the mat")
+    _, cache = model.run_with_cache(clean)
+    with torch.no_grad():
+        clean_logits, corrupt_logits = model(clean), model(corrupt)
+        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        patched = model.run_with_hooks(corrupt, fwd_hooks=tjs.patch_activations(cache, [(last, None, None)]))
+        torch.testing.assert_close(patched, clean_logits)
+        same = tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", 3, None)])
+        torch.testing.assert_close(model.run_with_hooks(corrupt, fwd_hooks=same), corrupt_logits)  # position 3 is equal
+        head = tjs.patch_activations(cache, [("blocks.1.attn.hook_z", 2, 1)])
+        assert not torch.allclose(model.run_with_hooks(corrupt, fwd_hooks=head), corrupt_logits)
+
+
+def test_gradient_x_input_matches_autograd(tiny):
+    model, ref = tiny
+    tokens = model.to_tokens(PROMPT)[0]
+    r = tjs.gradient_x_input(model, PROMPT, target="dog", position=8)
+    x = ref.get_input_embeddings()(tokens[None]).detach().requires_grad_(True)
+    logp = torch.log_softmax(ref(inputs_embeds=x).logits[0, 8], -1)[r.target]
+    (g,) = torch.autograd.grad(logp, x)
+    expected = (g * x)[0].norm(dim=-1)
+    torch.testing.assert_close(r.scores.double(), expected, rtol=1e-4, atol=1e-6)
+    assert r.scope == "gxi" and torch.all(r.scores[9:] == 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    model, hf = tiny_model("gpt2", "bridge")
+    return model, copy.deepcopy(hf).double().eval()
+
+
+@pytest.mark.parametrize("objective", ["logprob", "logit"])
+def test_integrated_gradients_completeness(tiny_gpt2, objective):
+    """IG's completeness axiom: attributions summed over tokens and d equal L(x) - L(0).
+
+    On GPT-2 (the embedding enters LayerNorm together with learned positions, so L(αx) is
+    smooth in α). A Llama-like model normalizes αx directly, which makes L jump at α≈0
+    (only the norm's eps separates L(0) from L(0+)), a known blind spot of IG's path."""
+    model, ref = tiny_gpt2
+    tokens = model.to_tokens(PROMPT)[0]
+    fn = tjs.integrated_gradients if objective == "logprob" else tjs.path_semantic_scope
+    kwargs = dict(objective=objective) if objective == "logprob" else {}
+    r = fn(model, PROMPT, target="dog", steps=256, reduce="sum", **kwargs)
+    base = ref.get_input_embeddings()(tokens[None]).detach()
+    head = ref.get_output_embeddings().weight.detach()
+
+    @torch.no_grad()
+    def L(scale):
+        out = ref(inputs_embeds=base * scale, output_hidden_states=True)
+        if objective == "logprob":
+            return torch.log_softmax(out.logits[0, -1], -1)[r.target]
+        return out.hidden_states[-1][0, -1] @ head[r.target]
+
+    assert float(r.scores.sum()) == pytest.approx(float(L(1.0) - L(0.0)), rel=2e-3, abs=2e-4)
+
+
+def test_integrated_gradients_equals_a_loop_over_the_path(tiny):
+    model, ref = tiny
+    tokens = model.to_tokens(PROMPT)[0]
+    r = tjs.integrated_gradients(model, PROMPT, target="dog", steps=4)
+    base = ref.get_input_embeddings()(tokens[None]).detach()
+    total = torch.zeros_like(base)
+    for alpha in (0.125, 0.375, 0.625, 0.875):
+        x = (alpha * base).requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.log_softmax(ref(inputs_embeds=x).logits[0, -1], -1)[r.target], x)
+        total += g / 4
+    torch.testing.assert_close(r.scores.double(), (base * total)[0].norm(dim=-1), rtol=1e-4, atol=1e-6)
+
+
+def test_leave_one_out_matches_manual_kl(tiny):
+    model, ref = tiny
+    tokens = model.to_tokens(PROMPT)[0]
+    r = tjs.leave_one_out(model, PROMPT, position=7, batch_size=3)
+    p = torch.exp(_hf_logprobs(ref, tokens, lambda e: e, 7))
+    for t in (0, 4, 7):
+        def edit(e, t=t):
+            e = e.clone()
+            e[0, t] = 0
+            return e
+
+        kl = (p * (p.log() - _hf_logprobs(ref, tokens, edit, 7))).sum()
+        assert float(r.scores[t]) == pytest.approx(float(kl), rel=1e-3, abs=1e-6)
+    assert torch.all(r.scores[8:] == 0)
+
+
+def test_random_attribution_is_seeded():
+    model, _ = tiny_model("gpt2", "bridge")
+    a, b = tjs.random_attribution(model, PROMPT, seed=3), tjs.random_attribution(model, PROMPT, seed=3)
+    assert torch.equal(a.scores, b.scores) and not torch.equal(a.scores, tjs.random_attribution(model, PROMPT, seed=4).scores)
+
+
+def test_aopc_formula_and_deletions(tiny):
+    model, ref = tiny
+    assert aopc([-1.0, -2.0, -4.0]) == pytest.approx(0.025 * -3 + 0.05 * -6)
+    tokens = model.to_tokens(PROMPT)[0]
+    position, target = len(tokens) - 2, 7
+    scores = {"first": torch.arange(len(tokens), 0, -1).float()}  # prefers early positions (BOS highest)
+    deltas = deletion_deltas(model, tokens, position, target, scores, has_bos=True)["first"]
+    n_text = len(tokens) - 1
+    p0 = _hf_logprobs(ref, tokens, lambda e: e, position)[target]
+    for d, f in zip(deltas, (0.05, 0.1, 0.2)):
+        n = max(1, int(n_text * f))
+
+        def edit(e, n=n):
+            e = e.clone()
+            e[0, 1 : 1 + n] = 0  # BOS is never ablated: positions 1..n
+            return e
+
+        assert d == pytest.approx(float(_hf_logprobs(ref, tokens, edit, position)[target] - p0), abs=1e-4)
+    pool = torch.arange(1, position + 1)
+    loo = torch.zeros(len(tokens))
+    loo[5] = 1.0
+    assert loo_percentile(loo, loo, pool) == 0.0
+    assert loo_percentile(scores["first"], loo, pool) == pytest.approx(100 / len(pool))
+
+
+def test_benchmark_runner_resumes_and_summarizes(tmp_path, monkeypatch):
+    model, _ = tiny_model("llama", "bridge")
+    data = tmp_path / "set.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in [PROMPT, "the dog ran to the big red house", "we love the food of the city"]))
+    out = tmp_path / "out"
+    calls = []
+    real = F.evaluate_text
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "evaluate_text", counting)
+    F.run(model, data, out, n=2, ig_steps=4)
+    assert len(calls) == 2
+    summary = F.run(model, data, out, n=3, ig_steps=4)  # resumes: only the third text is new
+    assert len(calls) == 3 and summary["n_prompts"] == 3
+    records = [json.loads(l) for l in (out / "set.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [0, 1, 2]
+    assert set(records[0]["aopc"]) == set(F.METHODS) and "loo_percentile" in records[0]
+    row = summary["methods"]["fisher"]
+    values = [r["aopc"]["fisher"] for r in records]
+    assert row["aopc_mean"] == pytest.approx(sum(values) / 3)
+    diffs = [r["aopc"]["fisher"] - r["aopc"]["gxi"] for r in records]
+    assert row["paired_vs_gxi"]["mean"] == pytest.approx(sum(diffs) / 3)
+    assert (out / "set_summary.md").read_text().startswith("### set (n = 3)")
+    assert (out / "set_curves.png").stat().st_size > 1000
+
+
+def test_patch_top_recovers_all_or_nothing(tiny):
+    from tl_jacobian_scopes.evaluation.patching import patch_top
+
+    model, _ = tiny
+    clean, corrupt = "the cat sat on the mat", "the dog sat on the mat"
+    r = tjs.semantic_scope(model, clean, target="cat", contrast="dog", internals=True)
+    n = len(r.str_tokens)
+    assert patch_top(model, clean, corrupt, r, k=n).recovered == pytest.approx(1.0, abs=1e-5)
+    assert patch_top(model, clean, corrupt, r, k=0).recovered == pytest.approx(0.0, abs=1e-6)
+    heads = patch_top(model, clean, corrupt, r, k=model.cfg.n_layers * model.cfg.n_heads, site="head")
+    assert heads.ld_clean != heads.ld_corrupted and len(heads.patched) == model.cfg.n_layers * model.cfg.n_heads
+    with pytest.raises(tjs.PromptError, match="same number of tokens"):
+        patch_top(model, clean, "the dog sat on the big mat", r, k=1)
+
+
+def test_residual_patching_map_extremes(tiny):
+    from tl_jacobian_scopes.evaluation.patching import residual_patching_map
+
+    model, _ = tiny
+    effect = residual_patching_map(model, "the cat sat on the mat", "the dog sat on the mat", "cat", "dog", batch_size=5)
+    assert effect.shape == (model.cfg.n_layers, len(model.to_tokens("the cat sat on the mat")[0]))
+    # Layer 0 at the one differing position (2: 'cat' vs 'dog') restores everything; identical positions nothing.
+    assert float(effect[0, 2]) == pytest.approx(1.0, abs=1e-4)
+    assert torch.allclose(effect[0, [0, 1, 3, 4, 5, 6]], torch.zeros(6), atol=1e-5)
