@@ -8,7 +8,6 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-import torch
 
 import tl_jacobian_scopes as tjs
 from tiny_models import tiny_model

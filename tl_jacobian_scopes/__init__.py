@@ -28,8 +28,10 @@ from .evaluation import (
     integrated_gradients,
     leave_one_out,
     patch_activations,
+    patch_top,
     path_semantic_scope,
     random_attribution,
+    residual_patching_map,
 )
 
 __version__ = "0.1.0"
@@ -56,8 +58,10 @@ __all__ = [
     "integrated_gradients",
     "leave_one_out",
     "patch_activations",
+    "patch_top",
     "path_semantic_scope",
     "random_attribution",
+    "residual_patching_map",
     "fisher_scope",
     "jacobian_scope",
     "load_default_model",

@@ -25,6 +25,7 @@ from ..models.access import EMBED_HOOK, ModelAccess
 from ..models.inputs import Prompt, Target, prepare_tokens, resolve_position, resolve_token
 from ..results.scope_result import ScopeResult
 from ..scopes import probes as P
+from ..scopes.api import make_result
 from ..scopes.engine import check_memory, forward_to_final_hidden
 from .interventions import ablate_positions
 
@@ -52,22 +53,7 @@ def _objective_probe(
 
 
 def _result(scope, access, tokens, pos, scores, probs, target, params) -> ScopeResult:
-    predicted = int(probs.argmax())
-    return ScopeResult(
-        scope=scope,
-        scores=scores.detach().float().cpu(),
-        tokens=tokens[0].cpu(),
-        str_tokens=access.to_str_tokens(tokens[0]),
-        position=pos,
-        target=target,
-        target_str=access.token_str(target),
-        target_prob=float(probs[target]),
-        predicted=predicted,
-        predicted_str=access.token_str(predicted),
-        predicted_prob=float(probs[predicted]),
-        params=params,
-        model_name=access.model_name,
-    )
+    return make_result(scope, access, tokens[0], pos, scores, probs, target, params=params)
 
 
 def final_distribution(

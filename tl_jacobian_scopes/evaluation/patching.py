@@ -9,7 +9,7 @@ patch's effect is the fraction of the clean-corrupted gap it restores,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor

@@ -107,42 +107,55 @@ def _per_job(plan: _Plan, value: Any, name: str) -> list[Any]:
     return per
 
 
+def make_result(
+    scope: str,
+    access: ModelAccess,
+    tokens: Tensor,
+    position: int,
+    scores: Tensor,
+    probs: Tensor,
+    target: int,
+    contrast: Optional[int] = None,
+    params: Optional[dict[str, Any]] = None,
+    stderr: Optional[Tensor] = None,
+    maps: Any = None,
+) -> ScopeResult:
+    """A :class:`ScopeResult` for one explained prediction (``tokens``: one prompt's ids)."""
+    predicted = int(probs.argmax())
+    entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum())
+    return ScopeResult(
+        scope=scope,
+        scores=scores.detach().float().cpu(),
+        tokens=tokens.cpu(),
+        str_tokens=access.to_str_tokens(tokens),
+        position=position,
+        target=target,
+        target_str=access.token_str(target),
+        target_prob=float(probs[target]),
+        predicted=predicted,
+        predicted_str=access.token_str(predicted),
+        predicted_prob=float(probs[predicted]),
+        contrast=contrast,
+        contrast_str=None if contrast is None else access.token_str(contrast),
+        contrast_prob=None if contrast is None else float(probs[contrast]),
+        params={"entropy": entropy, **(params or {})},
+        model_name=access.model_name,
+        stderr=stderr,
+        layer_scores=None if maps is None else maps.scores["layer"],
+        attn_scores=None if maps is None else maps.scores["attn"],
+        mlp_scores=None if maps is None else maps.scores["mlp"],
+        head_scores=None if maps is None else maps.scores["head"],
+        internal_norms={} if maps is None else maps.norms,
+    )
+
+
 def _results(scope: str, plan: _Plan, outputs: list[JobOutput]):
     """ScopeResults in the caller's shape: one, a list, a ScopeMatrix, or a list of those."""
-    access = plan.access
-    results = []
-    for (r, pos), out in zip(plan.jobs, outputs):
-        probes, probs = out.probes, out.probs
-        predicted = int(probs.argmax())
-        entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum())
-        target, contrast = probes.target, probes.contrast
-        maps = out.maps
-        results.append(
-            ScopeResult(
-                scope=scope,
-                scores=out.scores,
-                tokens=plan.rows[r].cpu(),
-                str_tokens=access.to_str_tokens(plan.rows[r]),
-                position=pos,
-                target=target,
-                target_str=access.token_str(target),
-                target_prob=float(probs[target]),
-                predicted=predicted,
-                predicted_str=access.token_str(predicted),
-                predicted_prob=float(probs[predicted]),
-                contrast=contrast,
-                contrast_str=None if contrast is None else access.token_str(contrast),
-                contrast_prob=None if contrast is None else float(probs[contrast]),
-                params={"entropy": entropy, **probes.params},
-                model_name=access.model_name,
-                stderr=out.stderr,
-                layer_scores=None if maps is None else maps.scores["layer"],
-                attn_scores=None if maps is None else maps.scores["attn"],
-                mlp_scores=None if maps is None else maps.scores["mlp"],
-                head_scores=None if maps is None else maps.scores["head"],
-                internal_norms={} if maps is None else maps.norms,
-            )
-        )
+    results = [
+        make_result(scope, plan.access, plan.rows[r], pos, out.scores, out.probs, out.probes.target,
+                    out.probes.contrast, out.probes.params, out.stderr, out.maps)
+        for (r, pos), out in zip(plan.jobs, outputs)
+    ]
     if not plan.multi:
         return results if plan.batch else results[0]
     per_row: dict[int, list[ScopeResult]] = {}
