@@ -127,3 +127,17 @@ def test_batch_and_position_errors(model):
         tjs.semantic_scope(model, PROMPTS, target=["cat", "dog"])
     with pytest.raises(tjs.PromptError, match="empty"):
         tjs.fisher_scope(model, ["the cat", ""])
+
+
+@pytest.mark.parametrize("scope,kwargs", [("semantic", dict(target=["cat", "dog", "moon", "city"])), ("fisher", {})])
+def test_long_lists_run_in_sub_batches(model, scope, kwargs):
+    """A list longer than batch_size is split (per-prompt lists sliced with it), same results."""
+    whole = tjs.jacobian_scope(model, PROMPTS, scope, batch_size=16, **kwargs)
+    split = tjs.jacobian_scope(model, PROMPTS, scope, batch_size=3, position=[-1, -2, -1, -1], **kwargs)
+    assert len(split) == len(PROMPTS)
+    for i in (0, 2, 3):
+        _close(split[i].scores, whole[i].scores)
+    _close(split[1].scores, tjs.jacobian_scope(model, PROMPTS[1], scope, position=-2,
+                                               **({"target": "dog"} if scope == "semantic" else {})).scores)
+    with pytest.raises(tjs.ScopeError, match="batch_size"):
+        tjs.jacobian_scope(model, PROMPTS, scope, batch_size=0, **kwargs)

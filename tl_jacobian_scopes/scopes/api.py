@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import PositionError, ProcessedWeightsError, ProcessedWeightsWarning, ScopeError, TargetError, UnknownScopeError
 from ..models.access import ModelAccess, is_degenerate_norm
@@ -165,6 +166,24 @@ def _results(scope: str, plan: _Plan, outputs: list[JobOutput]):
     return matrices if plan.batch else matrices[0]
 
 
+def _in_batches(fn: Callable, model: Any, prompts: Any, batch_size: int, progress: Optional[bool],
+                per_prompt: dict[str, Any], **shared: Any) -> list:
+    """Run ``fn`` over ``prompts`` ``batch_size`` at a time (progress bar over sub-batches);
+    ``per_prompt`` arguments given as lists are sliced along with the prompts."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScopeError(f"batch_size must be a positive int, got {batch_size!r}.")
+    for name, value in per_prompt.items():
+        if isinstance(value, (list, tuple)) and len(value) != len(prompts):
+            raise TargetError(f"{len(value)} values of {name} for {len(prompts)} prompts: pass one per prompt.")
+    out: list = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="prompts", unit="batch", disable=progress is False, leave=False):
+        chunk = slice(start, start + batch_size)
+        kwargs = {k: (v[chunk] if isinstance(v, (list, tuple)) else v) for k, v in per_prompt.items()}
+        out.extend(fn(model, prompts[chunk], **kwargs, **shared, batch_size=batch_size, progress=progress))
+    return out
+
+
 def _next_token_target(plan: _Plan, job: int, probs: Tensor) -> int:
     r, pos = plan.jobs[job]
     row = plan.rows[r]
@@ -182,6 +201,7 @@ def semantic_scope(
     prepend_bos: Optional[bool] = None,
     internals: bool = False,
     padding_side: str = "right",
+    batch_size: int = 16,
     progress: Optional[bool] = None,
 ):
     """Semantic Scope: which input tokens move the logit of ``target`` (``s_t = ‖J_t^T w_target‖``).
@@ -203,7 +223,8 @@ def semantic_scope(
         internals: Also compute per-layer, per-head, attention- and MLP-output maps from
             the same backward pass (``layer_scores``, ``head_scores``, ...).
         padding_side: How a batch of unequal prompts is padded (results do not depend on it).
-        progress: Progress bar over backward passes (default: when there are many).
+        batch_size: Longer lists of prompts run in sub-batches of this size.
+        progress: Progress bar over sub-batches and backward passes (default: when there are many).
 
     Returns:
         A :class:`ScopeResult` (one L2-norm score per prompt token), a list of them for a
@@ -213,6 +234,10 @@ def semantic_scope(
         >>> r = semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
         >>> r.top(3)  # doctest: +SKIP
     """
+    if _is_batch(prompt) and len(prompt) > batch_size:
+        return _in_batches(semantic_scope, model, prompt, batch_size, progress,
+                           dict(target=target, contrast=contrast, position=position), positions=positions,
+                           prepend_bos=prepend_bos, internals=internals, padding_side=padding_side)
     plan = _plan(model, prompt, position, positions, prepend_bos, internals)
     access = plan.access
     raw_targets = _per_job(plan, target, "target")
@@ -262,6 +287,7 @@ def temperature_scope(
     prepend_bos: Optional[bool] = None,
     internals: bool = False,
     padding_side: str = "right",
+    batch_size: int = 16,
     progress: Optional[bool] = None,
 ):
     """Temperature Scope: which tokens move the model's confidence ‖y‖ (``s_t = ‖J_t^T ŷ‖``).
@@ -279,7 +305,8 @@ def temperature_scope(
         internals: Also compute per-layer, per-head, attention- and MLP-output maps from
             the same backward pass (``layer_scores``, ``head_scores``, ...).
         padding_side: How a batch of unequal prompts is padded (results do not depend on it).
-        progress: Progress bar over backward passes.
+        batch_size: Longer lists of prompts run in sub-batches of this size.
+        progress: Progress bar over sub-batches and backward passes.
 
     Returns:
         A :class:`ScopeResult` (``params["y_norm"]`` holds ‖y‖), a list, or a :class:`ScopeMatrix`.
@@ -287,6 +314,10 @@ def temperature_scope(
     Example:
         >>> r = temperature_scope(model, "12,15,18,21,")  # doctest: +SKIP
     """
+    if _is_batch(prompt) and len(prompt) > batch_size:
+        return _in_batches(temperature_scope, model, prompt, batch_size, progress, dict(position=position),
+                           positions=positions, prepend_bos=prepend_bos, internals=internals,
+                           padding_side=padding_side)
     plan = _plan(model, prompt, position, positions, prepend_bos, internals)
     if plan.access.final_norm_folded():
         raise ProcessedWeightsError(_FOLDED)
@@ -315,6 +346,7 @@ def fisher_scope(
     prepend_bos: Optional[bool] = None,
     internals: bool = False,
     padding_side: str = "right",
+    batch_size: int = 16,
     progress: Optional[bool] = None,
 ):
     """Fisher Scope: which tokens move the whole predictive distribution (``s_t = tr(J_t^T F J_t)``).
@@ -347,7 +379,8 @@ def fisher_scope(
         internals: Also compute per-layer, per-head, attention- and MLP-output maps from
             the same backward pass (``layer_scores``, ``head_scores``, ...).
         padding_side: How a batch of unequal prompts is padded (results do not depend on it).
-        progress: Progress bar over backward passes (default: when there are many).
+        batch_size: Longer lists of prompts run in sub-batches of this size.
+        progress: Progress bar over sub-batches and backward passes (default: when there are many).
 
     Returns:
         A :class:`ScopeResult` (``params`` holds the rank, the top eigenvalues and the share
@@ -368,6 +401,10 @@ def fisher_scope(
             raise ScopeError(f"samples must be an int ≥ 2, got {samples!r}.")
         if isinstance(deflate, bool) or not isinstance(deflate, int) or not 0 <= deflate < d:
             raise ScopeError(f"deflate must be an int in 0..{d - 1}, got {deflate!r}.")
+    if _is_batch(prompt) and len(prompt) > batch_size:
+        return _in_batches(fisher_scope, model, prompt, batch_size, progress, dict(position=position),
+                           rank=rank, samples=samples, deflate=deflate, seed=seed, positions=positions,
+                           prepend_bos=prepend_bos, internals=internals, padding_side=padding_side)
     plan = _plan(model, prompt, position, positions, prepend_bos, internals)
     if rank is not None and access.final_norm_folded():
         warnings.warn(
