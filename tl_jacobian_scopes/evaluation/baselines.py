@@ -172,13 +172,11 @@ def path_semantic_scope(
 ) -> ScopeResult:
     """Path-integrated Semantic Scope: the integrated-gradients path with the Semantic
     objective (the target logit ``w_target · y``)."""
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
-    target_id = resolve_token(access, target, "target")
-    full = final_distribution(access, tokens, pos)[0]
-    target_id = int(full.argmax()) if target_id is None else target_id
-    attributions, _ = _integrated(access, tokens, pos, target_id, steps, ("logit",))
-    params = {"steps": steps, "objective": "logit", "reduce": reduce, "baseline": "zero"}
-    return _result("path_semantic", access, tokens, pos, _reduce(attributions["logit"], reduce), full, target_id, params)
+    result = integrated_gradients(
+        model, prompt, target, position=position, steps=steps, objective="logit", reduce=reduce, prepend_bos=prepend_bos
+    )
+    result.scope = "path_semantic"
+    return result
 
 
 def random_attribution(
