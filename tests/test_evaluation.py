@@ -21,6 +21,7 @@ def tiny(request):
     return model, ref
 
 
+@torch.no_grad()
 def _hf_logprobs(ref, tokens, embeds_fn, position):
     """log p at ``position`` from the plain HF model with edited input embeddings (float64)."""
     embeds = embeds_fn(ref.get_input_embeddings()(tokens[None]).detach())
@@ -189,6 +190,30 @@ def test_benchmark_runner_resumes_and_summarizes(tmp_path, monkeypatch):
     assert row["paired_vs_gxi"]["mean"] == pytest.approx(sum(diffs) / 3)
     assert (out / "set_summary.md").read_text().startswith("### set (n = 3)")
     assert (out / "set_curves.png").stat().st_size > 1000
+
+    # A kill mid-write leaves half a line: it is dropped and that text is evaluated again.
+    whole = (out / "set.jsonl").read_text()
+    (out / "set.jsonl").write_text(whole[: whole.rstrip("\n").rfind("\n") + 1] + '{"id": 2, "aop')
+    F.run(model, data, out, n=3, ig_steps=4)
+    assert len(calls) == 4
+    assert [json.loads(l)["id"] for l in (out / "set.jsonl").read_text().splitlines()] == [0, 1, 2]
+    with pytest.raises(ValueError, match="--methods"):
+        F.run(model, data, out, n=3, methods=("random", "gxi"), ig_steps=4)
+    assert len(calls) == 4
+
+
+def test_summary_markdown_puts_the_paper_beside_ours():
+    records = [{"aopc": {"random": -0.2 - i / 10, "gxi": -1.0 - i / 10, "fisher": -1.1 - i / 10},
+                "deltas": {m: [-1.0, -2.0, -3.0] for m in ("random", "gxi", "fisher")},
+                "loo_percentile": {"random": 50.0, "gxi": 10.0, "fisher": 5.0 + i}} for i in range(4)]
+    summary = F.summarize(records)
+    assert summary["methods"]["fisher"]["times_random"] == pytest.approx(-1.25 / -0.35)
+    assert summary["methods"]["fisher"]["paired_vs_gxi"]["mean"] == pytest.approx(-0.1)
+    assert summary["methods"]["fisher"]["paired_vs_gxi"]["share_better"] == 1.0
+    table = F.summary_markdown(summary, "lambada_1000").splitlines()
+    fisher = next(line for line in table if line.startswith("| fisher"))
+    assert "-1.250 ± 0.065" in fisher and "| -1.320 |" in fisher and "5.45" in fisher and "6.5 ± 0.6" in fisher
+    assert "| — | — |" in next(line for line in F.summary_markdown(summary, "other").splitlines() if line.startswith("| fisher"))
 
 
 def test_patch_top_recovers_all_or_nothing(tiny):

@@ -30,6 +30,18 @@ from .baselines import _integrated, final_distribution, gradient_x_input, leave_
 
 METHODS = ("random", "gxi", "ig", "path_semantic", "semantic", "temperature", "fisher", "loo")
 
+# Published AOPC on Llama-3.2-1B, n = 1000 (SPEC section 5), shown beside ours; LOO percentiles
+# are the paper's Fisher k = 4 run on LAMBADA.
+PUBLISHED_AOPC = {
+    "lambada_1000": {"random": -0.261, "ig": -1.095, "gxi": -1.284, "semantic": -1.298,
+                     "temperature": -1.317, "fisher": -1.320},
+    "iwslt2017_de_en_1000": {"random": -0.298, "ig": -0.935, "gxi": -1.043, "semantic": -1.057,
+                             "temperature": -1.093, "fisher": -1.079},
+}
+PUBLISHED_LOO_PERCENTILE = {
+    "lambada_1000": {"fisher": 5.45, "gxi": 5.71, "semantic": 6.55, "temperature": 7.96, "ig": 29.5, "random": 48.9},
+}
+
 
 def evaluate_text(
     model: Any, text: str, methods: Sequence[str] = METHODS, ig_steps: int = 16, seed: int = 0
@@ -111,16 +123,24 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary_markdown(summary: dict[str, Any], title: str) -> str:
+    """A Markdown table, best AOPC first, with the paper's Llama-3.2-1B numbers where published."""
+    paper_aopc = PUBLISHED_AOPC.get(title, {})
+    paper_loo = PUBLISHED_LOO_PERCENTILE.get(title, {})
     lines = [f"### {title} (n = {summary['n_prompts']})", "",
-             "| method | AOPC (mean ± SE) | × random | paired vs G×I (mean ± SE) | better than G×I | LOO percentile |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| method | AOPC (mean ± SE) | × random | paired vs G×I (mean ± SE) | better than G×I "
+             "| LOO percentile | paper AOPC | paper LOO pct. |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m, row in sorted(summary["methods"].items(), key=lambda kv: kv[1]["aopc_mean"]):
         vs = row.get("paired_vs_gxi")
         lines.append(
             f"| {m} | {row['aopc_mean']:.3f} ± {row['aopc_se']:.3f} | {row.get('times_random', float('nan')):.2f} | "
             + (f"{vs['mean']:+.3f} ± {vs['se']:.3f} | {100 * vs['share_better']:.0f}% | " if vs else "— | — | ")
-            + (f"{row['loo_percentile_mean']:.1f} ± {row['loo_percentile_se']:.1f} |" if "loo_percentile_mean" in row else "— |")
+            + (f"{row['loo_percentile_mean']:.1f} ± {row['loo_percentile_se']:.1f} | " if "loo_percentile_mean" in row else "— | ")
+            + (f"{paper_aopc[m]:.3f} | " if m in paper_aopc else "— | ")
+            + (f"{paper_loo[m]:.2f} |" if m in paper_loo else "— |")
         )
+    if paper_aopc:
+        lines += ["", "Paper: Llama-3.2-1B, n = 1000 (SPEC section 5); LOO percentiles there use Fisher k = 4."]
     return "\n".join(lines)
 
 
@@ -143,6 +163,34 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _load_records(path: Path, methods: Sequence[str]) -> dict[int, dict]:
+    """Records of an earlier (possibly killed) run, by text id.
+
+    A line cut short by a kill is dropped from the file, so the run appends after whole
+    records only. A file written with another method list is refused: its records could not
+    be summarized together with the new ones.
+    """
+    if not path.exists():
+        return {}
+    raw = path.read_text()
+    if raw and not raw.endswith("\n"):
+        raw = raw[: raw.rfind("\n") + 1]
+        path.write_text(raw)
+    done: dict[int, dict] = {}
+    for line in raw.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            done[record["id"]] = record
+    if done:
+        found = sorted(next(iter(done.values()))["aopc"])
+        if found != sorted(methods):
+            raise ValueError(
+                f"{path} holds records for methods {found}, not {sorted(methods)}: pass "
+                f"--methods {','.join(found)} to resume it, or choose another --out folder"
+            )
+    return done
+
+
 def run(
     model: Any,
     data: Path,
@@ -156,12 +204,7 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(data).stem
     records_path = out_dir / f"{stem}.jsonl"
-    done: dict[int, dict] = {}
-    if records_path.exists():
-        for line in records_path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                done[record["id"]] = record
+    done = _load_records(records_path, methods)
     texts = [json.loads(line)["text"] for line in Path(data).read_text().splitlines()[:n]]
     with records_path.open("a") as sink:
         for idx, text in enumerate(tqdm(texts, desc=stem, unit="prompt", initial=0)):
