@@ -240,3 +240,26 @@ def test_residual_patching_map_extremes(tiny):
     # Layer 0 at the one differing position (2: 'cat' vs 'dog') restores everything; identical positions nothing.
     assert float(effect[0, 2]) == pytest.approx(1.0, abs=1e-4)
     assert torch.allclose(effect[0, [0, 1, 3, 4, 5, 6]], torch.zeros(6), atol=1e-5)
+
+
+def test_residual_patching_map_matches_transformer_lens_patching(tiny):
+    """Our batched patching against TransformerLens's own (one patched forward per cell)."""
+    patching = pytest.importorskip("transformer_lens.patching")
+    from tl_jacobian_scopes.evaluation.patching import logit_difference, residual_patching_map
+
+    model, _ = tiny
+    clean, corrupted = "the cat sat on the mat", "the dog sat on the red"
+    cat, dog = (int(model.to_single_token(w)) for w in ("cat", "dog"))
+    ours = residual_patching_map(model, clean, corrupted, "cat", "dog", batch_size=7)
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    _, cache = model.run_with_cache(clean_tokens)
+    ld_clean = float(logit_difference(model, clean_tokens, cat, dog)[0])
+    ld_corrupted = float(logit_difference(model, corrupted_tokens, cat, dog)[0])
+
+    def restored(logits):
+        return (logits[0, -1, cat] - logits[0, -1, dog] - ld_corrupted) / (ld_clean - ld_corrupted)
+
+    theirs = patching.get_act_patch_resid_pre(model, corrupted_tokens, cache, restored)
+    assert theirs.shape == ours.shape
+    torch.testing.assert_close(ours, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
+    assert ours.abs().max() > 0.1  # the map is not trivially zero
