@@ -180,7 +180,7 @@ def test_benchmark_runner_resumes_and_summarizes(tmp_path, monkeypatch):
     assert len(calls) == 2
     summary = F.run(model, data, out, n=3, ig_steps=4)  # resumes: only the third text is new
     assert len(calls) == 3 and summary["n_prompts"] == 3
-    records = [json.loads(l) for l in (out / "set.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "set.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [0, 1, 2]
     assert set(records[0]["aopc"]) == set(F.METHODS) and "loo_percentile" in records[0]
     row = summary["methods"]["fisher"]
@@ -196,7 +196,7 @@ def test_benchmark_runner_resumes_and_summarizes(tmp_path, monkeypatch):
     (out / "set.jsonl").write_text(whole[: whole.rstrip("\n").rfind("\n") + 1] + '{"id": 2, "aop')
     F.run(model, data, out, n=3, ig_steps=4)
     assert len(calls) == 4
-    assert [json.loads(l)["id"] for l in (out / "set.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(line)["id"] for line in (out / "set.jsonl").read_text().splitlines()] == [0, 1, 2]
     with pytest.raises(ValueError, match="--methods"):
         F.run(model, data, out, n=3, methods=("random", "gxi"), ig_steps=4)
     assert len(calls) == 4
@@ -263,3 +263,37 @@ def test_residual_patching_map_matches_transformer_lens_patching(tiny):
     assert theirs.shape == ours.shape
     torch.testing.assert_close(ours, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
     assert ours.abs().max() > 0.1  # the map is not trivially zero
+
+
+def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
+    """Each cell's estimate equals d/dε LD(a_corrupted + ε (a_clean - a_corrupted)) at ε = 0,
+    measured by central finite differences of real patched forward passes (no autograd)."""
+    from tl_jacobian_scopes.evaluation.patching import attribution_patching_map, logit_difference
+
+    model, _ = tiny
+    clean, corrupted = "the cat sat on the mat", "the dog sat on the red"
+    cat, dog = (int(model.to_single_token(w)) for w in ("cat", "dog"))
+    estimate = tjs.attribution_patching_map(model, clean, corrupted, "cat", "dog")
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    _, clean_cache = model.run_with_cache(clean_tokens)
+    _, corrupted_cache = model.run_with_cache(corrupted_tokens)
+    gap = float(logit_difference(model, clean_tokens, cat, dog)[0] - logit_difference(model, corrupted_tokens, cat, dog)[0])
+    assert estimate.shape == (model.cfg.n_layers, clean_tokens.shape[-1])
+    eps = 1e-2
+    for layer, pos in [(0, 2), (1, 2), (1, 5), (0, 0)]:
+        name = f"blocks.{layer}.hook_resid_pre"
+        delta = clean_cache[name][0, pos] - corrupted_cache[name][0, pos]
+
+        def shifted(scale):
+            def hook(act, hook):
+                act = act.clone()
+                act[0, pos] += scale * delta
+                return act
+            return float(logit_difference(model, corrupted_tokens, cat, dog, [(name, hook)])[0])
+
+        derivative = (shifted(eps) - shifted(-eps)) / (2 * eps)
+        assert float(estimate[layer, pos]) * gap == pytest.approx(derivative, rel=2e-2, abs=1e-4)
+    # Cells that hold the same activation in both runs: before the first differing token at every
+    # layer, and the unchanged tokens at layer 0 (later layers mix in the changed ones).
+    assert torch.all(estimate[:, :2].abs() < 1e-5) and torch.all(estimate[0, [3, 4]].abs() < 1e-5)
+    assert estimate[0, 2].abs() > 1e-3

@@ -24,6 +24,7 @@ from .scopes import SCOPES, fisher_scope, jacobian_scope, semantic_scope, temper
 from .views import ScopeView, compare, save_html
 from .evaluation import (
     ablate_positions,
+    attribution_patching_map,
     gradient_x_input,
     integrated_gradients,
     leave_one_out,
@@ -53,6 +54,7 @@ __all__ = [
     "TokenScore",
     "UnknownScopeError",
     "ablate_positions",
+    "attribution_patching_map",
     "compare",
     "gradient_x_input",
     "integrated_gradients",

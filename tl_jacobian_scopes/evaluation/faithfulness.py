@@ -135,7 +135,8 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {m} | {row['aopc_mean']:.3f} ± {row['aopc_se']:.3f} | {row.get('times_random', float('nan')):.2f} | "
             + (f"{vs['mean']:+.3f} ± {vs['se']:.3f} | {100 * vs['share_better']:.0f}% | " if vs else "— | — | ")
-            + (f"{row['loo_percentile_mean']:.1f} ± {row['loo_percentile_se']:.1f} | " if "loo_percentile_mean" in row else "— | ")
+            + (f"{row['loo_percentile_mean']:.1f} ± {row['loo_percentile_se']:.1f} | "
+               if "loo_percentile_mean" in row else "— | ")
             + (f"{paper_aopc[m]:.3f} | " if m in paper_aopc else "— | ")
             + (f"{paper_loo[m]:.2f} |" if m in paper_loo else "— |")
         )

@@ -18,6 +18,8 @@ from ..errors import PromptError
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens, resolve_token
 from ..results.scope_result import ScopeResult
+from ..scopes.engine import forward_to_final_hidden
+from ..scopes.probes import semantic_probe
 from .interventions import patch_activations
 
 
@@ -136,6 +138,43 @@ def residual_patching_map(
         for row, (L, p) in enumerate(chunk):
             effect[L, p] = (lds[row] - ld_corrupted) / (ld_clean - ld_corrupted)
     return effect
+
+
+def attribution_patching_map(
+    model: Any, clean: Any, corrupted: Any, answer: Union[str, int], wrong: Union[str, int]
+) -> Tensor:
+    """The first-order estimate of :func:`residual_patching_map` from one backward pass.
+
+    The contrastive Semantic Scope's probe ``v = w_answer - w_wrong`` gives, in one backward
+    pass on the corrupted prompt, the gradient ``g = J^T v`` of the logit difference with
+    respect to every residual-stream cell (the vector whose norm is the scope's layer map).
+    Its dot product with the clean-minus-corrupted activation predicts what patching that
+    cell restores ("attribution patching"): ``(a_clean - a_corrupted) · g / (LD_clean -
+    LD_corrupted)``, ``[n_layers, pos]``. Exact for a patch the model responds to linearly;
+    where the sensitivity map ranks cells by how much *any* change there would matter, this
+    ranks them by how much *this* change does.
+
+    Example:
+        >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
+        >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome")  # doctest: +SKIP
+    """
+    access = ModelAccess(model)
+    answer_id, wrong_id = resolve_token(access, answer, "answer"), resolve_token(access, wrong, "wrong")
+    clean_tokens, corrupted_tokens = _pair(model, clean, corrupted)
+    names = [f"blocks.{L}.hook_resid_pre" for L in range(access.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
+    ld_clean = float(logit_difference(model, clean_tokens, answer_id, wrong_id)[0])
+    ld_corrupted = float(logit_difference(model, corrupted_tokens, answer_id, wrong_id)[0])
+    with access.frozen():
+        state = forward_to_final_hidden(access, corrupted_tokens, perturb=names, keep_activations=True)
+        y = state.y[0, -1]
+        v = semantic_probe(access.W_U, answer_id, wrong_id).to(y)
+        grads = torch.autograd.grad(y, [state.leaves[n] for n in names], grad_outputs=v)
+    effect = torch.stack([
+        ((cache[n][0].float() - state.activations[n][0].float()) * g[0].float()).sum(-1) for n, g in zip(names, grads)
+    ]).cpu()
+    return effect / (ld_clean - ld_corrupted)
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

@@ -1,0 +1,71 @@
+"""Contrastive Semantic Scope next to real activation patching, on the embedded default model.
+
+For each clean/corrupted pair: the scope's layer x position map (sensitivity of the logit
+difference answer - wrong to each residual-stream cell, one backward pass), the same
+gradient dotted with the clean-minus-corrupted activations (``tjs.attribution_patching_map``,
+one backward pass), and real residual-stream patching (fraction of the logit difference
+restored by patching that cell from the clean run, one forward pass per cell), with Spearman
+correlations, and what patching the scope's top positions and heads restores
+(``tjs.patch_top``).
+
+Writes ``docs/images/scope_vs_patching.png``.
+
+Usage: python demos/scope_vs_patching.py
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import tl_jacobian_scopes as tjs  # noqa: E402
+from tl_jacobian_scopes.evaluation.patching import residual_patching_map, spearman  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "scope_vs_patching.png"
+PAIRS = [
+    ("The capital of France is", "The capital of Italy is", " Paris", " Rome"),
+    ("When Mary and John went to the store, John gave a drink to",
+     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
+]
+
+
+def main() -> None:
+    model = tjs.load_default_model(device="cpu")
+    fig = plt.figure(figsize=(16, 4.6 * len(PAIRS)), layout="constrained")
+    for subfig, (clean, corrupted, answer, wrong) in zip(fig.subfigures(len(PAIRS), 1), PAIRS):
+        scope = tjs.semantic_scope(model, clean, target=answer, contrast=wrong, internals=True)
+        patched = residual_patching_map(model, clean, corrupted, answer, wrong)
+        estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong)
+        sensitivity = scope.internal("layer")[:-1]
+        rho, rho_estimate = spearman(sensitivity, patched), spearman(estimate, patched)
+        labels = [repr(t)[1:-1] for t in scope.str_tokens]
+        span = float(max(patched.abs().max(), estimate.abs().max()))
+        panels = [
+            (sensitivity, dict(cmap="Blues", vmin=0, vmax=float(sensitivity.quantile(0.99))),
+             f"Semantic Scope ({answer!r} − {wrong!r}), raw ‖J^T v‖: ρ = {rho:.2f}"),
+            (estimate, dict(cmap="RdBu_r", vmin=-span, vmax=span),
+             f"scope gradient · (clean − corrupted) / ΔLD: ρ = {rho_estimate:.2f}"),
+            (patched, dict(cmap="RdBu_r", vmin=-span, vmax=span), "real residual patching: fraction restored"),
+        ]
+        for ax, (grid, style, title) in zip(subfig.subplots(1, 3), panels):
+            im = ax.imshow(grid.numpy(), aspect="auto", interpolation="nearest", **style)
+            ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=7)
+            ax.set_ylabel("layer (resid_pre)")
+            ax.set_title(title, fontsize=9)
+            subfig.colorbar(im, ax=ax, shrink=0.8)
+        subfig.suptitle(f"clean {clean!r} → corrupted {corrupted!r}   (ρ: Spearman with real patching)", fontsize=10)
+        for k in (1, 3):
+            pos = tjs.patch_top(model, clean, corrupted, scope, k=k)
+            heads = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head")
+            print(f"{clean[:40]!r}: top-{k} positions {pos.patched} restore {pos.recovered:+.0%}; "
+                  f"top-{k} heads {heads.patched} restore {heads.recovered:+.0%}")
+        print(f"  Spearman with residual patching: sensitivity map {rho:.2f}, attribution patching {rho_estimate:.2f}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT, dpi=110)
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
