@@ -5,8 +5,8 @@ difference answer - wrong to each residual-stream cell, one backward pass), the 
 gradient dotted with the clean-minus-corrupted activations (``tjs.attribution_patching_map``,
 one backward pass), and real residual-stream patching (fraction of the logit difference
 restored by patching that cell from the clean run, one forward pass per cell), with Spearman
-correlations, and what patching the scope's top positions and heads restores
-(``tjs.patch_top``).
+correlations; then what patching the top heads restores (``tjs.patch_top``), ranked by
+head-level attribution patching or by the scope's raw head map.
 
 Writes ``docs/images/scope_vs_patching.png``.
 
@@ -56,12 +56,14 @@ def main() -> None:
             ax.set_title(title, fontsize=9)
             subfig.colorbar(im, ax=ax, shrink=0.8)
         subfig.suptitle(f"clean {clean!r} → corrupted {corrupted!r}   (ρ: Spearman with real patching)", fontsize=10)
+        print(f"{clean!r}: Spearman with residual patching: sensitivity map {rho:.2f}, "
+              f"attribution patching {rho_estimate:.2f}")
+        head_estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong, site="head")
         for k in (1, 3):
-            pos = tjs.patch_top(model, clean, corrupted, scope, k=k)
-            heads = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head")
-            print(f"{clean[:40]!r}: top-{k} positions {pos.patched} restore {pos.recovered:+.0%}; "
-                  f"top-{k} heads {heads.patched} restore {heads.recovered:+.0%}")
-        print(f"  Spearman with residual patching: sensitivity map {rho:.2f}, attribution patching {rho_estimate:.2f}")
+            guided = tjs.patch_top(model, clean, corrupted, head_estimate, k=k, answer=answer, wrong=wrong)
+            raw = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head")
+            print(f"  top-{k} heads by attribution patching {guided.patched} restore {guided.recovered:+.0%}; "
+                  f"by the raw scope head map {raw.patched} {raw.recovered:+.0%}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=110)
     print("wrote", OUT)

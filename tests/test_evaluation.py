@@ -229,6 +229,19 @@ def test_patch_top_recovers_all_or_nothing(tiny):
     assert heads.ld_clean != heads.ld_corrupted and len(heads.patched) == model.cfg.n_layers * model.cfg.n_heads
     with pytest.raises(tjs.PromptError, match="same number of tokens"):
         patch_top(model, clean, "the dog sat on the big mat", r, k=1)
+    # A tensor of scores ranks the sites: [pos] positions, [n_layers, n_heads] heads.
+    only_cat = torch.zeros(n)
+    only_cat[2] = 1.0  # 'cat' vs 'dog' is the only differing token
+    outcome = patch_top(model, clean, corrupt, only_cat, k=1, answer="cat", wrong="dog")
+    assert outcome.patched == [2] and outcome.recovered == pytest.approx(1.0, abs=1e-5)
+    per_head = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    per_head[1, 2] = 1.0
+    outcome = patch_top(model, clean, corrupt, per_head, k=1, answer="cat", wrong="dog")
+    assert outcome.patched == [(1, 2)]
+    manual = tjs.patching_map(model, clean, corrupt, "cat", "dog", site="head")[1, 2]
+    assert outcome.recovered == pytest.approx(float(manual), abs=1e-5)
+    with pytest.raises(tjs.PromptError, match="answer= and wrong="):
+        patch_top(model, clean, corrupt, per_head, k=1)
 
 
 def test_residual_patching_map_extremes(tiny):
@@ -264,6 +277,12 @@ def test_residual_patching_map_matches_transformer_lens_patching(tiny):
     torch.testing.assert_close(ours, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
     assert ours.abs().max() > 0.1  # the map is not trivially zero
 
+    heads = tjs.patching_map(model, clean, corrupted, "cat", "dog", site="head", batch_size=5)
+    theirs = patching.get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, cache, restored)
+    assert heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    torch.testing.assert_close(heads, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
+    assert heads.abs().max() > 0.01
+
 
 def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
     """Each cell's estimate equals d/dε LD(a_corrupted + ε (a_clean - a_corrupted)) at ε = 0,
@@ -293,6 +312,21 @@ def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
 
         derivative = (shifted(eps) - shifted(-eps)) / (2 * eps)
         assert float(estimate[layer, pos]) * gap == pytest.approx(derivative, rel=2e-2, abs=1e-4)
+    heads = tjs.attribution_patching_map(model, clean, corrupted, "cat", "dog", site="head")
+    assert heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    for layer, head in [(0, 0), (1, 1), (1, 3)]:
+        name = f"blocks.{layer}.attn.hook_z"
+        delta = clean_cache[name][0, :, head] - corrupted_cache[name][0, :, head]
+
+        def shifted_head(scale):
+            def hook(act, hook):
+                act = act.clone()
+                act[0, :, head] += scale * delta
+                return act
+            return float(logit_difference(model, corrupted_tokens, cat, dog, [(name, hook)])[0])
+
+        derivative = (shifted_head(eps) - shifted_head(-eps)) / (2 * eps)
+        assert float(heads[layer, head]) * gap == pytest.approx(derivative, rel=2e-2, abs=1e-4)
     # Cells that hold the same activation in both runs: before the first differing token at every
     # layer, and the unchanged tokens at layer 0 (later layers mix in the changed ones).
     assert torch.all(estimate[:, :2].abs() < 1e-5) and torch.all(estimate[0, [3, 4]].abs() < 1e-5)

@@ -9,4 +9,4 @@ from .baselines import (
     random_attribution,
 )
 from .interventions import ablate_positions, patch_activations
-from .patching import PatchOutcome, attribution_patching_map, patch_top, residual_patching_map
+from .patching import PatchOutcome, attribution_patching_map, patch_top, patching_map, residual_patching_map
