@@ -108,8 +108,7 @@ def patch_top(
     _, cache = model.run_with_cache(pair.clean)
     hooks = patch_activations(cache, sites) if sites else []
     ld_patched = float(logit_difference(model, pair.corrupted, pair.answer, pair.wrong, hooks)[0])
-    gap = pair.ld_clean - pair.ld_corrupted
-    recovered = (ld_patched - pair.ld_corrupted) / gap if gap != 0 else float("nan")
+    recovered = (ld_patched - pair.ld_corrupted) / pair.gap if pair.gap != 0 else float("nan")
     return PatchOutcome(recovered, pair.ld_clean, pair.ld_corrupted, ld_patched, ranked)
 
 
@@ -138,8 +137,13 @@ class _Contrast:
             raise ValueError(f"site must be 'layer' (blocks.L.hook_resid_pre) or 'head' (blocks.L.attn.hook_z), got {site!r}.")
         return [SITES[site].format(L=L) for L in range(self.access.n_layers)]
 
+    @property
+    def gap(self) -> float:
+        """``LD_clean - LD_corrupted``: what a patch can restore."""
+        return self.ld_clean - self.ld_corrupted
+
     def restored(self, ld: Tensor) -> Tensor:
-        return (ld - self.ld_corrupted) / (self.ld_clean - self.ld_corrupted)
+        return (ld - self.ld_corrupted) / self.gap
 
 
 def patching_map(
@@ -228,7 +232,7 @@ def attribution_patching_map(
     for name, grad in zip(names, grads):
         change = (cache[name][0].float() - state.activations[name][0].float()) * grad[0].float()
         effect.append(change.sum(-1) if site == "layer" else change.sum(dim=(0, 2)))
-    return torch.stack(effect).cpu() / (pair.ld_clean - pair.ld_corrupted)  # already a change in LD
+    return torch.stack(effect).cpu() / pair.gap  # already a change in LD, so no offset
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
