@@ -1,15 +1,15 @@
 """Exceptions raised by tl_jacobian_scopes.
 
-Every error names what went wrong and how to fix it. All of them derive from
-:class:`ScopeError` (itself a :class:`ValueError`), so ``except ScopeError`` catches
-any bad input to a scope.
+Every error the library raises on bad input names what went wrong and how to fix it. All
+of them derive from :class:`ScopeError` (itself a :class:`ValueError`), so
+``except tjs.ScopeError`` catches any of them.
 """
 
 from __future__ import annotations
 
 
 class ScopeError(ValueError):
-    """Base class for bad inputs to a Jacobian scope."""
+    """Base class of every error tl_jacobian_scopes raises on bad input or state."""
 
 
 class PromptError(ScopeError):
@@ -21,11 +21,15 @@ class TargetError(ScopeError):
 
 
 class PositionError(ScopeError):
-    """The explained position is outside the prompt."""
+    """The explained position (or an ablated / patched position) is outside the prompt."""
 
 
-class UnknownScopeError(ScopeError):
-    """A scope name that does not exist."""
+class OptionError(ScopeError):
+    """An option has a value the method cannot use (rank, seed, batch_size, k, site, ...)."""
+
+
+class UnknownScopeError(OptionError):
+    """A scope or baseline name that does not exist."""
 
 
 class MissingHookError(ScopeError):
@@ -34,6 +38,26 @@ class MissingHookError(ScopeError):
 
 class ProcessedWeightsError(ScopeError):
     """The model's weights were processed in a way that breaks this scope."""
+
+
+class NonFiniteError(ScopeError):
+    """NaN or infinity in the model's weights or activations: scores would be meaningless."""
+
+
+class DeviceError(ScopeError):
+    """The device asked for does not exist in this PyTorch build or on this machine."""
+
+
+class ModelLoadError(ScopeError):
+    """A model could not be loaded (a missing package, an unwritable cache, a bad backend)."""
+
+
+class DataFileError(ScopeError):
+    """A data or results file is missing, empty, malformed, or belongs to another run."""
+
+
+class OutputPathError(ScopeError):
+    """An output file cannot be written (checked before any computation)."""
 
 
 class ScopeMemoryError(ScopeError, MemoryError):

@@ -17,9 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import MissingHookError
-
-EMBED_HOOK = "hook_embed"
-FINAL_HOOK = "unembed.hook_in"
+from .hook_names import EMBED_HOOK, FINAL_HOOK
 
 
 def backend_name(model: Any) -> str:

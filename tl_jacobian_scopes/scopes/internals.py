@@ -12,23 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: Internal map name -> hook name pattern ({L} is the layer).
-SITES = {
-    "layer": "blocks.{L}.hook_resid_pre",
-    "attn": "blocks.{L}.hook_attn_out",
-    "mlp": "blocks.{L}.hook_mlp_out",
-    "head": "blocks.{L}.attn.hook_z",
-}
+from ..models.hook_names import SITES, final_resid_hook, internal_hook_names, site_hooks
 
-
-def final_resid_hook(n_layers: int) -> str:
-    return f"blocks.{n_layers - 1}.hook_resid_post"
-
-
-def internal_hook_names(n_layers: int) -> list[str]:
-    """Every hook an internal map perturbs, in a fixed order."""
-    names = [pattern.format(L=L) for pattern in SITES.values() for L in range(n_layers)]
-    return names + [final_resid_hook(n_layers)]
 
 
 @dataclass
@@ -47,8 +32,8 @@ def assemble(n_layers: int, totals: dict[str, Tensor], activations: dict[str, Te
     """Stack per-hook results (``[pos]`` or ``[pos, n_heads]``) into per-site maps."""
     scores: dict[str, Tensor] = {}
     norms: dict[str, Tensor] = {}
-    for site, pattern in SITES.items():
-        names = [pattern.format(L=L) for L in range(n_layers)]
+    for site in SITES:
+        names = site_hooks(site, n_layers)
         if site == "layer":
             names.append(final_resid_hook(n_layers))
         s = torch.stack([totals[n] for n in names]).float().cpu()
