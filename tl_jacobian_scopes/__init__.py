@@ -8,7 +8,13 @@ Example:
 """
 
 from .errors import (
+    DataFileError,
+    DeviceError,
     MissingHookError,
+    ModelLoadError,
+    NonFiniteError,
+    OptionError,
+    OutputPathError,
     PositionError,
     ProcessedWeightsError,
     ProcessedWeightsWarning,
@@ -20,7 +26,7 @@ from .errors import (
 )
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import CellScore, HeadScore, ScopeMatrix, ScopeResult, TokenScore
-from .scopes import SCOPES, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
+from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, save_html
 from .evaluation import (
     ablate_positions,
@@ -40,6 +46,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "DataFileError",
+    "DeviceError",
+    "Method",
+    "ModelLoadError",
+    "NonFiniteError",
+    "OptionError",
+    "OutputPathError",
+    "Scope",
     "MissingHookError",
     "PositionError",
     "ProcessedWeightsError",

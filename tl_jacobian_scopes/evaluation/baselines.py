@@ -1,4 +1,4 @@
-"""Baseline attributions (SPEC section 4), returned as :class:`ScopeResult` like the scopes.
+"""Baseline attributions (docs/method.md §4), declared like the scopes and run by the same driver.
 
 - ``gradient_x_input``: ``‖∇_{x_t} L ⊙ x_t‖₂``.
 - ``integrated_gradients``: from the all-zero embedding, ``steps`` midpoint-Riemann points,
@@ -8,36 +8,31 @@
 - ``leave_one_out``: zero one token's embedding, ``KL(p_orig ‖ p_ablated)`` at the position.
 
 ``L`` is the log-probability of the target (``objective="logprob"``, i.e. minus the
-cross-entropy) or its logit (``"logit"``). Everything runs through the same hooks as the
-scopes: ``hook_embed`` in, ``unembed.hook_in`` out.
+cross-entropy) or its logit (``"logit"``). Every baseline takes the scopes' arguments
+(batches, ``positions=``, ``target=``) and returns the same types.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import ScopeError
-from ..models.access import EMBED_HOOK, ModelAccess
-from ..models.inputs import Prompt, Target, prepare_tokens, resolve_position, resolve_token
-from ..results.scope_result import ScopeResult
+from ..errors import OptionError
+from ..models.access import ModelAccess
+from ..models.hook_names import EMBED_HOOK
 from ..scopes import probes as P
-from ..scopes.api import make_result
+from ..scopes.api import Scope, register
+from ..scopes.declarations import Method, vjp_strategy
+from ..scopes.driver import JobOutput, Plan, check_positive_int, job_seed
 from ..scopes.engine import check_memory, forward_to_final_hidden
+from ..scopes.runner import Probes, job_distributions
 from .interventions import ablate_positions
 
 OBJECTIVES = ("logprob", "logit")
-
-
-def _prepare(model: Any, prompt: Prompt, position: Optional[int], prepend_bos: Optional[bool]):
-    access = ModelAccess(model)
-    tokens = prepare_tokens(access, prompt, prepend_bos)
-    pos = resolve_position(position, tokens.shape[-1])
-    check_memory(access, tokens.shape[-1])
-    return access, tokens, pos
+REDUCTIONS = ("l2", "sum")
 
 
 def _objective_probe(
@@ -47,17 +42,19 @@ def _objective_probe(
     w = P.semantic_probe(access.W_U, target).to(probs.device)
     if objective == "logit":
         return w.expand(*probs.shape[:-1], -1)
-    if objective == "logprob":  # ∂(z_t - logsumexp z)/∂y
-        return w - P.mean_unembedding(access.W_U, probs).to(w.device)
-    raise ScopeError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    return w - P.mean_unembedding(access.W_U, probs).to(w.device)
 
 
-def _result(scope, access, tokens, pos, scores, probs, target, params) -> ScopeResult:
-    return make_result(scope, access, tokens[0], pos, scores, probs, target, params=params)
+def _check_choices(options: dict[str, Any], access: ModelAccess) -> None:
+    for name, choices in (("objective", OBJECTIVES), ("reduce", REDUCTIONS)):
+        if name in options and options[name] not in choices:
+            raise OptionError(f"{name} must be one of {list(choices)}, got {options[name]!r}.")
+    if "steps" in options:
+        check_positive_int("steps", options["steps"])
 
 
 def final_distribution(
-    access: ModelAccess, tokens: Tensor, position: int, fwd_hooks=()
+    access: ModelAccess, tokens: Tensor, position: int, fwd_hooks: Any = ()
 ) -> Float[Tensor, "batch d_vocab"]:
     """``p`` at ``position`` for every row of ``tokens``, in float32, without gradients."""
     with access.frozen(), torch.no_grad():
@@ -65,32 +62,36 @@ def final_distribution(
         return torch.softmax(P.logits_at(state.y[:, position], access.W_U, access.b_U), dim=-1)
 
 
-def gradient_x_input(
-    model: Any,
-    prompt: Prompt,
-    target: Target = None,
-    *,
-    position: Optional[int] = None,
-    objective: str = "logprob",
-    prepend_bos: Optional[bool] = None,
-) -> ScopeResult:
-    """Gradient × input, ``‖∇_{x_t} L ⊙ x_t‖₂`` per token (one forward, one backward).
+# ---- gradient × input -----------------------------------------------------------------------
+
+
+def _gxi_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+    target = plan.target_for(job, probs)
+    objective = plan.options["objective"]
+    v = _objective_probe(plan.access, target, probs, objective)
+    return Probes(v[None], torch.ones(1), quadratic=False, target=target, params={"objective": objective})
+
+
+gradient_x_input = register(Scope(Method(
+    name="gxi",
+    label="gradient × input",
+    score_kind="norm",
+    strategy=vjp_strategy(_gxi_probes, times_input=True),
+    options={"objective": "logprob"},
+    check_options=_check_choices,
+    targeted=True,
+), "gradient_x_input", """
+    Gradient × input, ``‖∇_{x_t} L ⊙ x_t‖₂`` per token (one forward, one backward).
+
+    Options: ``objective="logprob"`` (the target's log-probability, minus the cross-entropy)
+    or ``"logit"``.
 
     Example:
-        >>> r = gradient_x_input(model, "The capital of France is")  # doctest: +SKIP
-    """
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
-    target_id = resolve_token(access, target, "target")
-    with access.frozen():
-        state = forward_to_final_hidden(access, tokens, keep_activations=True)
-        y = state.y[0, pos]
-        probs = torch.softmax(P.logits_at(y, access.W_U, access.b_U), dim=-1)
-        target_id = int(probs.argmax()) if target_id is None else target_id
-        v = _objective_probe(access, target_id, probs, objective)
-        (grad,) = torch.autograd.grad(y, state.leaves[EMBED_HOOK], grad_outputs=v.to(y))
-    x = state.activations[EMBED_HOOK]
-    scores = (grad[0].float() * x[0].float()).norm(dim=-1)
-    return _result("gxi", access, tokens, pos, scores, probs, target_id, {"objective": objective})
+        >>> r = tjs.gradient_x_input(model, "The capital of France is")  # doctest: +SKIP
+"""))
+
+
+# ---- integrated gradients -------------------------------------------------------------------
 
 
 def _integrated(
@@ -98,8 +99,7 @@ def _integrated(
 ) -> tuple[dict[str, Tensor], Tensor]:
     """IG attributions ``x ⊙ mean_α ∇L(α x)`` ([pos, d_model]) for several objectives, sharing
     the path's forward pass: the ``steps`` points run as one batch."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ScopeError(f"steps must be a positive int, got {steps!r}.")
+    check_positive_int("steps", steps)
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint Riemann sum
     captured = {}
 
@@ -123,97 +123,141 @@ def _integrated(
     return out, probs
 
 
-def _reduce(attribution: Tensor, reduce: str) -> Tensor:
-    if reduce == "l2":
-        return attribution.norm(dim=-1)
-    if reduce == "sum":
-        return attribution.sum(dim=-1)
-    raise ScopeError(f"reduce must be 'l2' or 'sum', got {reduce!r}.")
+def _path(objective: str) -> Any:
+    def strategy(plan: Plan) -> list[JobOutput]:
+        steps, reduce = plan.options["steps"], plan.options["reduce"]
+        objective_used = plan.options.get("objective", objective)
+        outputs = []
+        for job, probs in enumerate(job_distributions(plan)):
+            row, pos = plan.jobs[job]
+            target = plan.target_for(job, probs)
+            attributions, _ = _integrated(plan.access, plan.rows[row][None], pos, target, steps, (objective_used,))
+            a = attributions[objective_used]
+            scores = a.norm(dim=-1) if reduce == "l2" else a.sum(dim=-1)
+            params = {"steps": steps, "objective": objective_used, "reduce": reduce, "baseline": "zero"}
+            outputs.append(JobOutput(scores.cpu(), probs, target, params))
+        return outputs
+
+    return strategy
 
 
-def integrated_gradients(
-    model: Any,
-    prompt: Prompt,
-    target: Target = None,
-    *,
-    position: Optional[int] = None,
-    steps: int = 16,
-    objective: str = "logprob",
-    reduce: str = "l2",
-    prepend_bos: Optional[bool] = None,
-) -> ScopeResult:
-    """Integrated gradients from the all-zero embedding (``steps`` midpoint points, one batch).
+integrated_gradients = register(Scope(Method(
+    name="ig",
+    label="integrated gradients",
+    score_kind="norm",
+    strategy=_path("logprob"),
+    options={"steps": 16, "objective": "logprob", "reduce": "l2"},
+    check_options=_check_choices,
+    targeted=True,
+), "integrated_gradients", """
+    Integrated gradients from the all-zero embedding (``steps`` midpoint points, one batch).
 
-    Per token: the L2 norm over d of ``x_t ⊙ mean_α ∇L(α x)`` (``reduce="sum"`` for the
-    signed sum, Captum's convention).
+    Per token: the L2 norm over d of ``x_t ⊙ mean_α ∇L(α x)`` (``reduce="sum"`` for the signed
+    sum, Captum's convention). Options: ``steps=16``, ``objective="logprob" | "logit"``,
+    ``reduce="l2" | "sum"``.
 
     Example:
-        >>> r = integrated_gradients(model, "The capital of France is", steps=32)  # doctest: +SKIP
-    """
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
-    target_id = resolve_token(access, target, "target")
-    full = final_distribution(access, tokens, pos)[0]
-    target_id = int(full.argmax()) if target_id is None else target_id
-    attributions, _ = _integrated(access, tokens, pos, target_id, steps, (objective,))
-    scores = _reduce(attributions[objective], reduce)
-    params = {"steps": steps, "objective": objective, "reduce": reduce, "baseline": "zero"}
-    return _result("ig", access, tokens, pos, scores, full, target_id, params)
+        >>> r = tjs.integrated_gradients(model, "The capital of France is", steps=32)  # doctest: +SKIP
+"""))
+
+path_semantic_scope = register(Scope(Method(
+    name="path_semantic",
+    label="path-integrated Semantic",
+    score_kind="norm",
+    strategy=_path("logit"),
+    options={"steps": 16, "reduce": "l2"},
+    check_options=_check_choices,
+    targeted=True,
+), "path_semantic_scope", """
+    Path-integrated Semantic Scope: the integrated-gradients path with the Semantic objective
+    (the target logit ``w_target · y``). Options: ``steps=16``, ``reduce="l2" | "sum"``.
+
+    Example:
+        >>> r = tjs.path_semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
+"""))
 
 
-def path_semantic_scope(
-    model: Any,
-    prompt: Prompt,
-    target: Target = None,
-    *,
-    position: Optional[int] = None,
-    steps: int = 16,
-    reduce: str = "l2",
-    prepend_bos: Optional[bool] = None,
-) -> ScopeResult:
-    """Path-integrated Semantic Scope: the integrated-gradients path with the Semantic
-    objective (the target logit ``w_target · y``)."""
-    result = integrated_gradients(
-        model, prompt, target, position=position, steps=steps, objective="logit", reduce=reduce, prepend_bos=prepend_bos
-    )
-    result.scope = "path_semantic"
-    return result
+# ---- random and leave-one-out ---------------------------------------------------------------
 
 
-def random_attribution(
-    model: Any, prompt: Prompt, *, position: Optional[int] = None, seed: int = 0, prepend_bos: Optional[bool] = None
-) -> ScopeResult:
-    """Seeded uniform random scores for positions up to ``position`` (0 after): the floor."""
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
-    generator = torch.Generator().manual_seed(seed)
-    scores = torch.rand(tokens.shape[-1], generator=generator)
-    scores[pos + 1 :] = 0
-    probs = final_distribution(access, tokens, pos)[0]
-    return _result("random", access, tokens, pos, scores, probs, int(probs.argmax()), {"seed": seed})
+def _check_seed(options: dict[str, Any], access: ModelAccess) -> None:
+    check_positive_int("seed", options["seed"], low=0)
 
 
-def leave_one_out(
-    model: Any,
-    prompt: Prompt,
-    *,
-    position: Optional[int] = None,
-    replacement: Any = "zero",
-    batch_size: int = 32,
-    prepend_bos: Optional[bool] = None,
-) -> ScopeResult:
-    """Occlusion: ablate each token's embedding in turn, score ``KL(p_orig ‖ p_ablated)`` at
-    ``position``. Ablations run in batches of ``batch_size`` rows without gradients."""
-    access, tokens, pos = _prepare(model, prompt, position, prepend_bos)
-    check_memory(access, tokens.shape[-1], batch=batch_size)
-    p_orig = final_distribution(access, tokens, pos)[0]
-    log_orig = p_orig.clamp_min(1e-30).log()
-    scores = torch.zeros(tokens.shape[-1])
-    for start in range(0, pos + 1, batch_size):
-        ablated = torch.arange(start, min(start + batch_size, pos + 1))
-        mask = torch.zeros(len(ablated), tokens.shape[-1], dtype=torch.bool)
-        mask[torch.arange(len(ablated)), ablated] = True
-        hooks = ablate_positions(mask, replacement, model)
-        p_abl = final_distribution(access, tokens.expand(len(ablated), -1), pos, hooks)
-        kl = (p_orig * (log_orig - p_abl.clamp_min(1e-30).log())).sum(dim=-1)
-        scores[ablated] = kl.float().cpu()
-    params = {"replacement": replacement if not isinstance(replacement, Tensor) else "vector"}
-    return _result("loo", access, tokens, pos, scores, p_orig, int(p_orig.argmax()), params)
+def _random(plan: Plan) -> list[JobOutput]:
+    outputs = []
+    for job, probs in enumerate(job_distributions(plan)):
+        row, pos = plan.jobs[job]
+        generator = torch.Generator().manual_seed(job_seed(plan, job, plan.options["seed"]))
+        scores = torch.rand(len(plan.rows[row]), generator=generator)
+        scores[pos + 1 :] = 0
+        outputs.append(JobOutput(scores, probs, int(probs.argmax()), {"seed": plan.options["seed"]}))
+    return outputs
+
+
+random_attribution = register(Scope(Method(
+    name="random",
+    label="random",
+    score_kind="random",
+    strategy=_random,
+    options={"seed": 0},
+    check_options=_check_seed,
+), "random_attribution", """
+    Seeded uniform random scores for positions up to the explained one (0 after): the floor.
+
+    Example:
+        >>> r = tjs.random_attribution(model, "The capital of France is", seed=1)  # doctest: +SKIP
+"""))
+
+
+def _check_loo(options: dict[str, Any], access: ModelAccess) -> None:
+    check_positive_int("ablation_batch_size", options["ablation_batch_size"])
+    ablate_positions([0], options["replacement"], access.model)  # validates the replacement
+
+
+def _leave_one_out(plan: Plan) -> list[JobOutput]:
+    access = plan.access
+    replacement, per_pass = plan.options["replacement"], plan.options["ablation_batch_size"]
+    distributions = job_distributions(plan)
+    outputs = []
+    for row, tokens in enumerate(plan.rows):
+        row_jobs = [j for j, (r, _) in enumerate(plan.jobs) if r == row]
+        positions = [plan.jobs[j][1] for j in row_jobs]
+        p_orig = torch.stack([distributions[j] for j in row_jobs])  # [jobs, vocab]
+        log_orig = p_orig.clamp_min(1e-30).log()
+        scores = torch.zeros(len(row_jobs), len(tokens))
+        check_memory(access, len(tokens), batch=per_pass)
+        for start in range(0, max(positions) + 1, per_pass):
+            ablated = torch.arange(start, min(start + per_pass, max(positions) + 1))
+            mask = torch.zeros(len(ablated), len(tokens), dtype=torch.bool)
+            mask[torch.arange(len(ablated)), ablated] = True
+            hooks = ablate_positions(mask, replacement, access.model)
+            with access.frozen(), torch.no_grad():
+                state = forward_to_final_hidden(access, tokens[None].expand(len(ablated), -1), perturb=(),
+                                                extra_hooks=hooks)
+                logits = P.logits_at(state.y[:, positions], access.W_U, access.b_U)  # [abl, jobs, vocab]
+                log_abl = torch.log_softmax(logits, dim=-1)
+            kl = (p_orig * (log_orig - log_abl)).sum(dim=-1)  # [abl, jobs]
+            scores[:, ablated] = kl.T.float().cpu()
+        for i, (j, pos) in enumerate(zip(row_jobs, positions)):
+            scores[i, pos + 1 :] = 0  # causality: later tokens cannot move this prediction
+            params = {"replacement": replacement if not isinstance(replacement, Tensor) else "vector"}
+            outputs.append((j, JobOutput(scores[i], distributions[j], int(distributions[j].argmax()), params)))
+    return [out for _, out in sorted(outputs, key=lambda item: item[0])]
+
+
+leave_one_out = register(Scope(Method(
+    name="loo",
+    label="leave-one-out",
+    score_kind="kl",
+    strategy=_leave_one_out,
+    options={"replacement": "zero", "ablation_batch_size": 32},
+    check_options=_check_loo,
+), "leave_one_out", """
+    Occlusion: ablate each token's embedding in turn, score ``KL(p_orig ‖ p_ablated)`` at the
+    explained position. Ablations run ``ablation_batch_size`` rows per forward pass, without
+    gradients. Options: ``replacement="zero" | "mean" | token id | vector``.
+
+    Example:
+        >>> r = tjs.leave_one_out(model, "The capital of France is")  # doctest: +SKIP
+"""))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import weakref
 from typing import Any, Iterator, Optional
 
 import torch
@@ -158,23 +160,51 @@ class ModelAccess:
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
-        """Eval mode and no parameter gradients for the duration; everything restored after.
+        """Run a scope on this model: exclusive, in eval mode, with gradients to inputs only.
 
-        Parameters never need gradients for a scope, and freezing them halves the backward
-        pass. The original flags and train/eval mode come back even if the body raises.
+        For the duration: calls on the same model from other threads wait (they would
+        otherwise see each other's frozen flags), every module is in eval mode, no parameter
+        requires grad (halving the backward pass), and autograd is on even under the
+        caller's ``torch.no_grad()``, ``set_grad_enabled(False)`` or ``inference_mode()``.
+        Afterwards, whatever happened (an error, an interrupt), each module's own train/eval
+        flag, each parameter's ``requires_grad`` and the caller's grad mode are as before.
         """
         model = self.model
-        was_training = model.training
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        try:
-            model.eval()
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            model.train(was_training)
+        with model_lock(model):
+            modes = [(module, module.training) for module in model.modules()]
+            flags = [(p, p.requires_grad) for p in model.parameters()]
+            try:
+                model.eval()
+                for p, _ in flags:
+                    p.requires_grad_(False)
+                with torch.inference_mode(False), torch.enable_grad():
+                    yield
+            finally:
+                for p, flag in flags:
+                    p.requires_grad_(flag)
+                for module, training in modes:
+                    module.training = training
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock that serializes scope calls on one model (re-entrant: a scope may call another)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+def first_non_finite_parameter(model: Any) -> Optional[str]:
+    """Name of the first parameter holding NaN or infinity (None when all are finite)."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            return name
+    return None
 
 
 def hook_count(model: Any) -> int:

@@ -31,7 +31,10 @@ def prepare_tokens(
     Raises:
         PromptError: Empty prompt, bad token ids, or longer than the model's context.
     """
+    if isinstance(prompt, (bytes, bytearray)):
+        raise PromptError("The prompt is bytes: decode it first (prompt.decode('utf-8')) or pass token ids.")
     if isinstance(prompt, str):
+        _check_encodable(prompt, "prompt")
         if prompt == "":
             raise PromptError(
                 "The prompt is empty: pass the text whose next-token prediction you want explained."
@@ -72,6 +75,16 @@ def prepare_tokens(
     return tokens.to(access.input_device)
 
 
+def _check_encodable(text: str, role: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptError(
+            f"The {role} holds a character that is not valid Unicode text ({exc.reason} at index {exc.start}, "
+            f"{text[exc.start:exc.end]!r}): remove it, or decode the source with errors='replace'."
+        ) from exc
+
+
 def resolve_position(position: Optional[int], n_tokens: int) -> int:
     """Return the explained position as a non-negative index (default: the last token).
 
@@ -108,6 +121,7 @@ def resolve_token(access: ModelAccess, token: Target, role: str = "target") -> O
             raise TargetError(f"{role} id {token} is outside the vocabulary [0, {access.d_vocab}).")
         return token
     if isinstance(token, str):
+        _check_encodable(token, role)
         if token == "":
             raise TargetError(f"{role} is an empty string: pass one token, e.g. ' Paris'.")
         ids = access.to_tokens(token, prepend_bos=False)[0].tolist()

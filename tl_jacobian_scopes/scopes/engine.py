@@ -81,7 +81,10 @@ def forward_to_final_hidden(
     return state
 
 
-_BATCHED_VJP_OK = True
+def _no_batching_rule(exc: RuntimeError) -> bool:
+    """True for the error vmap raises when an op has no batching rule (nothing else)."""
+    text = str(exc)
+    return "Batching rule not implemented" in text or "vmap" in text and "not supported" in text
 
 
 def batched_vjp(
@@ -93,11 +96,13 @@ def batched_vjp(
     """Yield ``(probe_slice, grads)``, ``grads[i]`` of shape ``[chunk, *inputs[i].shape]``.
 
     Probes are pushed through one backward pass per chunk (vectorized with
-    ``is_grads_batched``); only one chunk's VJPs are ever held at once.
+    ``is_grads_batched``); only one chunk's VJPs are ever held at once. If an op of this
+    model has no batching rule, this call (only) falls back to one backward per probe;
+    any other error, out-of-memory included, propagates unchanged.
     """
-    global _BATCHED_VJP_OK
     n_probes = probes.shape[0]
     probes = probes.to(device=output.device, dtype=output.dtype)
+    batched = True
     for start in range(0, n_probes, chunk_size):
         stop = min(start + chunk_size, n_probes)
         retain = stop < n_probes
@@ -106,16 +111,18 @@ def batched_vjp(
             grads = torch.autograd.grad(output, inputs, grad_outputs=chunk[0], retain_graph=retain)
             yield slice(start, stop), tuple(g.unsqueeze(0) for g in grads)
             continue
-        if _BATCHED_VJP_OK:
+        if batched:
             try:
                 grads = torch.autograd.grad(
                     output, inputs, grad_outputs=chunk, retain_graph=retain, is_grads_batched=True
                 )
                 yield slice(start, stop), grads
                 continue
-            except RuntimeError as exc:  # an op without a batching rule: fall back, once
-                _BATCHED_VJP_OK = False
-                warnings.warn(f"Batched VJPs unavailable ({exc}); using one backward per probe.")
+            except RuntimeError as exc:
+                if isinstance(exc, torch.OutOfMemoryError) or not _no_batching_rule(exc):
+                    raise
+                batched = False
+                warnings.warn(f"Batched VJPs unavailable for this model ({exc}); using one backward per probe.")
         per_probe = [
             torch.autograd.grad(output, inputs, grad_outputs=p, retain_graph=True) for p in chunk
         ]

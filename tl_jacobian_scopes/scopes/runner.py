@@ -18,10 +18,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..models.access import EMBED_HOOK, ModelAccess
+from ..models.access import ModelAccess
+from ..models.hook_names import EMBED_HOOK, internal_hook_names
 from . import probes as P
+from .driver import JobOutput, Plan, check_finite
 from .engine import batched_vjp, forward_to_final_hidden, probe_chunk_size
-from .internals import InternalMaps, assemble, internal_hook_names
+from .internals import assemble
 
 
 @dataclass
@@ -29,27 +31,20 @@ class Probes:
     """What one job pushes through the backward pass, and what it reports.
 
     ``vectors[j]`` is weighted by ``weights[j]``; probes from index ``stochastic_from`` on
-    are random samples whose spread gives a standard error.
+    are random samples whose spread gives a standard error. ``quadratic`` scores are the
+    weighted sums of squared VJP norms (Fisher); otherwise their square root (a norm).
     """
 
     vectors: Float[Tensor, "k d_model"]
     weights: Float[Tensor, " k"]
     quadratic: bool
     target: int
-    contrast: Optional[int] = None
     params: dict[str, Any] = field(default_factory=dict)
     stochastic_from: Optional[int] = None
 
 
-@dataclass
-class JobOutput:
-    """Per-job results, unpadded: token scores, internal maps, probes, distribution."""
-
-    scores: Tensor
-    probs: Tensor
-    probes: Probes
-    stderr: Optional[Tensor] = None
-    maps: Optional[InternalMaps] = None
+#: ``(plan, job index, y, p) -> Probes``; ``y`` and ``p`` (float32) belong to the job.
+ProbeMaker = Callable[[Plan, int, Tensor, Tensor], Probes]
 
 
 def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> tuple[Tensor, Tensor, list[int]]:
@@ -69,27 +64,19 @@ def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> 
     return tokens, mask, offsets
 
 
-def run_jobs(
-    access: ModelAccess,
-    rows: Sequence[Tensor],
-    jobs: Sequence[tuple[int, int]],
-    make_probes: Callable[[int, Tensor, Tensor], Probes],
-    internals: bool = False,
-    padding_side: str = "right",
-    progress: Optional[bool] = None,
-) -> list[JobOutput]:
-    """Explain every ``(row, position)`` job with one forward pass over the padded rows.
+def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> list[JobOutput]:
+    """Explain every job of ``plan`` with one forward pass over its padded rows.
 
     Args:
-        access: The model.
-        rows: One 1-D token tensor per prompt.
-        jobs: ``(row index, position within that row)`` pairs.
-        make_probes: ``(job index, y, p) -> Probes``; ``y`` and ``p`` (float32) belong to the job.
-        internals: Also perturb and report every internal site.
-        padding_side: Where pads go when rows differ in length (``"right"`` needs no mask
-            for a causal model; ``"left"`` passes an attention mask and offset positions).
-        progress: Progress bar over backward passes (default: when there are many).
+        plan: The validated call (rows, jobs, internals, padding side, progress).
+        make_probes: Builds each job's probes from its ``y`` and ``p``.
+        times_input: Score ``‖(v^T J_t) ⊙ x_t‖`` (gradient × input) instead of ``‖v^T J_t‖``.
+
+    Rows are padded on ``plan.padding_side`` (``"right"`` needs no mask for a causal
+    model; ``"left"`` passes an attention mask and offset positions).
     """
+    access, rows, jobs = plan.access, plan.rows, plan.jobs
+    internals, padding_side, progress = plan.internals, plan.padding_side, plan.progress
     tokens, mask, offsets = pad_rows(access, rows, padding_side)
     leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
     padded = bool((mask == 0).any())
@@ -108,14 +95,15 @@ def run_jobs(
     group_of = torch.tensor(groups)
 
     with access.frozen():
-        state = forward_to_final_hidden(access, tokens, leaf_names, keep_activations=internals, **forward_kwargs)
+        state = forward_to_final_hidden(access, tokens, leaf_names, keep_activations=internals or times_input,
+                                        **forward_kwargs)
         device = state.y.device
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
+        check_finite(plan, Y, "final hidden state y")
         probs = torch.softmax(P.logits_at(Y, access.W_U, access.b_U), dim=-1).to(device)
-        probes = [make_probes(i, Y[i], probs[i]) for i in range(len(jobs))]
+        probes = [make_probes(plan, i, Y[i], probs[i]) for i in range(len(jobs))]
         k = probes[0].vectors.shape[0]
-        if any(p.vectors.shape[0] != k for p in probes):
-            raise ValueError("every job of one call must use the same number of probes")
+        assert all(p.vectors.shape[0] == k for p in probes), "a method must use one probe count per call"
         vectors = torch.stack([p.vectors.to(device) for p in probes], dim=1)  # [k, jobs, d]
         weights = torch.stack([p.weights.float().to(device) for p in probes], dim=1)  # [k, jobs]
         stochastic_from = probes[0].stochastic_from
@@ -138,6 +126,8 @@ def run_jobs(
                 member = in_group[vjp_group[sl]].float()  # [c, jobs]
                 w = weights[vjp_probe[sl]] * member
                 for name, grad in zip(leaf_names, grads):
+                    if times_input and name == EMBED_HOOK:
+                        grad = grad * state.activations[EMBED_HOOK]
                     sq = grad.float().pow(2).sum(dim=-1)[:, job_rows.to(grad.device)]  # [c, jobs, pos, ...]
                     part = torch.einsum("cj,cj...->j...", w.to(sq.device), sq)
                     totals[name] = totals[name] + part if name in totals else part
@@ -171,5 +161,23 @@ def run_jobs(
         if internals:
             acts = {n: a[r : r + 1, span] for n, a in state.activations.items()}
             maps = assemble(access.n_layers, per_leaf, acts)
-        outputs.append(JobOutput(per_leaf[EMBED_HOOK].detach().float().cpu(), probs[i], probe, stderr, maps))
+        outputs.append(JobOutput(per_leaf[EMBED_HOOK].detach().float().cpu(), probs[i], probe.target,
+                                 probe.params, stderr, maps))
     return outputs
+
+
+def job_distributions(plan: Plan) -> list[Float[Tensor, " d_vocab"]]:
+    """Each job's next-token distribution (float32), from one forward pass without gradients."""
+    access = plan.access
+    tokens, mask, offsets = pad_rows(access, plan.rows, plan.padding_side)
+    forward_kwargs: dict[str, Any] = {}
+    if plan.padding_side == "left" and bool((mask == 0).any()):
+        forward_kwargs = {"attention_mask": mask, "padding_side": "left"}
+    rows = torch.tensor([r for r, _ in plan.jobs])
+    cols = torch.tensor([offsets[r] + p for r, p in plan.jobs])
+    with access.frozen(), torch.no_grad():
+        state = forward_to_final_hidden(access, tokens, perturb=(), **forward_kwargs)
+        Y = state.y[rows.to(state.y.device), cols.to(state.y.device)]
+        check_finite(plan, Y, "final hidden state y")
+        probs = torch.softmax(P.logits_at(Y, access.W_U, access.b_U), dim=-1)
+    return list(probs.unbind(0))

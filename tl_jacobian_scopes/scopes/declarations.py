@@ -1,0 +1,193 @@
+"""Each scope and baseline is a small declaration; :mod:`.driver` runs all of them.
+
+A :class:`Method` says what a method is called, what kind of score it gives, which of the
+common arguments it takes, its own options (with defaults and checks), and its
+*strategy*: how its scores are made from a validated :class:`~.driver.Plan`. The three
+Jacobian scopes share one strategy (a forward pass, then vector-Jacobian products with
+their probes, :func:`.runner.run_jobs`); they differ only in their probes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import OptionError, ProcessedWeightsError, ProcessedWeightsWarning, TargetError
+from ..models.access import ModelAccess, is_degenerate_norm
+from . import probes as P
+from .driver import JobOutput, Plan, Strategy, check_positive_int, job_seed
+from .runner import ProbeMaker, Probes, run_jobs
+
+ScoreKind = Literal["norm", "quadratic", "kl", "random"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A scope or baseline, as the driver sees it.
+
+    Attributes:
+        name: Registry name (``"semantic"``, ``"gxi"``, ...), stored in each result's ``scope``.
+        label: Human-readable name for views and tables.
+        score_kind: ``"norm"`` (L2 norms), ``"quadratic"`` (Fisher: a KL curvature),
+            ``"kl"`` (leave-one-out) or ``"random"``: never put two kinds on one colour scale.
+        strategy: ``plan -> [JobOutput]``: how the scores are made.
+        options: The method's own keyword options and their defaults.
+        check_options: Validates the merged options before any forward pass.
+        targeted: Takes ``target=`` (a token, ``None`` for the top prediction, or ``"next"``).
+        contrastive: Takes ``contrast=`` (explains a logit difference).
+        internals: Supports ``internals=True`` (layer, attention, MLP and head maps).
+    """
+
+    name: str
+    label: str
+    score_kind: ScoreKind
+    strategy: Strategy
+    options: Mapping[str, Any] = field(default_factory=dict)
+    check_options: Optional[Callable[[dict[str, Any], ModelAccess], None]] = None
+    targeted: bool = False
+    contrastive: bool = False
+    internals: bool = False
+
+
+def vjp_strategy(make_probes: ProbeMaker, times_input: bool = False) -> Strategy:
+    """The strategy of every gradient method: one forward pass, then VJPs with its probes."""
+    return lambda plan: run_jobs(plan, make_probes, times_input)
+
+
+# ---- Semantic -------------------------------------------------------------------------------
+
+
+def _semantic_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+    target, contrast = plan.target_for(job, probs), plan.contrasts[job]
+    if contrast == target:
+        raise TargetError("contrast equals the default target (the model's top prediction): pass target=.")
+    v = P.semantic_probe(plan.access.W_U, target, contrast)
+    return Probes(v[None], torch.ones(1), quadratic=False, target=target)
+
+
+def _semantic(plan: Plan) -> list[JobOutput]:
+    if any(c is None for c in plan.contrasts) and plan.access.unembed_centered():
+        warnings.warn(
+            "W_U was centered (center_unembed=True): Semantic scores explain the target logit "
+            "minus the mean logit. Load unprocessed weights for the raw logit, or pass contrast= "
+            "(logit differences are unaffected by centering).",
+            ProcessedWeightsWarning,
+            stacklevel=4,
+        )
+    return run_jobs(plan, _semantic_probes)
+
+
+SEMANTIC = Method(
+    name="semantic",
+    label="Semantic Scope",
+    score_kind="norm",
+    strategy=_semantic,
+    targeted=True,
+    contrastive=True,
+    internals=True,
+)
+
+
+# ---- Temperature ----------------------------------------------------------------------------
+
+FOLDED = (
+    "Temperature Scope needs the final norm's scale in y, but this model folded it into W_U "
+    "(fold_ln=True or enable_compatibility_mode()), so ‖y‖ is constant and every score would "
+    "be ~0. Load unprocessed weights: tl_jacobian_scopes.load_default_model(), "
+    "HookedTransformer.from_pretrained_no_processing(...), or a TransformerBridge without "
+    "enable_compatibility_mode() (or with no_processing=True)."
+)
+
+
+def _temperature_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+    if is_degenerate_norm(y):
+        raise ProcessedWeightsError(f"‖y‖ = √d_model exactly at position {plan.jobs[job][1]}. {FOLDED}")
+    return Probes(P.temperature_probe(y)[None], torch.ones(1), quadratic=False,
+                  target=int(probs.argmax()), params={"y_norm": float(y.detach().float().norm())})
+
+
+def _temperature(plan: Plan) -> list[JobOutput]:
+    if plan.access.final_norm_folded():
+        raise ProcessedWeightsError(FOLDED)
+    return run_jobs(plan, _temperature_probes)
+
+
+TEMPERATURE = Method(
+    name="temperature",
+    label="Temperature Scope",
+    score_kind="norm",
+    strategy=_temperature,
+    internals=True,
+)
+
+
+# ---- Fisher ---------------------------------------------------------------------------------
+
+
+def _check_fisher(options: dict[str, Any], access: ModelAccess) -> None:
+    d = access.d_model
+    rank, samples = options["rank"], options["samples"]
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d):
+        raise OptionError(f"rank must be an int in 1..{d} (d_model), or None for exact Fisher; got {rank!r}.")
+    if samples is not None:
+        if rank is not None:
+            raise OptionError("samples= estimates the exact trace: pass rank=None with it.")
+        check_positive_int("samples", samples, low=2)
+        check_positive_int("deflate", options["deflate"], low=0, high=d - 1)
+    check_positive_int("seed", options["seed"], low=0)
+
+
+def _fisher_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+    W_U, d = plan.access.W_U, plan.access.d_model
+    rank, samples, deflate, seed = (plan.options[k] for k in ("rank", "samples", "deflate", "seed"))
+    target = int(probs.argmax())
+    if samples is not None:
+        evals, evecs = (P.fisher_eigenpairs(P.fisher_matrix(W_U, probs), deflate) if deflate else
+                        (torch.zeros(0), torch.zeros(0, d)))
+        generator = torch.Generator(device=W_U.device).manual_seed(job_seed(plan, job, seed))
+        noise = P.fisher_sample_probes(W_U, probs, samples, generator)
+        if deflate:
+            noise = noise - (noise @ evecs.T.to(noise.device)) @ evecs.to(noise.device)
+        params = {"rank": "exact", "estimator": "stochastic", "samples": samples, "deflate": deflate,
+                  "seed": seed, "eigenvalues": evals.tolist()}
+        vectors = torch.cat([evecs.to(noise.device), noise])
+        weights = torch.cat([evals, torch.full((samples,), 1.0 / samples)])
+        return Probes(vectors, weights, quadratic=True, target=target, params=params, stochastic_from=deflate)
+    evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(W_U, probs))
+    k = d if rank is None else rank
+    trace = float(evals.sum())
+    params = {
+        "rank": "exact" if rank is None else rank,
+        "n_probes": k,
+        "eigenvalues": evals[: min(k, 16)].tolist(),
+        "trace_F": trace,
+        "captured_trace": float(evals[:k].sum()) / trace if trace > 0 else 1.0,
+    }
+    return Probes(evecs[:k], evals[:k], quadratic=True, target=target, params=params)
+
+
+def _fisher(plan: Plan) -> list[JobOutput]:
+    if plan.options["rank"] is not None and plan.access.final_norm_folded():
+        warnings.warn(
+            "The final norm's scale was folded into W_U (fold_ln=True or enable_compatibility_mode()): "
+            "this rescales y's coordinates, which changes F's top eigen-directions, so rank-k Fisher "
+            "scores differ from those of the raw model. Exact Fisher (rank=None) is invariant.",
+            ProcessedWeightsWarning,
+            stacklevel=4,
+        )
+    return run_jobs(plan, _fisher_probes)
+
+
+FISHER = Method(
+    name="fisher",
+    label="Fisher Scope",
+    score_kind="quadratic",
+    strategy=_fisher,
+    options={"rank": 1, "samples": None, "deflate": 8, "seed": 0},
+    check_options=_check_fisher,
+    internals=True,
+)

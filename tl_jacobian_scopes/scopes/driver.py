@@ -1,0 +1,355 @@
+"""The one driver every scope and baseline runs through.
+
+``run(method, model, prompt, ...)`` validates every input before any forward pass, lists
+the *jobs* (one explained prediction each: a prompt row and a position), hands them to the
+method's strategy in sub-batches of rows, builds one :class:`ScopeResult` per job, and
+returns them in the caller's shape. That shape is decided here and nowhere else:
+
+============================  ========================  =========================
+prompt                        ``positions=None``        ``positions=[...]|"all"``
+============================  ========================  =========================
+one prompt (str, ids)         ``ScopeResult``           ``ScopeMatrix``
+a batch (list, ``[b, pos]``)  ``list[ScopeResult]``     ``list[ScopeMatrix]``
+============================  ========================  =========================
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import NonFiniteError, OptionError, PositionError, TargetError
+from ..models.access import ModelAccess, first_non_finite_parameter
+from ..models.hook_names import internal_hook_names
+from ..models.inputs import prepare_tokens, resolve_position, resolve_token
+from ..results.scope_matrix import ScopeMatrix
+from ..results.scope_result import ScopeResult
+from .engine import check_memory
+
+if TYPE_CHECKING:
+    from .declarations import Method
+
+#: ``target="next"``: the token that follows the explained position in the text.
+NEXT = "next"
+PADDING_SIDES = ("right", "left")
+
+
+@dataclass
+class JobOutput:
+    """What a strategy returns for one job; the driver turns it into a :class:`ScopeResult`.
+
+    Attributes:
+        scores: One score per token of the job's prompt (unpadded).
+        probs: The model's next-token distribution at the explained position (float32).
+        target: The token whose prediction was explained.
+        params: Method parameters and diagnostics to report.
+        stderr: Standard error of each score (stochastic estimators only).
+        maps: Internal maps (``internals=True``).
+    """
+
+    scores: Tensor
+    probs: Tensor
+    target: int
+    params: dict[str, Any] = field(default_factory=dict)
+    stderr: Optional[Tensor] = None
+    maps: Any = None
+
+
+@dataclass
+class Plan:
+    """Validated inputs of one call, listed as jobs ``(row, position)``.
+
+    Attributes:
+        access: The model.
+        rows: One 1-D tensor of token ids per prompt.
+        jobs: ``(row index, position in that row)`` per explained prediction.
+        batch: The caller passed a batch (the output is a list).
+        multi: The caller passed ``positions=`` (each row gives a :class:`ScopeMatrix`).
+        targets: Per job: a token id, ``None`` (the model's top prediction) or ``"next"``.
+        contrasts: Per job: a token id or ``None``.
+        options: The method's own options, validated, defaults filled in.
+    """
+
+    access: ModelAccess
+    rows: list[Tensor]
+    jobs: list[tuple[int, int]]
+    batch: bool
+    multi: bool
+    targets: list[Union[int, str, None]]
+    contrasts: list[Optional[int]]
+    options: dict[str, Any]
+    internals: bool = False
+    padding_side: str = "right"
+    progress: Optional[bool] = None
+
+    def target_for(self, job: int, probs: Tensor) -> int:
+        """The explained token of a job, once its distribution is known."""
+        target = self.targets[job]
+        if isinstance(target, int):
+            return target
+        row, pos = self.jobs[job]
+        if target == NEXT and pos + 1 < len(self.rows[row]):
+            return int(self.rows[row][pos + 1])
+        return int(probs.argmax())
+
+    def rows_subset(self, rows: Sequence[int]) -> "Plan":
+        """The part of the plan that concerns ``rows`` (renumbered from 0), jobs in order."""
+        index = {r: i for i, r in enumerate(rows)}
+        keep = [j for j, (r, _) in enumerate(self.jobs) if r in index]
+        return replace(
+            self,
+            rows=[self.rows[r] for r in rows],
+            jobs=[(index[self.jobs[j][0]], self.jobs[j][1]) for j in keep],
+            targets=[self.targets[j] for j in keep],
+            contrasts=[self.contrasts[j] for j in keep],
+        )
+
+
+Strategy = Callable[[Plan], list[JobOutput]]
+
+
+# ---- input validation -----------------------------------------------------------------------
+
+
+def is_batch(prompt: Any) -> bool:
+    """A list of prompts or a ``[batch, pos]`` tensor (a list of ints is one prompt)."""
+    if isinstance(prompt, Tensor):
+        return prompt.ndim == 2 and prompt.shape[0] > 1
+    if isinstance(prompt, (list, tuple)) and len(prompt) > 0:
+        return not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    return False
+
+
+def _as_prompts(prompt: Any, batch: bool) -> list[Any]:
+    if not batch:
+        return [prompt]
+    return list(prompt.unbind(0)) if isinstance(prompt, Tensor) else list(prompt)
+
+
+def _positions_for(positions: Any, n_tokens: int) -> list[int]:
+    if isinstance(positions, str):
+        if positions != "all":
+            raise PositionError(f"positions must be a list of ints or 'all', got {positions!r}.")
+        return list(range(n_tokens))
+    if isinstance(positions, Tensor):
+        positions = positions.reshape(-1).tolist()
+    if isinstance(positions, (int, bool)) or not isinstance(positions, (Sequence, range)):
+        raise PositionError(
+            f"positions takes a list of ints or 'all', got {positions!r}: for one position pass position={positions!r}."
+        )
+    wanted = [resolve_position(p, n_tokens) for p in positions]
+    if not wanted:
+        raise PositionError("positions is empty: pass at least one position.")
+    return wanted
+
+
+def _per_job(value: Any, name: str, n_rows: int, jobs: list[tuple[int, int]], batch: bool, multi: bool) -> list[Any]:
+    """Broadcast a per-prompt (batch) or per-position (``positions=``) argument to jobs."""
+    if isinstance(value, Tensor) and value.numel() > 1:
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return [value] * len(jobs)
+    if batch and multi:
+        raise TargetError(f"A list of {name}s is ambiguous for a batch with positions=: pass one {name}.")
+    if batch:
+        if len(value) != n_rows:
+            raise TargetError(f"{len(value)} {name}s for {n_rows} prompts: pass one per prompt.")
+        return [value[r] for r, _ in jobs]
+    if multi:
+        if len(value) != len(jobs):
+            raise TargetError(f"{len(value)} {name}s for {len(jobs)} positions: pass one per position.")
+        return list(value)
+    raise TargetError(
+        f"{name}= takes one token for one prompt, got a list of {len(value)}: a list gives one {name} "
+        f"per prompt of a batch, or one per position with positions=."
+    )
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise OptionError(f"{name} must be one of {list(choices)}, got {value!r}.{hint}")
+
+
+def _check_options(method: "Method", options: Mapping[str, Any], access: ModelAccess) -> dict[str, Any]:
+    unknown = [k for k in options if k not in method.options]
+    if unknown:
+        valid = sorted(method.options)
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise OptionError(
+            f"{method.name} has no option {unknown[0]!r}; its options are {valid or 'none'}.{hint}"
+        )
+    merged = {**method.options, **options}
+    if method.check_options is not None:
+        method.check_options(merged, access)
+    return merged
+
+
+def check_positive_int(name: str, value: Any, low: int = 1, high: Optional[int] = None) -> None:
+    """Raise :class:`OptionError` unless ``low <= value <= high`` is an int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f"≥ {low}"
+        raise OptionError(f"{name} must be an int {bound}, got {value!r}.")
+
+
+def plan_call(
+    method: "Method",
+    model: Any,
+    prompt: Any,
+    *,
+    target: Any = None,
+    contrast: Any = None,
+    position: Any = None,
+    positions: Any = None,
+    prepend_bos: Optional[bool] = None,
+    internals: bool = False,
+    padding_side: str = "right",
+    progress: Optional[bool] = None,
+    options: Mapping[str, Any] = {},
+) -> Plan:
+    """Validate everything (before any forward pass) and list the jobs."""
+    access = ModelAccess(model)
+    _check_choice("padding_side", padding_side, PADDING_SIDES)
+    if not isinstance(internals, bool):
+        raise OptionError(f"internals must be True or False, got {internals!r}.")
+    if internals and not method.internals:
+        raise OptionError(f"{method.name} has no internal maps: internals=True works with the Jacobian scopes.")
+    if internals:
+        ModelAccess(model, required_hooks=tuple(internal_hook_names(access.n_layers)))
+    if not method.targeted and (target is not None or contrast is not None):
+        raise TargetError(f"{method.name} explains the model's top prediction: it takes no target or contrast.")
+    if contrast is not None and not method.contrastive:
+        raise TargetError(f"{method.name} takes no contrast (only the Semantic scope explains a logit difference).")
+    merged = _check_options(method, options, access)
+    if positions is not None and position is not None:
+        raise PositionError("Pass either position= (one prediction) or positions= (many), not both.")
+
+    batch = is_batch(prompt)
+    rows = [prepare_tokens(access, p, prepend_bos)[0] for p in _as_prompts(prompt, batch)]
+    multi = positions is not None
+    if batch and isinstance(position, (list, tuple)) and len(position) != len(rows):
+        raise PositionError(f"{len(position)} positions for {len(rows)} prompts: pass one per prompt.")
+    jobs: list[tuple[int, int]] = []
+    for r, row in enumerate(rows):
+        if multi:
+            jobs += [(r, p) for p in _positions_for(positions, len(row))]
+            continue
+        pos = position[r] if batch and isinstance(position, (list, tuple)) else position
+        if isinstance(pos, (list, tuple, range)):
+            raise PositionError("position= takes one int; use positions=[...] to explain many positions.")
+        jobs.append((r, resolve_position(pos, len(row))))
+
+    raw_targets = _per_job(target, "target", len(rows), jobs, batch, multi)
+    targets = [t if isinstance(t, str) and t == NEXT else resolve_token(access, t, "target") for t in raw_targets]
+    contrasts = [resolve_token(access, c, "contrast") for c in _per_job(contrast, "contrast", len(rows), jobs, batch, multi)]
+    for t, c in zip(targets, contrasts):
+        if c is not None and c == t:
+            raise TargetError("target and contrast are the same token: their logit difference is 0.")
+    return Plan(access, rows, jobs, batch, multi, targets, contrasts, merged, internals, padding_side, progress)
+
+
+def job_seed(plan: Plan, job: int, seed: int) -> int:
+    """A random seed for one explained prediction, the same whichever batch it runs in."""
+    row, pos = plan.jobs[job]
+    ids = plan.rows[row][: pos + 1].long().cpu()
+    mixed = int((ids * (torch.arange(len(ids)) * 2 + 1)).sum()) * 7919 + pos
+    return (seed * 1_000_003 + mixed) % (2**63 - 1)
+
+
+# ---- running and shaping ----------------------------------------------------------------------
+
+
+def check_finite(plan: Plan, values: Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteError` when ``values`` hold NaN or infinity, naming the cause."""
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = first_non_finite_parameter(plan.access.model)
+    cause = (f"the parameter {bad!r} holds NaN or infinity: reload the model or repair its weights"
+             if bad else "the activations overflowed (weights are finite): try float32, or a shorter prompt")
+    raise NonFiniteError(f"The {what} is not finite: {cause}.")
+
+
+def make_result(method: "Method", plan: Plan, job: int, out: JobOutput) -> ScopeResult:
+    """The :class:`ScopeResult` of one job (the only place results are built)."""
+    access = plan.access
+    row, position = plan.jobs[job]
+    tokens = plan.rows[row].cpu()
+    probs = out.probs.float()
+    predicted = int(probs.argmax())
+    contrast = plan.contrasts[job]
+    entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum())
+    maps = out.maps
+    return ScopeResult(
+        scope=method.name,
+        scores=out.scores.detach().float().cpu(),
+        tokens=tokens,
+        str_tokens=access.to_str_tokens(tokens),
+        position=position,
+        target=out.target,
+        target_str=access.token_str(out.target),
+        target_prob=float(probs[out.target]),
+        predicted=predicted,
+        predicted_str=access.token_str(predicted),
+        predicted_prob=float(probs[predicted]),
+        contrast=contrast,
+        contrast_str=None if contrast is None else access.token_str(contrast),
+        contrast_prob=None if contrast is None else float(probs[contrast]),
+        params={"entropy": entropy, **out.params},
+        model_name=access.model_name,
+        stderr=None if out.stderr is None else out.stderr.detach().float().cpu(),
+        layer_scores=None if maps is None else maps.scores["layer"],
+        attn_scores=None if maps is None else maps.scores["attn"],
+        mlp_scores=None if maps is None else maps.scores["mlp"],
+        head_scores=None if maps is None else maps.scores["head"],
+        internal_norms={} if maps is None else maps.norms,
+    )
+
+
+def shape_output(plan: Plan, results: list[ScopeResult]) -> Any:
+    """Results in the caller's shape: one, a list, a ScopeMatrix, or a list of those."""
+    if not plan.multi:
+        return results if plan.batch else results[0]
+    per_row: dict[int, list[ScopeResult]] = {}
+    for (r, _), res in zip(plan.jobs, results):
+        per_row.setdefault(r, []).append(res)
+    matrices = [ScopeMatrix(per_row[r]) for r in range(len(plan.rows))]
+    return matrices if plan.batch else matrices[0]
+
+
+def run(
+    method: "Method",
+    model: Any,
+    prompt: Any,
+    *,
+    batch_size: int = 16,
+    **kwargs: Any,
+) -> Any:
+    """Run ``method`` on ``prompt`` and return results in the caller's shape (module docstring).
+
+    ``kwargs`` are the common arguments of :func:`plan_call` plus the method's own options.
+    Prompts run ``batch_size`` rows at a time; each sub-batch is one forward pass.
+    """
+    check_positive_int("batch_size", batch_size)
+    common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON}
+    plan = plan_call(method, model, prompt, options=kwargs, **common)
+    chunks = [list(range(s, min(s + batch_size, len(plan.rows)))) for s in range(0, len(plan.rows), batch_size)]
+    check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]))
+    outputs: list[JobOutput] = []
+    for rows in tqdm(chunks, desc="prompts", unit="batch", leave=False,
+                     disable=plan.progress is False or len(chunks) == 1):
+        sub = plan.rows_subset(rows) if len(chunks) > 1 else plan
+        got = method.strategy(sub)
+        for out in got:
+            check_finite(sub, out.scores, f"{method.name} score")
+        outputs += got
+    return shape_output(plan, [make_result(method, plan, j, out) for j, out in enumerate(outputs)])
+
+
+_COMMON = ("target", "contrast", "position", "positions", "prepend_bos", "internals", "padding_side", "progress")
