@@ -72,7 +72,8 @@ def prepare_tokens(
             f"The prompt has {n_tokens} tokens but the model's context holds {access.n_ctx}: "
             f"shorten it by {n_tokens - access.n_ctx} tokens."
         )
-    return tokens.to(access.input_device)
+    # A copy: ids made under inference_mode() cannot be used where autograd records.
+    return tokens.to(access.input_device).clone()
 
 
 def _check_encodable(text: str, role: str) -> None:

@@ -336,6 +336,12 @@ def run(
     ``kwargs`` are the common arguments of :func:`plan_call` plus the method's own options.
     Prompts run ``batch_size`` rows at a time; each sub-batch is one forward pass.
     """
+    # Tensors made under the caller's inference_mode() cannot enter autograd: work outside it.
+    with torch.inference_mode(False):
+        return _run(method, model, prompt, batch_size, kwargs)
+
+
+def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dict[str, Any]) -> Any:
     check_positive_int("batch_size", batch_size)
     common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON}
     plan = plan_call(method, model, prompt, options=kwargs, **common)
