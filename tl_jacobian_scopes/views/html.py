@@ -165,7 +165,7 @@ def _header(result: ScopeResult) -> str:
         # The settings that produced the scores (rank, probes, y_norm, ...), so a saved page is self-describing.
         params = ", ".join(f"{k}={_param_text(v)}" for k, v in r.params.items())
         line += f'<br><span class="tjs-params">{_esc(params)}</span>'
-    return f'<div class="tjs-header" style="border-left:4px solid {SCOPE_COLORS.get(r.scope, "#444")}">{line}</div>'
+    return f'<div class="tjs-header" style="border-left:4px solid {SCOPE_COLORS.get(r.scope, "#444444")}">{line}</div>'
 
 
 def _token_labels(result: ScopeResult) -> list[str]:
@@ -190,7 +190,7 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
     check_normalization(normalization)
     _check_parts(parts)
     r = result
-    color = SCOPE_COLORS.get(r.scope, "#444")
+    color = SCOPE_COLORS.get(r.scope, "#444444")
     sections = [_header(r)]
     if "tokens" in parts:
         sections += [
@@ -360,7 +360,7 @@ def save_html(results: Union[ScopeResult, Sequence[ScopeResult]], path: Union[st
 def matrix_view(matrix) -> ScopeView:
     """A :class:`ScopeMatrix`: explained positions x tokens heatmap, then per-position colouring."""
     first = matrix[0]
-    color = SCOPE_COLORS.get(matrix.scope, "#444")
+    color = SCOPE_COLORS.get(matrix.scope, "#444444")
     rows = [f"{r.position}:{r.str_tokens[r.position]}→{r.target_str}" for r in matrix]
     labels = [f"{i}:{t}" for i, t in enumerate(matrix.str_tokens)]
     header = (
