@@ -124,7 +124,9 @@ def test_hostile_page_runs_no_injected_code_in_a_real_browser(tmp_path):
     profile = f"--user-data-dir={tmp_path / 'profile'}"
     # Control: the same payloads pasted raw into a page do run in this browser, so their absence below means something.
     control = tmp_path / "control.html"
-    control.write_text(f"<!DOCTYPE html><html><body><script>var a = '{SCRIPT}';</script><div>{IMG}</div><div>{TOKEN_IMG}</div></body></html>")
+    control.write_text(
+        f"<!DOCTYPE html><html><body><script>var a = '{SCRIPT}';</script><div>{IMG}</div><div>{TOKEN_IMG}</div>"
+    )
     control_dom = _chromium(profile, "--dump-dom", control.as_uri()).stdout
     assert all(marker in control_dom for marker in MARKERS), control_dom[:500]
 

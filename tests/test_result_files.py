@@ -9,7 +9,7 @@ import torch
 
 import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result, result_dict
-from tl_jacobian_scopes.errors import DataFileError, OptionError, PositionError, ScopeError
+from tl_jacobian_scopes.errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
 from tl_jacobian_scopes.views import show
 
 NAN, INF = float("nan"), float("inf")
@@ -154,3 +154,18 @@ def test_static_figure_rejects_unknown_normalization():
     pytest.importorskip("matplotlib")
     with pytest.raises(OptionError, match="normalization must be one of"):
         make_result().plot(normalization="relative")
+
+
+def test_unwritable_output_paths_raise_output_path_error(tmp_path):
+    r = make_result()
+    missing = tmp_path / "no_such_folder"
+    savers = [r.save_json, tjs.ScopeMatrix([r]).save_json, r.save_html, tjs.ScopeMatrix([r]).save_html]
+    try:
+        import matplotlib  # noqa: F401
+
+        savers.append(r.save_png)
+    except ImportError:
+        pass
+    for save in savers:
+        with pytest.raises(OutputPathError, match="folder exists and is writable"):
+            save(missing / "out.file")

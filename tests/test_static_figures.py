@@ -29,6 +29,7 @@ def test_tokens_with_mathtext_syntax_are_drawn_literally(tmp_path):
     texts = [t for ax in fig.axes for t in (*ax.get_xticklabels(), ax.title, ax.yaxis.label)]
     assert texts and not any(t.get_parse_math() for t in texts if "$" in t.get_text())
     assert "$^_$" in fig.axes[0].get_title()
+    assert r.save_png(tmp_path / "figure.out").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # PNG whatever the suffix
 
 
 SCRIPT = r"""
@@ -53,8 +54,8 @@ print("ok")
 
 def test_figures_leave_the_backend_and_pyplot_alone(tmp_path):
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     env.pop("MPLBACKEND", None)
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "f.png")], capture_output=True, text=True,
                          env=env, timeout=300)

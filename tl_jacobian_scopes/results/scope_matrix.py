@@ -10,7 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
-from .scope_result import ScopeResult, dump_strict_json, read_json_file
+from .scope_result import ScopeResult, dump_strict_json, read_json_file, write_output
 
 
 class ScopeMatrix:
@@ -84,18 +84,18 @@ class ScopeMatrix:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeMatrix":
         """Inverse of :meth:`to_dict`."""
-        if not isinstance(data, dict) or data.get("kind") != "scope_matrix" or not isinstance(data.get("results"), list):
+        rows = data.get("results") if isinstance(data, dict) and data.get("kind") == "scope_matrix" else None
+        if not isinstance(rows, list):
             raise DataFileError(
                 "A ScopeMatrix dict has kind 'scope_matrix' and a list of results; "
                 "write it with ScopeMatrix.save_json() (a single result loads with ScopeResult.load_json())."
             )
-        return cls([ScopeResult.from_dict(r) for r in data["results"]])
+        return cls([ScopeResult.from_dict(r) for r in rows])
 
     def save_json(self, path: Union[str, Path]) -> Path:
         """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null)."""
-        path = Path(path)
-        path.write_text(dump_strict_json(self.to_dict()), encoding="utf-8")
-        return path
+        text = dump_strict_json(self.to_dict())
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load_json(cls, path: Union[str, Path]) -> "ScopeMatrix":

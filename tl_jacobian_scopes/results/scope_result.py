@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import DataFileError, OptionError, PositionError, ScopeError
+from ..errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
 
 #: How each scope's score scales: norms are linear in the Jacobian, Fisher is quadratic.
 SCORE_KINDS = {
@@ -87,6 +87,18 @@ def strict_json_value(obj: Any) -> Any:
 def dump_strict_json(data: Any) -> str:
     """``data`` as standard JSON text (non-finite floats as null, never ``NaN``)."""
     return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def write_output(path: Union[str, Path], write) -> Path:
+    """Call ``write(path)``, turning an OS failure into :class:`OutputPathError` that names the fix."""
+    path = Path(path)
+    try:
+        write(path)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot write {str(path)!r}: {exc.strerror or exc}. Check that its folder exists and is writable."
+        ) from exc
+    return path
 
 
 def read_json_file(path: Union[str, Path]) -> Any:
@@ -255,8 +267,8 @@ class ScopeResult:
         """Heads with the largest score over all positions (or at one ``position``)."""
         _check_k(k)
         heads = self.internal("head", normalization)
-        if position is not None and not (isinstance(position, int) and -self.n_tokens <= position < self.n_tokens):
-            raise PositionError(f"position must be an integer in [0, {self.n_tokens - 1}], got {position!r}.")
+        if position is not None:
+            self._check_position(position)
         per_head = heads[..., position] if position is not None else self.aggregate(heads)
         values, flat = torch.topk(per_head.flatten(), min(k, per_head.numel()))
         n_heads = per_head.shape[1]
@@ -281,10 +293,14 @@ class ScopeResult:
             cells.append(CellScore(layer, head, position, self.str_tokens[position], float(v)))
         return cells
 
+    def _check_position(self, position: int) -> None:
+        n = self.n_tokens
+        if isinstance(position, bool) or not isinstance(position, int) or not -n <= position < n:
+            raise PositionError(f"position must be an integer in [0, {n - 1}] (a token index), got {position!r}.")
+
     def at_position(self, position: int, normalization: str = "raw") -> dict[str, Tensor]:
         """Every internal map at one token position: ``{site: [n_layers(+1)] or [n_layers, n_heads]}``."""
-        if isinstance(position, bool) or not isinstance(position, int) or not -self.n_tokens <= position < self.n_tokens:
-            raise PositionError(f"position must be an integer in [0, {self.n_tokens - 1}], got {position!r}.")
+        self._check_position(position)
         return {site: self.internal(site, normalization)[..., position] for site in SITES}
 
     def layer_summary(self, normalization: str = "raw"):
@@ -411,9 +427,8 @@ class ScopeResult:
 
         Read it back with :meth:`load_json`.
         """
-        path = Path(path)
-        path.write_text(dump_strict_json(self.to_dict()), encoding="utf-8")
-        return path
+        text = dump_strict_json(self.to_dict())
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load_json(cls, path: Union[str, Path]) -> "ScopeResult":

@@ -28,12 +28,12 @@ import torch
 from torch import Tensor
 
 from ..errors import OptionError, ScopeError
-from ..results.scope_result import ScopeResult, check_normalization
+from ..results.scope_result import ScopeResult, check_normalization, write_output
 
 #: The colour of each scope; scopes never share a colour scale.
 SCOPE_COLORS = {"semantic": "#1f77b4", "temperature": "#d62728", "fisher": "#2ca02c"}
 NORMALIZATION_TEXT = {
-    "raw": "raw sensitivity ‖vᵀ∂y/∂a‖ (docs/method.md; deep layers look small because the residual norm grows)",
+    "raw": "raw sensitivity ‖vᵀ∂y/∂a‖ (docs/method.md; deep layers look small: the residual norm grows)",
     "scaled": "scaled: sensitivity × ‖a‖ (× ‖a‖² for Fisher), comparable across layers",
 }
 
@@ -145,6 +145,9 @@ def _prob(p) -> str:
 def _param_text(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        items = [_param_text(v) for v in value[:6]]
+        return "[" + ", ".join(items) + (", …" if len(value) > 6 else "") + "]"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -321,9 +324,8 @@ class ScopeView:
         )
 
     def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        path.write_text(self.to_html(), encoding="utf-8")
-        return path
+        text = self.to_html()
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def show(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> ScopeView:

@@ -7,7 +7,7 @@ from typing import Union
 
 import numpy as np
 
-from ..results.scope_result import ScopeResult, check_normalization
+from ..results.scope_result import ScopeResult, check_normalization, write_output
 from .html import NORMALIZATION_TEXT, SCOPE_COLORS
 
 
@@ -93,5 +93,4 @@ def plot(result: ScopeResult, normalization: str = "scaled"):
 def save_png(result: ScopeResult, path: Union[str, Path], normalization: str = "scaled", dpi: int = 150) -> Path:
     """Write :func:`plot` to a PNG file (without touching pyplot or the matplotlib backend)."""
     fig = plot(result, normalization)
-    fig.savefig(path, dpi=dpi)
-    return Path(path)
+    return write_output(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))  # PNG whatever the suffix
