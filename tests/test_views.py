@@ -55,7 +55,7 @@ def test_notebook_display_never_touches_the_network(results, monkeypatch):
 def test_compare_refuses_different_tokens(results):
     model, _ = tiny_model("gpt2", "bridge")
     other = tjs.fisher_scope(model, "the dog ran")
-    with pytest.raises(ValueError, match="same tokens"):
+    with pytest.raises(tjs.ScopeError, match="same tokens"):
         tjs.compare(results[0], other)
 
 

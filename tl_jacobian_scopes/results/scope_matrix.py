@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .scope_result import ScopeResult
+from ..errors import DataFileError, ScopeError
+from .scope_result import ScopeResult, dump_strict_json, read_json_file, write_output
 
 
 class ScopeMatrix:
@@ -25,9 +26,12 @@ class ScopeMatrix:
     """
 
     def __init__(self, results: list[ScopeResult]):
+        results = list(results)
         if not results:
-            raise ValueError("A ScopeMatrix needs at least one result.")
-        self.results = list(results)
+            raise ScopeError("A ScopeMatrix needs at least one result: pass positions that exist in the prompt.")
+        if any(r.str_tokens != results[0].str_tokens for r in results):
+            raise ScopeError("A ScopeMatrix needs results over the same tokens (one prompt, one model).")
+        self.results = results
 
     @property
     def scope(self) -> str:
@@ -73,6 +77,31 @@ class ScopeMatrix:
                              "target_prob": r.target_prob, "position": t, "token": token, "score": score})
         return pd.DataFrame(rows)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``{"kind": "scope_matrix", "results": [ScopeResult.to_dict(), ...]}``."""
+        return {"kind": "scope_matrix", "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScopeMatrix":
+        """Inverse of :meth:`to_dict`."""
+        rows = data.get("results") if isinstance(data, dict) and data.get("kind") == "scope_matrix" else None
+        if not isinstance(rows, list):
+            raise DataFileError(
+                "A ScopeMatrix dict has kind 'scope_matrix' and a list of results; "
+                "write it with ScopeMatrix.save_json() (a single result loads with ScopeResult.load_json())."
+            )
+        return cls([ScopeResult.from_dict(r) for r in rows])
+
+    def save_json(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null)."""
+        text = dump_strict_json(self.to_dict())
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load_json(cls, path: Union[str, Path]) -> "ScopeMatrix":
+        """Read a file written by :meth:`save_json`."""
+        return cls.from_dict(read_json_file(path))
+
     def show(self):
         """A positions x tokens heatmap and the per-position token colouring (offline)."""
         from ..views.html import matrix_view
@@ -83,6 +112,7 @@ class ScopeMatrix:
         return self.show()._repr_html_()
 
     def save_html(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`show` as one self-contained HTML file."""
         return self.show().save(path)
 
     def __repr__(self) -> str:

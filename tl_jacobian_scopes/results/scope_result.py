@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from ..errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
 
 #: How each scope's score scales: norms are linear in the Jacobian, Fisher is quadratic.
 SCORE_KINDS = {
@@ -47,6 +51,90 @@ class CellScore(NamedTuple):
 #: Internal maps and their tensor field names.
 SITES = ("layer", "attn", "mlp", "head")
 NORMALIZATIONS = ("raw", "scaled")
+
+
+def check_normalization(normalization: str) -> None:
+    """Raise :class:`OptionError` unless ``normalization`` is one of :data:`NORMALIZATIONS`."""
+    if normalization not in NORMALIZATIONS:
+        raise OptionError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise OptionError(f"k must be a positive integer (how many entries to return), got {k!r}.")
+
+
+def strict_json_value(obj: Any) -> Any:
+    """``obj`` with tensors and arrays as lists and every non-finite float as None.
+
+    JSON has no NaN or infinity (Python's ``json`` writes the non-standard ``NaN``, which
+    strict parsers such as JavaScript's ``JSON.parse`` reject), so they are written as null
+    and read back as NaN where a float is expected.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if hasattr(obj, "tolist"):  # tensors, numpy arrays and numpy scalars
+        return strict_json_value(obj.tolist())
+    return obj
+
+
+def dump_strict_json(data: Any) -> str:
+    """``data`` as standard JSON text (non-finite floats as null, never ``NaN``)."""
+    return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def write_output(path: Union[str, Path], write) -> Path:
+    """Call ``write(path)``, turning an OS failure into :class:`OutputPathError` that names the fix."""
+    path = Path(path)
+    try:
+        write(path)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot write {str(path)!r}: {exc.strerror or exc}. Check that its folder exists and is writable."
+        ) from exc
+    return path
+
+
+def read_json_file(path: Union[str, Path]) -> Any:
+    """Parse a JSON file, raising :class:`DataFileError` when it is missing or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataFileError(f"Cannot read results file {str(path)!r}: {exc}. Check the path.") from exc
+    try:
+        return json.loads(text)  # also accepts the NaN that files written by older versions hold
+    except json.JSONDecodeError as exc:
+        raise DataFileError(
+            f"{str(path)!r} is not valid JSON ({exc}); write it with save_json() and do not edit its structure."
+        ) from exc
+
+
+def _float_tensor(values: Any, name: str) -> Tensor:
+    """A float32 tensor from (nested) lists in which None stands for NaN (strict JSON)."""
+    try:
+        return torch.from_numpy(np.array(values, dtype=np.float64)).float()
+    except (TypeError, ValueError) as exc:
+        raise DataFileError(f"Field {name!r} must be a (nested) list of numbers, got {str(values)[:80]!r}.") from exc
+
+
+def _optional_float(value: Any, name: str) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataFileError(f"Field {name!r} must be a number, got {value!r}.")
+    return float(value)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise DataFileError(message + " Write results with save_json() and do not edit their structure.")
 
 
 @dataclass
@@ -125,6 +213,7 @@ class ScopeResult:
 
     def top(self, k: int = 5) -> list[TokenScore]:
         """The ``k`` highest-scoring tokens, best first."""
+        _check_k(k)
         k = min(k, self.n_tokens)
         values, indices = torch.topk(self.scores.float(), k)
         return [TokenScore(int(i), self.str_tokens[int(i)], float(v)) for v, i in zip(values, indices)]
@@ -149,15 +238,21 @@ class ScopeResult:
         norm (squared for the quadratic Fisher), i.e. the sensitivity to a perturbation of
         relative size, which makes layers comparable.
         """
-        if not self.has_internals:
-            raise ValueError("This result has no internal maps: rerun the scope with internals=True.")
         if site not in SITES:
-            raise ValueError(f"site must be one of {SITES}, got {site!r}.")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+            raise OptionError(f"site must be one of {SITES}, got {site!r}.")
+        check_normalization(normalization)
+        if not self.has_internals:
+            raise ScopeError("This result has no internal maps: rerun the scope with internals=True.")
         raw = getattr(self, f"{site}_scores")
+        if raw is None:
+            raise ScopeError(f"This result has no {site!r} map: rerun the scope with internals=True.")
         if normalization == "raw":
             return raw
+        if site not in self.internal_norms:
+            raise ScopeError(
+                f"This result has no activation norms for site {site!r}, which normalization='scaled' needs: "
+                "use normalization='raw', or rerun the scope with internals=True."
+            )
         power = 2 if self.score_kind == "quadratic" else 1
         return raw * self.internal_norms[site] ** power
 
@@ -170,7 +265,10 @@ class ScopeResult:
 
     def top_heads(self, k: int = 5, normalization: str = "raw", position: Optional[int] = None) -> list[HeadScore]:
         """Heads with the largest score over all positions (or at one ``position``)."""
+        _check_k(k)
         heads = self.internal("head", normalization)
+        if position is not None:
+            self._check_position(position)
         per_head = heads[..., position] if position is not None else self.aggregate(heads)
         values, flat = torch.topk(per_head.flatten(), min(k, per_head.numel()))
         n_heads = per_head.shape[1]
@@ -178,12 +276,14 @@ class ScopeResult:
 
     def top_layers(self, k: int = 5, site: str = "layer", normalization: str = "raw") -> list[tuple[int, float]]:
         """``(layer, score)`` of the layers with the largest score over all positions."""
+        _check_k(k)
         per_layer = self.aggregate(self.internal(site, normalization))
         values, idx = torch.topk(per_layer, min(k, per_layer.numel()))
         return [(int(i), float(v)) for v, i in zip(values, idx)]
 
     def top_cells(self, k: int = 5, site: str = "layer", normalization: str = "scaled") -> list[CellScore]:
         """The ``k`` largest (layer[, head], position) cells of one internal map."""
+        _check_k(k)
         grid = self.internal(site, normalization)
         values, flat = torch.topk(grid.flatten(), min(k, grid.numel()))
         cells = []
@@ -193,12 +293,22 @@ class ScopeResult:
             cells.append(CellScore(layer, head, position, self.str_tokens[position], float(v)))
         return cells
 
+    def _check_position(self, position: int) -> None:
+        n = self.n_tokens
+        if isinstance(position, bool) or not isinstance(position, int) or not -n <= position < n:
+            raise PositionError(f"position must be an integer in [0, {n - 1}] (a token index), got {position!r}.")
+
     def at_position(self, position: int, normalization: str = "raw") -> dict[str, Tensor]:
         """Every internal map at one token position: ``{site: [n_layers(+1)] or [n_layers, n_heads]}``."""
+        self._check_position(position)
         return {site: self.internal(site, normalization)[..., position] for site in SITES}
 
     def layer_summary(self, normalization: str = "raw"):
-        """A per-layer DataFrame: residual, attention and MLP totals, best position and head."""
+        """A per-layer DataFrame: residual, attention and MLP totals, best position and head.
+
+        ``top_head`` is an integer column (pandas ``Int64``; missing on the ``"final"`` row,
+        which has no heads).
+        """
         import pandas as pd
 
         resid = self.internal("layer", normalization)
@@ -219,7 +329,10 @@ class ScopeResult:
                     "top_head": int(heads[layer].argmax()) if inside else None,
                 }
             )
-        return pd.DataFrame(rows)
+        summary = pd.DataFrame(rows)
+        # Head indices are integers; the nullable Int64 keeps them so despite the final row's None.
+        summary["top_head"] = summary["top_head"].astype("Int64")
+        return summary
 
     def _internal_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -254,7 +367,7 @@ class ScopeResult:
 
         if internals:
             if not self.has_internals:
-                raise ValueError("This result has no internal maps: rerun the scope with internals=True.")
+                raise ScopeError("This result has no internal maps: rerun the scope with internals=True.")
             return pd.DataFrame(self._internal_rows())
 
         scores = self.scores.float().cpu()
@@ -275,53 +388,105 @@ class ScopeResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of everything in the result."""
-        return {
-            "scope": self.scope,
-            "score_kind": self.score_kind,
-            "model_name": self.model_name,
-            "position": self.position,
-            "target": self.target,
-            "target_str": self.target_str,
-            "target_prob": self.target_prob,
-            "predicted": self.predicted,
-            "predicted_str": self.predicted_str,
-            "predicted_prob": self.predicted_prob,
-            "contrast": self.contrast,
-            "contrast_str": self.contrast_str,
-            "contrast_prob": self.contrast_prob,
-            "params": self.params,
-            "tokens": self.tokens.cpu().tolist(),
-            "str_tokens": self.str_tokens,
-            "scores": self.scores.float().cpu().tolist(),
-            **{
-                f"{site}_scores": getattr(self, f"{site}_scores").tolist()
-                for site in SITES
-                if getattr(self, f"{site}_scores") is not None
-            },
-            "internal_norms": {site: t.tolist() for site, t in self.internal_norms.items()},
-            "stderr": None if self.stderr is None else self.stderr.tolist(),
-        }
+        """A JSON-ready dict of everything in the result.
+
+        Tensors become lists and every non-finite float (NaN, ±inf) becomes None, so that
+        the dict is standard JSON; :meth:`from_dict` reads None back as NaN.
+        """
+        return strict_json_value(
+            {
+                "scope": self.scope,
+                "score_kind": self.score_kind,
+                "model_name": self.model_name,
+                "position": self.position,
+                "target": self.target,
+                "target_str": self.target_str,
+                "target_prob": self.target_prob,
+                "predicted": self.predicted,
+                "predicted_str": self.predicted_str,
+                "predicted_prob": self.predicted_prob,
+                "contrast": self.contrast,
+                "contrast_str": self.contrast_str,
+                "contrast_prob": self.contrast_prob,
+                "params": self.params,
+                "tokens": self.tokens.cpu().tolist(),
+                "str_tokens": self.str_tokens,
+                "scores": self.scores.float().cpu().tolist(),
+                **{
+                    f"{site}_scores": getattr(self, f"{site}_scores").tolist()
+                    for site in SITES
+                    if getattr(self, f"{site}_scores") is not None
+                },
+                "internal_norms": {site: t.tolist() for site, t in self.internal_norms.items()},
+                "stderr": None if self.stderr is None else self.stderr.tolist(),
+            }
+        )
 
     def save_json(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_dict` to ``path`` and return the path."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
-        return path
+        """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null).
+
+        Read it back with :meth:`load_json`.
+        """
+        text = dump_strict_json(self.to_dict())
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load_json(cls, path: Union[str, Path]) -> "ScopeResult":
+        """Read a file written by :meth:`save_json`."""
+        return cls.from_dict(read_json_file(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeResult":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (None in a float field or tensor reads back as NaN).
+
+        Raises:
+            DataFileError: A field is missing, unknown, or of the wrong type or length.
+        """
+        _require(isinstance(data, dict), f"A ScopeResult dict is expected, got {type(data).__name__}.")
         data = dict(data)
-        data.pop("score_kind", None)
-        data["scores"] = torch.tensor(data["scores"], dtype=torch.float32)
-        data["tokens"] = torch.tensor(data["tokens"], dtype=torch.long)
+        data.pop("score_kind", None)  # derived from the scope
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, f"Unknown ScopeResult field(s) {unknown}.")
+        required = ["scope", "scores", "tokens", "str_tokens", "position", "target", "target_str",
+                    "target_prob", "predicted", "predicted_str", "predicted_prob"]
+        missing = [name for name in required if name not in data]
+        _require(not missing, f"Missing ScopeResult field(s) {missing}.")
+        for name in ("scope", "target_str", "predicted_str", "model_name"):
+            _require(isinstance(data.get(name, ""), str), f"Field {name!r} must be a string, got {data.get(name)!r}.")
+        _require(data.get("contrast_str") is None or isinstance(data["contrast_str"], str),
+                 f"Field 'contrast_str' must be a string or null, got {data.get('contrast_str')!r}.")
+        for name in ("position", "target", "predicted", "contrast"):
+            value = data.get(name)
+            _require((value is None and name == "contrast") or (isinstance(value, int) and not isinstance(value, bool)),
+                     f"Field {name!r} must be an integer, got {value!r}.")
+        str_tokens = data["str_tokens"]
+        _require(isinstance(str_tokens, list) and all(isinstance(t, str) for t in str_tokens),
+                 "Field 'str_tokens' must be a list of strings.")
+        _require(isinstance(data.get("params", {}), dict), "Field 'params' must be an object.")
+        data["target_prob"] = _optional_float(data["target_prob"], "target_prob")
+        data["predicted_prob"] = _optional_float(data["predicted_prob"], "predicted_prob")
+        if data.get("contrast") is not None or data.get("contrast_prob") is not None:
+            data["contrast_prob"] = _optional_float(data.get("contrast_prob"), "contrast_prob")
+        data["scores"] = _float_tensor(data["scores"], "scores")
+        try:
+            data["tokens"] = torch.tensor(data["tokens"], dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataFileError(f"Field 'tokens' must be a list of integer token ids ({exc}).") from exc
+        n = len(str_tokens)
+        _require(data["scores"].shape == (n,) and data["tokens"].shape == (n,),
+                 f"'scores' {tuple(data['scores'].shape)}, 'tokens' {tuple(data['tokens'].shape)} and "
+                 f"'str_tokens' ({n},) must have one entry per token.")
+        _require(0 <= data["position"] < n, f"Field 'position' ({data['position']}) must be in [0, {n - 1}].")
         for site in SITES:
             if data.get(f"{site}_scores") is not None:
-                data[f"{site}_scores"] = torch.tensor(data[f"{site}_scores"], dtype=torch.float32)
-        data["internal_norms"] = {k: torch.tensor(v) for k, v in data.get("internal_norms", {}).items()}
+                data[f"{site}_scores"] = _float_tensor(data[f"{site}_scores"], f"{site}_scores")
+        norms = data.get("internal_norms") or {}
+        _require(isinstance(norms, dict) and set(norms) <= set(SITES),
+                 f"Field 'internal_norms' must map sites among {SITES} to lists of numbers.")
+        data["internal_norms"] = {k: _float_tensor(v, f"internal_norms.{k}") for k, v in norms.items()}
         if data.get("stderr") is not None:
-            data["stderr"] = torch.tensor(data["stderr"], dtype=torch.float32)
+            data["stderr"] = _float_tensor(data["stderr"], "stderr")
         return cls(**data)
 
     # ---- views ---------------------------------------------------------------------------

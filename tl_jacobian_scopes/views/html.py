@@ -4,12 +4,22 @@ CircuitsVis's own ``RenderedHTML`` picks between its inlined bundle and a CDN by
 the internet (a blocking request, slow or hanging without a network). Here the bundled
 JavaScript that ships inside the ``circuitsvis`` wheel is always inlined, once per page, so
 a view renders in a notebook or a saved file with no network at all.
+
+Everything that reaches the page is escaped, because token strings, targets, labels, model
+names and parameters are data (a prompt, a word-level tokenizer, an edited JSON file) and may
+hold markup: text and attributes go through :func:`html.escape`; the JSON handed to
+CircuitsVis inside ``<script>`` has ``<``, ``>``, ``&``, U+2028 and U+2029 written as
+``\\uXXXX`` escapes, so no string can close the script block; and token strings are
+HTML-escaped before CircuitsVis sees them, because its ``Token`` component inserts each token
+with ``dangerouslySetInnerHTML`` (its hover tooltip therefore shows such tokens escaped).
 """
 
 from __future__ import annotations
 
 import functools
 import html
+import json
+import math
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -17,12 +27,13 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..results.scope_result import ScopeResult
+from ..errors import OptionError, ScopeError
+from ..results.scope_result import ScopeResult, check_normalization, write_output
 
 #: The colour of each scope; scopes never share a colour scale.
 SCOPE_COLORS = {"semantic": "#1f77b4", "temperature": "#d62728", "fisher": "#2ca02c"}
 NORMALIZATION_TEXT = {
-    "raw": "raw sensitivity ‖vᵀ∂y/∂a‖ (SPEC §3; deep layers look small because the residual norm grows)",
+    "raw": "raw sensitivity ‖vᵀ∂y/∂a‖ (docs/method.md; deep layers look small: the residual norm grows)",
     "scaled": "scaled: sensitivity × ‖a‖ (× ‖a‖² for Fisher), comparable across layers",
 }
 
@@ -36,15 +47,54 @@ def circuitsvis_bundle() -> str:
     return path.read_text(encoding="utf-8").replace("</script>", "<\\/script>")
 
 
+#: Characters that could end a ``<script>`` block, open a comment, or end a JavaScript line;
+#: inside JSON they only occur in strings, where ``\\uXXXX`` means the same character.
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(value) -> str:
+    """``value`` as a JavaScript literal that is safe to place inside ``<script>``.
+
+    Tensors and arrays become lists. NaN and infinities are written as the JavaScript
+    literals ``NaN``/``Infinity`` (valid in a script, unlike in a JSON file).
+    """
+    text = json.dumps(_plain(value), ensure_ascii=False)
+    for char, escape in _SCRIPT_UNSAFE.items():
+        text = text.replace(char, escape)
+    return text
+
+
+def _plain(value):
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _token_html(tokens: Sequence[str]) -> list[str]:
+    """Tokens as CircuitsVis must receive them: it inserts each one as HTML (innerHTML)."""
+    return [html.escape(t, quote=False) for t in tokens]
+
+
 def _cv(element: str, **props) -> str:
     """A div and the call that renders a CircuitsVis element into it (bundle loaded once per page)."""
-    from circuitsvis.utils.convert_props import convert_props
-
     div = f"tjs-cv-{uuid.uuid4().hex[:12]}"
+    props = {k: v for k, v in props.items() if v is not None}
+    if "tokens" in props:
+        props["tokens"] = _token_html(props["tokens"])
     return (
-        f'<div id="{div}" class="tjs-cv" data-element="{element}"></div>\n'
-        f'<script>CircuitsVis.render("{div}", CircuitsVis.{element}, {convert_props(props)});</script>'
+        f'<div id="{div}" class="tjs-cv" data-element="{html.escape(element)}"></div>\n'
+        f"<script>CircuitsVis.render({script_json(div)}, CircuitsVis[{script_json(element)}], "
+        f"{script_json(props)});</script>"
     )
+
+
+def _esc(value) -> str:
+    """Any value as escaped HTML text (safe in element content and quoted attributes)."""
+    return html.escape(str(value))
 
 
 def _color(value: float, peak: float, hex_color: str) -> str:
@@ -69,6 +119,7 @@ def _heatmap(
         top = float(torch.quantile(grid.float().flatten(), 0.99))
         top = top if top > 0 else peak
     scale_text = f"max {peak:.4g}" + (f"; colour saturates at the 99th percentile, {top:.4g}" if top < peak else "")
+    marked_col = marked_col if isinstance(marked_col, int) else None
     head = "".join(
         f'<th class="col{" marked" if j == marked_col else ""}"><span>{html.escape(c)}</span></th>'
         for j, c in enumerate(col_labels)
@@ -82,24 +133,42 @@ def _heatmap(
         )
         body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
     return (
-        f'<figure class="tjs-heatmap"><figcaption>{html.escape(caption)} ({scale_text})</figcaption>'
+        f'<figure class="tjs-heatmap"><figcaption>{html.escape(caption)} ({html.escape(scale_text)})</figcaption>'
         f'<table><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></figure>'
     )
 
 
+def _prob(p) -> str:
+    return f"{p:.3f}" if isinstance(p, (int, float)) else _esc(p)
+
+
+def _param_text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        items = [_param_text(v) for v in value[:6]]
+        return "[" + ", ".join(items) + (", …" if len(value) > 6 else "") + "]"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _header(result: ScopeResult) -> str:
     r = result
-    explained = html.escape(repr(r.str_tokens[r.position]))
+    explained = _esc(repr(r.str_tokens[r.position])) if isinstance(r.position, int) else "?"
     line = (
-        f"<b>{r.scope}</b> scope ({r.score_kind} scores) · {html.escape(r.model_name)}<br>"
-        f"explaining position {r.position} ({explained}) → top prediction "
-        f"<b>{html.escape(repr(r.predicted_str))}</b> p={r.predicted_prob:.3f}"
+        f"<b>{_esc(r.scope)}</b> scope ({_esc(r.score_kind)} scores) · {_esc(r.model_name)}<br>"
+        f"explaining position {_esc(r.position)} ({explained}) → top prediction "
+        f"<b>{_esc(repr(r.predicted_str))}</b> p={_prob(r.predicted_prob)}"
     )
     if r.scope == "semantic":
-        line += f" · target <b>{html.escape(repr(r.target_str))}</b> p={r.target_prob:.3f}"
+        line += f" · target <b>{_esc(repr(r.target_str))}</b> p={_prob(r.target_prob)}"
         if r.contrast_str is not None:
-            line += f" vs <b>{html.escape(repr(r.contrast_str))}</b> p={r.contrast_prob:.3f}"
-    return f'<div class="tjs-header" style="border-left:4px solid {SCOPE_COLORS.get(r.scope, "#444")}">{line}</div>'
+            line += f" vs <b>{_esc(repr(r.contrast_str))}</b> p={_prob(r.contrast_prob)}"
+    if r.params:
+        # The settings that produced the scores (rank, probes, y_norm, ...), so a saved page is self-describing.
+        params = ", ".join(f"{k}={_param_text(v)}" for k, v in r.params.items())
+        line += f'<br><span class="tjs-params">{_esc(params)}</span>'
+    return f'<div class="tjs-header" style="border-left:4px solid {SCOPE_COLORS.get(r.scope, "#444444")}">{line}</div>'
 
 
 def _token_labels(result: ScopeResult) -> list[str]:
@@ -109,16 +178,27 @@ def _token_labels(result: ScopeResult) -> list[str]:
 PARTS = ("tokens", "layers", "heads")
 
 
+def _check_parts(parts: Sequence[str]) -> None:
+    if isinstance(parts, str) or not all(p in PARTS for p in parts):
+        raise OptionError(f"parts must be a list of names among {PARTS}, got {parts!r}.")
+
+
 def result_sections(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> list[str]:
     """HTML sections for one result: header, then the token view and, when the result has
-    internal maps, the layer view (layer × position) and the head view (layer × head)."""
+    internal maps, the layer view (layer × position) and the head view (layer × head).
+
+    Raises:
+        OptionError: ``normalization`` is not ``"raw"``/``"scaled"`` or ``parts`` names an unknown part.
+    """
+    check_normalization(normalization)
+    _check_parts(parts)
     r = result
-    color = SCOPE_COLORS.get(r.scope, "#444")
+    color = SCOPE_COLORS.get(r.scope, "#444444")
     sections = [_header(r)]
     if "tokens" in parts:
         sections += [
-            f"<h4>Tokens coloured by {r.scope} score (0 … {float(r.scores.max()):.4g}); "
-            f"explained position {r.position}</h4>",
+            f"<h4>Tokens coloured by {_esc(r.scope)} score (0 … {float(r.scores.max()):.4g}); "
+            f"explained position {_esc(r.position)}</h4>",
             _cv("ColoredTokens", tokens=r.str_tokens, values=r.scores.tolist(), minValue=0.0,
                 maxValue=float(r.scores.max()), positiveColor=color),
         ]
@@ -160,12 +240,30 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
 
 
 def comparison_sections(results: Sequence[ScopeResult], labels: Optional[Sequence[str]] = None) -> list[str]:
-    """Several results on the same tokens, each on its own scale (divided by its own max)."""
+    """Several results on the same tokens, each on its own scale (divided by its own max).
+
+    Raises:
+        ScopeError: No results, results over different tokens, or not one label per result.
+    """
     if not results:
-        raise ValueError("compare() needs at least one result.")
+        raise ScopeError("compare() needs at least one result: pass ScopeResults, e.g. compare(r1, r2).")
+    if not all(isinstance(r, ScopeResult) for r in results):
+        raise ScopeError(
+            "compare() takes ScopeResults; got "
+            f"{sorted({type(r).__name__ for r in results if not isinstance(r, ScopeResult)})} "
+            "(for a ScopeMatrix, compare its rows, e.g. compare(m[0], m[1]), or use m.show())."
+        )
     tokens = results[0].str_tokens
     if any(r.str_tokens != tokens for r in results):
-        raise ValueError("compare() needs results over the same tokens (same prompt and model).")
+        raise ScopeError(
+            "compare() needs results over the same tokens: compute every scope on the same prompt with the same model."
+        )
+    if labels is not None:
+        if isinstance(labels, str) or len(labels) != len(results):
+            raise ScopeError(
+                f"compare() needs one label per result: got {len(results)} results and labels={labels!r}."
+            )
+        labels = [str(label) for label in labels]
     if labels is None:
         labels = []
         for r in results:
@@ -178,7 +276,7 @@ def comparison_sections(results: Sequence[ScopeResult], labels: Optional[Sequenc
         '<div class="tjs-header" style="border-left:4px solid #444"><b>Comparison</b> · each column is divided '
         "by its own maximum (scopes are never on one colour scale: Fisher scores are quadratic, "
         f"Semantic and Temperature are norms)<br>{html.escape(kinds)}</div>",
-        _cv("ColoredTokensMulti", tokens=tokens, values=values.tolist(), labels=list(labels)),
+        _cv("ColoredTokensMulti", tokens=tokens, values=values.tolist(), labels=labels),
     ]
 
 
@@ -194,6 +292,7 @@ STYLE = """
 .tjs-heatmap th.col{height:70px;vertical-align:bottom}
 .tjs-heatmap th.col span{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap}
 .tjs-heatmap th.marked{background:#ffe9a8}
+.tjs-params{color:#555;font-size:11px}
 </style>
 """
 
@@ -211,8 +310,8 @@ class ScopeView:
     """A rendered view: displays itself in a notebook, and saves as one offline HTML file."""
 
     def __init__(self, sections: Sequence[str], title: str = "Jacobian Scopes"):
-        self.sections = list(sections)
-        self.title = title
+        self.sections = list(sections)  # HTML fragments, already escaped by whoever built them
+        self.title = str(title)  # plain text: escaped when the page is written
 
     def _repr_html_(self) -> str:
         return page(self.sections, self.title)
@@ -225,14 +324,17 @@ class ScopeView:
         )
 
     def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        path.write_text(self.to_html(), encoding="utf-8")
-        return path
+        text = self.to_html()
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def show(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> ScopeView:
     """The view of one result: ``parts`` among ``"tokens"``, ``"layers"``, ``"heads"``
-    (the last two need a result computed with ``internals=True``)."""
+    (the last two need a result computed with ``internals=True``).
+
+    Raises:
+        OptionError: ``normalization`` is not one of ``"raw"``, ``"scaled"``, or ``parts`` is unknown.
+    """
     return ScopeView(result_sections(result, normalization, parts), f"{result.scope} scope")
 
 
@@ -260,12 +362,12 @@ def save_html(results: Union[ScopeResult, Sequence[ScopeResult]], path: Union[st
 def matrix_view(matrix) -> ScopeView:
     """A :class:`ScopeMatrix`: explained positions x tokens heatmap, then per-position colouring."""
     first = matrix[0]
-    color = SCOPE_COLORS.get(matrix.scope, "#444")
+    color = SCOPE_COLORS.get(matrix.scope, "#444444")
     rows = [f"{r.position}:{r.str_tokens[r.position]}→{r.target_str}" for r in matrix]
     labels = [f"{i}:{t}" for i, t in enumerate(matrix.str_tokens)]
     header = (
-        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{matrix.scope}</b> scope '
-        f"({matrix.score_kind} scores) at {len(matrix)} positions · {html.escape(first.model_name)}</div>"
+        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{_esc(matrix.scope)}</b> scope '
+        f"({_esc(matrix.score_kind)} scores) at {len(matrix)} positions · {_esc(first.model_name)}</div>"
     )
     values = matrix.scores.T  # [tokens, positions]
     peak = values.max(dim=0).values.clamp_min(1e-30)

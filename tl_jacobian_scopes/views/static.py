@@ -7,76 +7,90 @@ from typing import Union
 
 import numpy as np
 
-from ..results.scope_result import ScopeResult
+from ..results.scope_result import ScopeResult, check_normalization, write_output
 from .html import NORMALIZATION_TEXT, SCOPE_COLORS
 
 
-def _pyplot():
-    try:
-        import matplotlib
+def _figure(**kwargs):
+    """A matplotlib Figure that belongs to no pyplot state and no backend.
 
-        matplotlib.use(matplotlib.get_backend() if "inline" in matplotlib.get_backend() else "Agg")
-        import matplotlib.pyplot as plt
+    Building it with :class:`matplotlib.figure.Figure` instead of ``pyplot`` leaves the
+    user's backend and open figures alone (``matplotlib.use`` would switch the backend of
+    the whole session); ``savefig`` picks a canvas for the file format by itself.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("Static figures need matplotlib: pip install 'tl_jacobian_scopes[plot]'") from exc
-    return plt
+    return Figure(**kwargs)
+
+
+#: Text options for everything we draw: token strings are data, and "$...$", "^" or "_" in
+#: them must not be parsed as mathtext (which raises on e.g. "$^_$" when the figure is drawn).
+_TEXT = {"parse_math": False}
 
 
 def plot(result: ScopeResult, normalization: str = "scaled"):
     """A figure: token scores as bars (explained position marked), and with internals the
-    layer × position and layer × head heatmaps. Returns the matplotlib Figure."""
+    layer × position and layer × head heatmaps.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`, not registered with pyplot: a notebook displays
+        it when it is a cell's value; save it with ``fig.savefig(path)``. Token strings are
+        drawn literally (no mathtext), whatever ``$``, ``^`` or ``_`` they hold.
+
+    Raises:
+        OptionError: ``normalization`` is not ``"raw"`` or ``"scaled"``.
+    """
     from matplotlib.colors import LinearSegmentedColormap
 
-    plt = _pyplot()
+    check_normalization(normalization)
     r = result
     color = SCOPE_COLORS.get(r.scope, "#444444")
-    cmap = LinearSegmentedColormap.from_list(r.scope, ["#ffffff", color])
+    cmap = LinearSegmentedColormap.from_list("scope", ["#ffffff", color])
     n_panels = 3 if r.has_internals else 1
     width = max(6.0, 0.32 * r.n_tokens + 2)
-    fig, axes = plt.subplots(
-        n_panels, 1, figsize=(width, 2.6 + (6.0 if r.has_internals else 0)), squeeze=False,
-        gridspec_kw={"height_ratios": [1, 2, 1.4][:n_panels]},
-    )
+    fig = _figure(figsize=(width, 2.6 + (6.0 if r.has_internals else 0)))
+    axes = fig.subplots(n_panels, 1, squeeze=False, gridspec_kw={"height_ratios": [1, 2, 1.4][:n_panels]})
     labels = [repr(t)[1:-1] for t in r.str_tokens]
     ax = axes[0, 0]
-    bars = ax.bar(range(r.n_tokens), r.scores.tolist(), color=color)
+    bars = ax.bar(range(r.n_tokens), r.scores.detach().float().cpu().tolist(), color=color)
     bars[r.position].set_edgecolor("black")
     bars[r.position].set_linewidth(1.5)
-    ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8)
-    ax.set_ylabel(f"{r.scope} ({r.score_kind})")
+    ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **_TEXT)
+    ax.set_ylabel(f"{r.scope} ({r.score_kind})", **_TEXT)
     what = f"target {r.target_str!r}" if r.scope == "semantic" else f"prediction {r.predicted_str!r}"
     if r.contrast_str is not None:
         what += f" vs {r.contrast_str!r}"
-    ax.set_title(f"{r.scope} scope · position {r.position} ({r.str_tokens[r.position]!r}) · {what}", fontsize=10)
+    ax.set_title(
+        f"{r.scope} scope · position {r.position} ({r.str_tokens[r.position]!r}) · {what}", fontsize=10, **_TEXT
+    )
     if r.has_internals:
-        resid = r.internal("layer", normalization).numpy()
+        resid = r.internal("layer", normalization).detach().float().cpu().numpy()
         ax = axes[1, 0]
         vmax = float(np.quantile(resid, 0.99)) or None  # as in the HTML view: a few cells would wash out the rest
         im = ax.imshow(resid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
         ax.set_yticks(range(resid.shape[0]), [str(i) for i in range(resid.shape[0] - 1)] + ["final"], fontsize=6)
-        ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8)
+        ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **_TEXT)
         ax.axvline(r.position, color="black", lw=0.8, ls=":")
         ax.set_ylabel("layer (resid_pre)")
         ax.set_title(
             f"layer × position, {NORMALIZATION_TEXT[normalization]}\n(colour saturates at the 99th percentile, "
-            f"{vmax:.4g}; max {resid.max():.4g})", fontsize=8,
+            f"{vmax or 0.0:.4g}; max {resid.max():.4g})", fontsize=8, **_TEXT,
         )
         fig.colorbar(im, ax=ax, fraction=0.02)
-        heads = r.aggregate(r.internal("head", normalization)).numpy()
+        heads = r.aggregate(r.internal("head", normalization)).detach().float().cpu().numpy()
         ax = axes[2, 0]
         im = ax.imshow(heads.T, aspect="auto", cmap=cmap, interpolation="nearest")
         ax.set_xlabel("layer")
         ax.set_ylabel("head")
-        ax.set_title("layer × head, all positions combined", fontsize=8)
+        ax.set_title("layer × head, all positions combined", fontsize=8, **_TEXT)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
     return fig
 
 
 def save_png(result: ScopeResult, path: Union[str, Path], normalization: str = "scaled", dpi: int = 150) -> Path:
-    """Write :func:`plot` to a PNG file."""
-    plt = _pyplot()
+    """Write :func:`plot` to a PNG file (without touching pyplot or the matplotlib backend)."""
     fig = plot(result, normalization)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return Path(path)
+    return write_output(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))  # PNG whatever the suffix

@@ -1,0 +1,149 @@
+"""Saved pages are inert: hostile strings in any field of a result render as text, never as markup.
+
+Token strings, targets, labels, model names and parameters are data (a prompt, a word-level
+tokenizer, an edited JSON file read by ``ScopeResult.from_dict``). Each test places payloads
+in every field and checks the page (a) as a string, tag by tag, and (b) in a real browser.
+"""
+
+import html
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+import tl_jacobian_scopes as tjs
+from scope_fixtures import make_result
+from test_views import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText
+from tl_jacobian_scopes.views.html import ScopeView, circuitsvis_bundle
+
+# Each payload, if it ever ran, would set an attribute on <html> that --dump-dom shows; the
+# value is built at run time ('h'+'it') so the payload's own text never contains the marker.
+SCRIPT = "</script><script>document.documentElement.setAttribute('data-pw-script','h'+'it')</script>"
+IMG = "\"><img src=x onerror=\"document.documentElement.setAttribute('data-pw-img','h'+'it')\">"
+# CircuitsVis writes each token into the page as HTML, after turning whitespace into &nbsp;:
+# a payload without whitespace survives that.
+TOKEN_IMG = "<img/src=\"x\"/onerror=document.documentElement.setAttribute('data-pw-tok','h'+'it')>"
+COMMENT = "<!--<script>"
+SEPARATORS = "line\u2028sep\u2029end"
+MARKERS = ('data-pw-script="hit"', 'data-pw-img="hit"', 'data-pw-tok="hit"')
+TOKENS = ["the", " cat", SCRIPT, IMG, TOKEN_IMG, COMMENT, SEPARATORS, " dog", " mat", "&amp;"]
+LABELS = [SCRIPT, IMG + COMMENT]
+
+ALLOWED_TAGS = {"html", "head", "meta", "title", "body", "div", "style", "script", "b", "br", "span", "h4",
+                "figure", "figcaption", "table", "thead", "tbody", "tr", "th", "td"}
+RENDER_CALL = re.compile(r'CircuitsVis\.render\("tjs-cv-[0-9a-f]{12}", CircuitsVis\["(\w+)"\], (\{.*\})\);', re.S)
+
+
+def hostile_results():
+    """Payloads in every string field, via from_dict (the edited-JSON path) and direct construction."""
+    semantic = make_result(
+        TOKENS, scope="semantic", target_str=SCRIPT, predicted_str=IMG, contrast_str=COMMENT + SEPARATORS,
+        model_name=IMG + SCRIPT, params={SCRIPT: IMG, "note": COMMENT, "sep": SEPARATORS},
+    )
+    weird_scope = make_result(TOKENS, scope=SCRIPT + IMG, predicted_str=SCRIPT, model_name=COMMENT)
+    reloaded = tjs.ScopeResult.from_dict(json.loads(json.dumps(semantic.to_dict())))
+    matrix = tjs.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG + SCRIPT) for p in (3, 9)])
+    return semantic, weird_scope, reloaded, matrix
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attrs, self.scripts, self.comments, self.text = [], [], [], [], []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += [name for name, _ in attrs]
+        self._in_script = tag == "script"
+        if self._in_script:
+            self.scripts.append("")
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+        else:
+            self.text.append(data)
+
+    def handle_comment(self, data):
+        self.comments.append(data)
+
+
+def assert_inert(page: str, tokens=TOKENS, labels=None) -> str:
+    """Every tag is one we write, every script is one of our render calls, all data is text."""
+    bundle = circuitsvis_bundle()
+    assert page.count(bundle) == 1
+    rest = page.replace(bundle, "")
+    parser = _Page()
+    parser.feed(rest)
+    parser.close()
+    assert set(parser.tags) <= ALLOWED_TAGS, set(parser.tags) - ALLOWED_TAGS
+    assert not [a for a in parser.attrs if a.startswith("on")] and not parser.comments
+    assert "<img" not in rest.lower() and "<!--" not in rest
+    mounts = rest.count('class="tjs-cv"')
+    assert mounts >= 1 and len(parser.scripts) == mounts + 1 and parser.scripts[0] == ""  # bundle, then one per mount
+    seen_labels = []
+    for script in parser.scripts[1:]:
+        match = RENDER_CALL.fullmatch(script)
+        assert match, script[:300]
+        assert not set("<>&\u2028\u2029") & set(script)
+        props = json.loads(match.group(2))
+        # CircuitsVis inserts tokens with innerHTML, so they arrive HTML-escaped and render literally.
+        assert props["tokens"] == [html.escape(t, quote=False) for t in tokens]
+        seen_labels.append(props.get("labels"))
+    if labels is not None:
+        assert labels in seen_labels
+    return "".join(parser.text)
+
+
+def test_hostile_strings_stay_text_in_every_view(tmp_path):
+    semantic, weird_scope, reloaded, matrix = hostile_results()
+    for r in (semantic, reloaded):
+        text = assert_inert(r.show().to_html())
+        assert SCRIPT in text and IMG + SCRIPT in text  # shown, as text (target, model name)
+        assert "data-pw-img" in text and "note=" in text  # the params line
+        assert_inert(r._repr_html_())
+        assert_inert(r.save_html(tmp_path / "r.html").read_text(encoding="utf-8"))
+    text = assert_inert(weird_scope.show().to_html())
+    assert re.search(r"<title>[^<]*&lt;/script&gt;", weird_scope.show().to_html())  # scope in the page title
+    assert SCRIPT + IMG in text
+    assert_inert(tjs.compare(semantic, weird_scope, labels=LABELS).to_html(), labels=LABELS)
+    assert_inert(tjs.save_html([semantic, reloaded], tmp_path / "c.html").read_text(encoding="utf-8"))
+    text = assert_inert(matrix.show().to_html())
+    assert IMG + SCRIPT in text  # row labels name the targets
+    assert_inert(ScopeView(semantic.show().sections, title=SCRIPT).to_html())
+
+
+@pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED, reason="needs Chromium (apt-get install chromium)")
+def test_hostile_page_runs_no_injected_code_in_a_real_browser(tmp_path):
+    assert CHROMIUM, "Chromium is required here (TJS_BROWSER_REQUIRED=1)"
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    # Control: the same payloads pasted raw into a page do run in this browser, so their absence below means something.
+    control = tmp_path / "control.html"
+    control.write_text(
+        f"<!DOCTYPE html><html><body><script>var a = '{SCRIPT}';</script><div>{IMG}</div><div>{TOKEN_IMG}</div>"
+    )
+    control_dom = _chromium(profile, "--dump-dom", control.as_uri()).stdout
+    assert all(marker in control_dom for marker in MARKERS), control_dom[:500]
+
+    semantic, weird_scope, _, matrix = hostile_results()
+    view = tjs.compare(semantic, weird_scope, labels=LABELS)
+    view.sections += matrix.show().sections
+    view.title = SCRIPT
+    path = view.save(tmp_path / "hostile.html")
+    dom = _chromium(profile, "--dump-dom", path.as_uri()).stdout
+    assert "tjs-view" in dom
+    assert not any(marker in dom for marker in MARKERS), [m for m in MARKERS if m in dom]
+    # The view still renders: every CircuitsVis mount is filled, hostile tokens shown as literal text.
+    parser = _RenderedText()
+    parser.feed(dom)
+    assert len(parser.texts) == path.read_text(encoding="utf-8").count('class="tjs-cv"') >= 5
+    for text in parser.texts:
+        flat = text.replace("\xa0", " ")
+        assert "cat" in flat and "dog" in flat and "mat" in flat, flat[:200]
+        assert "</script><script>document" in flat and "<img src=x" in flat and TOKEN_IMG in flat, flat[:400]
+        assert "&amp;" in flat and "<!--<script>" in flat
