@@ -1,4 +1,4 @@
-"""The paper's case studies (SPEC section 6) on the embedded default model.
+"""The paper's case studies (docs/method.md §6) on the embedded default model.
 
 Writes one offline HTML page per study into ``demos/out/`` and prints the top tokens.
 

@@ -94,7 +94,7 @@ def test_hooked_transformer_and_bridge_agree(model):
 
 
 def test_processed_weights_behaviour(model):
-    """fold_ln + center_unembed (SPEC 2): exact Fisher and logit differences are invariant;
+    """fold_ln + center_unembed (docs/method.md §2.5): exact Fisher and logit differences are invariant;
     Temperature is refused; single-target Semantic and rank-k Fisher change, with a warning."""
     hf, tokenizer = load_default_hf_model()
     if tjs.models.backend_name(model) == "hooked":

@@ -15,13 +15,6 @@ from torch import Tensor
 
 from ..errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
 
-#: How each scope's score scales: norms are linear in the Jacobian, Fisher is quadratic.
-SCORE_KINDS = {
-    "semantic": "norm", "temperature": "norm", "fisher": "quadratic",
-    "gxi": "norm", "ig": "norm", "path_semantic": "norm", "random": "random", "loo": "kl",
-}
-
-
 class TokenScore(NamedTuple):
     """One row of :meth:`ScopeResult.top`."""
 
@@ -204,8 +197,13 @@ class ScopeResult:
 
     @property
     def score_kind(self) -> str:
-        """``"norm"`` (Semantic, Temperature) or ``"quadratic"`` (Fisher): never one colour scale."""
-        return SCORE_KINDS.get(self.scope, "norm")
+        """How the scores scale, from the method's declaration: ``"norm"`` (Semantic,
+        Temperature, G×I, IG), ``"quadratic"`` (Fisher), ``"kl"`` or ``"random"``. Never put
+        two kinds on one colour scale."""
+        from ..scopes.api import SCOPES  # results are built by the scopes: import late
+
+        scope = SCOPES.get(self.scope)
+        return scope.method.score_kind if scope is not None else "norm"
 
     @property
     def n_tokens(self) -> int:
@@ -232,7 +230,7 @@ class ScopeResult:
     def internal(self, site: str = "layer", normalization: str = "raw") -> Tensor:
         """One internal map: ``site`` in ``layer``, ``attn``, ``mlp``, ``head``.
 
-        ``normalization="raw"`` is the scope of SPEC section 3 (``‖v^T ∂y/∂a‖``, or the
+        ``normalization="raw"`` is the scope of docs/method.md §3 (``‖v^T ∂y/∂a‖``, or the
         F-weighted sum for Fisher). The residual stream's norm grows with depth, so raw
         deep-layer sensitivities look tiny; ``"scaled"`` multiplies by the activation's own
         norm (squared for the quadratic Fisher), i.e. the sensitivity to a perturbation of

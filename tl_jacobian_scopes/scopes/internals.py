@@ -1,4 +1,4 @@
-"""Where inside the model a scope's influence travels (SPEC section 3).
+"""Where inside the model a scope's influence travels (docs/method.md §3).
 
 The probes that give token scores also give, from the same backward pass(es), the
 sensitivity of y to the residual stream entering each block, each block's attention and

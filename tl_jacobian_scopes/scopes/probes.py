@@ -1,4 +1,4 @@
-"""Probe vectors in the space of y (SPEC section 2), computed in float32.
+"""Probe vectors in the space of y (docs/method.md §2), computed in float32.
 
 - Semantic: the unembedding direction of a target (or a target minus a contrast).
 - Temperature: ŷ = y/‖y‖, the direction in which ‖y‖ (the inverse temperature) grows.
@@ -39,7 +39,10 @@ def mean_unembedding(
 ) -> Float[Tensor, "... d_model"]:
     """``W_U p``: the probability-weighted mean unembedding direction, in float32."""
     probs = probs.detach().float().to(W_U.device)
-    return sum(probs[..., cols] @ W.T for cols, W in _vocab_chunks(W_U))
+    total = torch.zeros(*probs.shape[:-1], W_U.shape[0], dtype=torch.float32, device=W_U.device)
+    for cols, W in _vocab_chunks(W_U):
+        total = total + probs[..., cols] @ W.T
+    return total
 
 
 def semantic_probe(

@@ -80,7 +80,7 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
     tokens, mask, offsets = pad_rows(access, rows, padding_side)
     leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
     padded = bool((mask == 0).any())
-    forward_kwargs = {}
+    forward_kwargs: dict[str, Any] = {}
     if padded and padding_side == "left":
         forward_kwargs = {"attention_mask": mask, "padding_side": "left"}
     job_rows = torch.tensor([r for r, _ in jobs])
