@@ -101,9 +101,9 @@ def _integrated(
     the path's forward pass: the ``steps`` points run as one batch."""
     check_positive_int("steps", steps)
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint Riemann sum
-    captured = {}
+    captured: dict[str, Tensor] = {}
 
-    def scale(act: Tensor, hook) -> Tensor:
+    def scale(act: Tensor, hook: Any) -> Tensor:
         captured["x"] = act[0].detach()
         return act * alphas.to(act)[:, None, None]
 

@@ -12,3 +12,20 @@ from .loading import (
     load_default_model,
     load_model,
 )
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "ModelAccess",
+    "backend_name",
+    "bridge_from_hf",
+    "default_backend",
+    "has_hooked_transformer",
+    "hook_count",
+    "hooked_from_hf",
+    "load_default_hf_model",
+    "load_default_model",
+    "load_model",
+    "prepare_tokens",
+    "resolve_position",
+    "resolve_token",
+]

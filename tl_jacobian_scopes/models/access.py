@@ -90,7 +90,8 @@ class ModelAccess:
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.model.W_U
+        W_U: Tensor = self.model.W_U
+        return W_U
 
     @property
     def b_U(self) -> Optional[Float[Tensor, " d_vocab"]]:
@@ -103,7 +104,8 @@ class ModelAccess:
     @property
     def input_device(self) -> torch.device:
         """Device of the token embedding: where tokens must go."""
-        return self.model.W_E.device
+        device: torch.device = self.model.W_E.device
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -117,7 +119,8 @@ class ModelAccess:
 
     def to_tokens(self, text: str, prepend_bos: Optional[bool]) -> torch.Tensor:
         # truncate=False: a too-long prompt must be refused, never silently cut.
-        return self.model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+        tokens: Tensor = self.model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+        return tokens
 
     def to_str_tokens(self, tokens: torch.Tensor) -> list[str]:
         if self.tokenizer is None:
@@ -127,7 +130,7 @@ class ModelAccess:
     def token_str(self, token_id: int) -> str:
         if self.tokenizer is None:
             return str(token_id)
-        return self.tokenizer.decode([int(token_id)])
+        return str(self.tokenizer.decode([int(token_id)]))
 
     # ---- processed weights --------------------------------------------------------------
 
@@ -149,7 +152,7 @@ class ModelAccess:
         key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape))
         cached = getattr(self.model, "_tjs_unembed_centered", None)
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return bool(cached[1])
         row_means = W_U.sum(dim=-1, dtype=torch.float32).abs().max() / W_U.shape[-1]
         scale = W_U[:, :4096].float().abs().mean()
         centered = bool(row_means <= 1e-5 * scale)
@@ -203,7 +206,7 @@ def first_non_finite_parameter(model: Any) -> Optional[str]:
     """Name of the first parameter holding NaN or infinity (None when all are finite)."""
     for name, p in model.named_parameters():
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            return name
+            return str(name)
     return None
 
 

@@ -2,3 +2,14 @@
 
 from .api import SCOPES, Scope, fisher_scope, jacobian_scope, resolve_scope, semantic_scope, temperature_scope
 from .declarations import Method
+
+__all__ = [
+    "Method",
+    "SCOPES",
+    "Scope",
+    "fisher_scope",
+    "jacobian_scope",
+    "resolve_scope",
+    "semantic_scope",
+    "temperature_scope",
+]

@@ -27,12 +27,13 @@ from ..results.scope_result import ScopeResult
 from .declarations import FISHER, SEMANTIC, TEMPERATURE, Method
 from .driver import run
 
-#: One prompt: text, or token ids ``[pos]`` (a list of ints or a 1-D tensor).
-SinglePrompt = Union[str, Sequence[int], Int[Tensor, " pos"]]
+#: One prompt: text, or token ids as a list of ints.
+SinglePrompt = Union[str, Sequence[int]]
 #: A batch: a list of prompts.
 BatchPrompt = Sequence[Union[str, Sequence[int], Int[Tensor, " pos"]]]
-#: Token ids as a 2-D tensor: ``[1, pos]`` is one prompt, ``[batch, pos]`` a batch.
-TokenBatch = Int[Tensor, "batch pos"]
+#: Token ids as a tensor: ``[pos]`` or ``[1, pos]`` is one prompt, ``[batch, pos]`` a batch, so
+#: the result's type is known only at run time.
+TokenTensor = Union[Int[Tensor, " pos"], Int[Tensor, "batch pos"]]
 #: Many explained positions of each prompt.
 Positions = Union[Literal["all"], Sequence[int]]
 Token = Union[str, int, None]
@@ -94,7 +95,7 @@ class Scope:
                  positions: Positions, **kwargs: Any) -> list[ScopeMatrix]: ...
 
     @overload
-    def __call__(self, model: Any, prompt: TokenBatch, target: Union[Token, Sequence[Token]] = None, *,
+    def __call__(self, model: Any, prompt: TokenTensor, target: Union[Token, Sequence[Token]] = None, *,
                  positions: Optional[Positions] = None, **kwargs: Any
                  ) -> Union[ScopeResult, ScopeMatrix, list[ScopeResult], list[ScopeMatrix]]: ...
 

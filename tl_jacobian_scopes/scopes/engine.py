@@ -14,14 +14,15 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import ScopeMemoryError
-from ..models.access import EMBED_HOOK, FINAL_HOOK, ModelAccess
+from ..models.access import ModelAccess
+from ..models.hook_names import EMBED_HOOK, FINAL_HOOK
 
 
 class _StopForward(Exception):
@@ -48,8 +49,8 @@ def forward_to_final_hidden(
     tokens: Int[Tensor, "batch pos"],
     perturb: Sequence[str] = (EMBED_HOOK,),
     keep_activations: bool = False,
-    extra_hooks: Sequence[tuple[str, Callable]] = (),
-    **forward_kwargs,
+    extra_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    **forward_kwargs: Any,
 ) -> ForwardState:
     """Run the model through its hooks up to ``unembed.hook_in`` with leaf perturbations.
 
@@ -58,14 +59,14 @@ def forward_to_final_hidden(
     """
     state = ForwardState(y=torch.empty(0))
 
-    def add_leaf(act: Tensor, hook, name: str) -> Tensor:
+    def add_leaf(act: Tensor, hook: Any, name: str) -> Tensor:
         leaf = torch.zeros_like(act, requires_grad=True)
         state.leaves[name] = leaf
         if keep_activations:
             state.activations[name] = act.detach()
         return act + leaf
 
-    def capture_final(act: Tensor, hook) -> None:
+    def capture_final(act: Tensor, hook: Any) -> None:
         state.y = act
         raise _StopForward
 

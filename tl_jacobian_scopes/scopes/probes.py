@@ -58,7 +58,8 @@ def semantic_probe(
 def temperature_probe(y: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     """ŷ = y/‖y‖ (detached): v·J gives the gradient of ‖y‖."""
     y32 = y.detach().float()
-    return y32 / y32.norm(dim=-1, keepdim=True)
+    unit: Tensor = y32 / y32.norm(dim=-1, keepdim=True)
+    return unit
 
 
 def fisher_matrix(

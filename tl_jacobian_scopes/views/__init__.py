@@ -2,3 +2,12 @@
 
 from .html import ScopeView, compare, save_html, show
 from .static import plot, save_png
+
+__all__ = [
+    "ScopeView",
+    "compare",
+    "plot",
+    "save_html",
+    "save_png",
+    "show",
+]
