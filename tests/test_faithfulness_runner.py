@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tiny_models import tiny_model
-from tl_jacobian_scopes.errors import DataFileError, OptionError, PositionError, PromptError
+from tl_jacobian_scopes.errors import DataFileError, OptionError, OutputPathError, PositionError, PromptError
 from tl_jacobian_scopes.evaluation import faithfulness as F
 from tl_jacobian_scopes.models import loading
 
@@ -143,6 +143,7 @@ def test_malformed_lines_report_the_file_line(tmp_path):
         (lambda p: _write(p, TEXTS), ["--n", "0"], "--n"),
         (lambda p: _write(p, TEXTS), ["--n", "-1"], "--n"),
         (lambda p: _write(p, TEXTS), ["--ig-steps", "0"], "--ig-steps"),
+        (lambda p: _write(p, TEXTS), ["--seed", "-1"], "--seed"),
         (lambda p: _write(p, TEXTS), ["--methods", "fishr,gxi"], "Did you mean 'fisher'"),
         (lambda p: _write(p, TEXTS), ["--methods", ","], "No methods"),
         (lambda p: p.write_text("\n\n") and p, [], "no texts"),
@@ -187,6 +188,16 @@ def test_run_validates_its_arguments(tiny, tmp_path):
         with pytest.raises(OptionError):
             F.run(tiny, data, tmp_path / "out", **{**FAST, **kwargs})
     assert not (tmp_path / "out" / "set.jsonl").exists()
+
+
+def test_unwritable_summary_keeps_the_records(tiny, tmp_path, calls):
+    data, out = _write(tmp_path / "set.jsonl", TEXTS[:2]), tmp_path / "out"
+    (out / "set_summary.json").mkdir(parents=True)
+    with pytest.raises(OutputPathError, match="run the same command again"):
+        F.run(tiny, data, out, n=2, **FAST)
+    (out / "set_summary.json").rmdir()
+    assert F.run(tiny, data, out, n=2, **FAST)["n_prompts"] == 2
+    assert len(calls) == 2  # the second run reused both records
 
 
 def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path):

@@ -109,7 +109,8 @@ def check_output_file(path: Union[str, Path], flag: str = "output") -> Path:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise OutputPathError(f"{flag} {path} is a folder: give a file name, e.g. {path / 'scope'}{path.suffix or ''}.")
+        suffix = {"--json": ".json", "--html": ".html", "--png": ".png"}.get(flag, "")
+        raise OutputPathError(f"{flag} {path} is a folder: give a file name, e.g. {path / 'scope'}{suffix}.")
     parent = path.parent
     if not parent.is_dir():
         what = "is not a folder" if parent.exists() else "does not exist"

@@ -8,6 +8,12 @@ text) with target = the model's argmax there; score tokens with every method; ab
 method's top 5/10/20% (zero embeddings) in one batched forward pass; append the record to
 ``<out>/<set>.jsonl`` (an interrupted run resumes where it stopped). Then write
 ``<set>_summary.json``, ``<set>_summary.md`` and ``<set>_curves.png``.
+
+Each record carries a key: a hash of its text and of the run's settings (methods, IG
+steps, seed, model). A resume reuses only records whose key matches and refuses a records
+file made from another data file or with other settings. Texts with fewer than two tokens
+(nothing to ablate before the explained position) are recorded as skipped and left out
+of the means.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DataFileError, OptionError, PromptError, ScopeError, UnknownScopeError
+from ..errors import DataFileError, OptionError, OutputPathError, PromptError, ScopeError, UnknownScopeError
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..scopes.api import fisher_scope, semantic_scope, temperature_scope
@@ -339,16 +345,17 @@ def run(
     """Run (or resume) the benchmark over the first ``n`` texts of ``data``; write the summary.
 
     Raises:
-        OptionError: ``n`` or ``ig_steps`` below 1, or an unknown method.
+        OptionError: ``n`` or ``ig_steps`` below 1, a negative ``seed``, or an unknown method.
         DataFileError: ``data`` is missing, empty or malformed; the records file belongs to
             another data file or other settings; or no text could be evaluated.
-        OutputPathError: ``out_dir`` cannot be written.
+        OutputPathError: ``out_dir`` (or the summary in it) cannot be written.
     """
     from ..cli import check_output_dir
 
     methods = check_methods(methods)
     _check_n(n)
     _check_ig_steps(ig_steps)
+    _check_seed(seed)
     data = Path(data)
     texts = read_texts(data)
     out_dir = check_output_dir(out_dir, "--out")
@@ -378,18 +385,30 @@ def run(
             "pass a file of longer texts."
         )
     summary.update(data=str(data), methods_run=list(methods), ig_steps=ig_steps, seed=seed, model=params["model"])
-    (out_dir / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / f"{stem}_summary.md").write_text(summary_markdown(summary, stem) + "\n")
     try:
-        plot_curves(summary, out_dir / f"{stem}_curves.png", stem)
-    except ImportError:
-        pass
+        (out_dir / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / f"{stem}_summary.md").write_text(summary_markdown(summary, stem) + "\n")
+        try:
+            plot_curves(summary, out_dir / f"{stem}_curves.png", stem)
+        except ImportError:
+            pass
+    except OSError as exc:  # the records are safe; only the summary is missing
+        raise OutputPathError(
+            f"Could not write the summary of {stem} in {out_dir} ({exc}): fix that and run the same command "
+            "again (every record is kept; nothing is recomputed)."
+        ) from exc
     return summary
 
 
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise OptionError(f"n (--n) must be an integer of at least 1 (the number of texts to evaluate), got {n!r}.")
+
+
+def _check_seed(seed: int) -> None:
+    # Text i uses seed + i, which torch.Generator must accept.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise OptionError(f"seed (--seed) must be an integer from 0 to 2**62, got {seed!r}.")
 
 
 def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
@@ -430,6 +449,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     methods = check_methods(args.methods)
     _check_n(args.n)
     _check_ig_steps(args.ig_steps)
+    _check_seed(args.seed)
     stems: dict[str, str] = {}
     for data in args.data:
         read_texts(data)
