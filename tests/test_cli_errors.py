@@ -18,6 +18,7 @@ from tl_jacobian_scopes.errors import DeviceError, ModelLoadError, OptionError
 from tl_jacobian_scopes.models import loading
 
 PROMPT = "the cat sat on the mat and the dog ran to the"
+REAL_LOAD_MODEL = loading.load_model
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,14 @@ def test_unwritable_cache_names_the_environment_variable(how, monkeypatch, tmp_p
     assert dequantized == []  # refused before the 20 s dequantization
     assert cli.main([PROMPT, "--device", "cpu"]) == 2
     _one_error_line(capsys, loading.CACHE_ENV)
+
+
+def test_hub_failure_is_a_model_load_error(monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", offline)
+    with pytest.raises(ModelLoadError, match="'not-a-model/x'.*huggingface.co.*leave the name out"):
+        REAL_LOAD_MODEL("not-a-model/x", device="cpu", backend="bridge")

@@ -172,7 +172,8 @@ def _scope_kwargs(args: argparse.Namespace, scope: str) -> dict[str, Any]:
     fisher_only = [f for f, v in (("--rank", args.rank), ("--exact", args.exact or None),
                                   ("--samples", args.samples), ("--seed", args.seed)) if v is not None]
     if scope != "fisher" and fisher_only:
-        raise OptionError(f"{'/'.join(fisher_only)} apply to the fisher scope, not {scope}: add --scope fisher.")
+        verb = "applies" if len(fisher_only) == 1 else "apply"
+        raise OptionError(f"{'/'.join(fisher_only)} {verb} to the fisher scope, not {scope}: add --scope fisher.")
     if scope == "fisher":
         if args.rank is not None and (args.exact or args.samples is not None):
             raise OptionError("--rank is for the low-rank estimate; --exact and --samples compute the full trace: pass one.")

@@ -312,8 +312,8 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
         idx = record.get("id") if isinstance(record, dict) else None
         if not isinstance(idx, int) or "key" not in record:
             raise DataFileError(
-                f"{path}:{lineno}: a record without an id and key (an older format, or not a records file): "
-                f"its text and settings cannot be checked; {fix}."
+                f"{path}:{lineno}: a record without an id or key (written before records were keyed, or not a "
+                f"records file): its text and settings cannot be checked; {fix}."
             )
         if record.get("params") != params:
             old = record.get("params") or {}

@@ -136,6 +136,8 @@ def _check_cache_writable(cache_dir: Path) -> None:
         f"point the environment variable {CACHE_ENV} to a writable folder "
         f"(e.g. export {CACHE_ENV}=/tmp/tl_jacobian_scopes)"
     )
+    if cache_dir.parent.exists() and not cache_dir.parent.is_dir():
+        raise ModelLoadError(f"The model cache folder {cache_dir.parent} is a file: {fix}.")
     try:
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
