@@ -115,7 +115,7 @@ def test_texts_too_short_are_skipped_and_counted(tiny, tmp_path, calls):
     assert "too short" in records[1]["skipped"]
     evaluated = [r["aopc"]["gxi"] for r in records if "skipped" not in r]
     assert summary["methods"]["gxi"]["aopc_mean"] == pytest.approx(sum(evaluated) / 2)
-    assert "2 too short" in F.summary_markdown(summary, "set").splitlines()[0]
+    assert "2 skipped" in F.summary_markdown(summary, "set").splitlines()[0]
     with pytest.raises(PromptError, match="too short"):
         F.evaluate_text(tiny, "cat", **FAST)
 

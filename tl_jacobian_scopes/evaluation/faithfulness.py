@@ -162,8 +162,8 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """AOPC and Δ(f) mean ± SE per method, paired differences against gxi and random, LOO agreement.
 
-    Records with a ``"skipped"`` reason (texts too short to explain) are left out of every
-    mean and counted in ``n_skipped``.
+    Records with a ``"skipped"`` reason (texts too short to explain, or longer than the
+    model's context) are left out of every mean and counted in ``n_skipped``.
     """
     skipped = [r for r in records if "skipped" in r]
     records = [r for r in records if "skipped" not in r]
@@ -199,7 +199,7 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
     paper_aopc = PUBLISHED_AOPC.get(title, {})
     paper_loo = PUBLISHED_LOO_PERCENTILE.get(title, {})
     skipped = summary.get("n_skipped", 0)
-    note = f", {skipped} too short to explain, left out" if skipped else ""
+    note = f", {skipped} skipped as too short or too long, left out" if skipped else ""
     lines = [f"### {title} (n = {summary['n_prompts']}{note})", "",
              "| method | AOPC (mean ± SE) | × random | paired vs G×I (mean ± SE) | better than G×I "
              "| LOO percentile | paper AOPC | paper LOO pct. |",
