@@ -106,6 +106,21 @@ def test_records_of_an_older_format_are_refused(tiny, tmp_path):
         F.run(tiny, data, out, n=2, **FAST)
 
 
+def test_unkeyed_records_can_be_adopted_when_they_fit(tiny, tmp_path, calls):
+    data, out = _write(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
+    F.run(tiny, data, out, n=3, **FAST)
+    records = out / "set.jsonl"
+    legacy = [{k: v for k, v in json.loads(line).items() if k not in ("key", "params", "line")}
+              for line in records.read_text().splitlines()]
+    records.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    other = _write(tmp_path / "other" / "set.jsonl", [TEXTS[1], TEXTS[0], TEXTS[2]])  # other lengths
+    with pytest.raises(DataFileError, match="another file"):
+        F.adopt_unkeyed_records(tiny, other, records, **FAST)
+    assert F.adopt_unkeyed_records(tiny, data, records, **FAST) == 3
+    assert F.run(tiny, data, out, n=3, **FAST)["n_prompts"] == 3
+    assert len(calls) == 3  # nothing recomputed
+
+
 def test_texts_too_short_are_skipped_and_counted(tiny, tmp_path, calls):
     data = _write(tmp_path / "set.jsonl", [TEXTS[0], "cat", TEXTS[1], ""])
     summary = F.run(tiny, data, tmp_path / "out", n=4, **FAST)

@@ -313,7 +313,8 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
         if not isinstance(idx, int) or "key" not in record:
             raise DataFileError(
                 f"{path}:{lineno}: a record without an id or key (written before records were keyed, or not a "
-                f"records file): its text and settings cannot be checked; {fix}."
+                f"records file): its text and settings cannot be checked; {fix} (or, if you know it matches, "
+                "key it with tl_jacobian_scopes.evaluation.faithfulness.adopt_unkeyed_records)."
             )
         if record.get("params") != params:
             old = record.get("params") or {}
@@ -331,6 +332,65 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
             )
         done[idx] = record
     return done
+
+
+def adopt_unkeyed_records(
+    model: Any,
+    data: Union[str, Path],
+    records_path: Union[str, Path],
+    methods: Sequence[str] = METHODS,
+    ig_steps: int = 16,
+    seed: int = 0,
+) -> int:
+    """Add keys to the records of a run made before records were keyed, so that it can resume.
+
+    Only for a records file you know was made from ``data`` with these settings: each
+    unkeyed record must have the methods given, and its ``n_tokens`` must equal the length
+    of the text now at its id (a cheap check that catches most other files). Returns the
+    number of records keyed; the file is replaced atomically.
+
+    Example:
+        >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # doctest: +SKIP
+
+    Raises:
+        DataFileError: a record that does not fit ``data`` or the methods.
+    """
+    methods = check_methods(methods)
+    _check_ig_steps(ig_steps)
+    _check_seed(seed)
+    texts = read_texts(data)
+    records_path = Path(records_path)
+    params = run_params(model, methods, ig_steps, seed)
+    access = ModelAccess(model)
+    lines = records_path.read_text(encoding="utf-8").split("\n")
+    adopted = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "key" in record:
+            continue
+        idx = record.get("id")
+        where = f"{records_path}:{i + 1}"
+        if not isinstance(idx, int) or not 0 <= idx < len(texts):
+            raise DataFileError(f"{where}: record id {idx!r} is not a text of {data}: this file belongs to another data file.")
+        if sorted(record.get("aopc", {})) != sorted(methods):
+            raise DataFileError(f"{where}: the record has methods {sorted(record.get('aopc', {}))}, not {sorted(methods)}: pass those.")
+        lineno, text = texts[idx]
+        n_tokens = len(prepare_tokens(access, text)[0]) if text else 0
+        if record.get("n_tokens") != n_tokens:
+            raise DataFileError(
+                f"{where}: record {idx} has {record.get('n_tokens')} tokens but text {idx} of {data} has {n_tokens}: "
+                "the record was made from another file (or another model)."
+            )
+        record = {"id": idx, "line": lineno, "key": record_key(text, params, seed + idx), "params": params,
+                  **{k: v for k, v in record.items() if k != "id"}}
+        lines[i] = json.dumps(record)
+        adopted += 1
+    staging = records_path.with_name(records_path.name + ".adopting")
+    staging.write_text("\n".join(lines), encoding="utf-8")
+    staging.replace(records_path)
+    return adopted
 
 
 def run(
