@@ -219,3 +219,35 @@ def test_hub_failure_is_a_model_load_error(monkeypatch):
     monkeypatch.setattr(TransformerBridge, "boot_transformers", offline)
     with pytest.raises(ModelLoadError, match="'not-a-model/x'.*huggingface.co.*leave the name out"):
         REAL_LOAD_MODEL("not-a-model/x", device="cpu", backend="bridge")
+
+
+def test_cache_write_failure_and_a_concurrent_writer(monkeypatch, tmp_path):
+    real_cache = loading.default_cache_dir()
+    if not (real_cache / "model.safetensors").exists():
+        pytest.skip("needs the cached default model")
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
+
+    def disk_full(cache_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loading, "_dequantize_to", disk_full)
+    with pytest.raises(ModelLoadError, match=f"No space left.*{loading.CACHE_ENV}"):
+        loading.load_default_hf_model()
+
+    def another_process_won(cache_dir):
+        cache_dir.symlink_to(real_cache, target_is_directory=True)  # the other process's finished cache
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(loading, "_dequantize_to", another_process_won)
+    hf_model, tokenizer = loading.load_default_hf_model()
+    assert hf_model.config.vocab_size == len(tokenizer) or hf_model.config.vocab_size > 1000
+
+
+def test_cache_path_and_wrappers_check_their_inputs(monkeypatch, tiny):
+    monkeypatch.setenv(loading.CACHE_ENV, "~/some/cache")
+    assert "~" not in str(loading.default_cache_dir())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from tiny_models import tiny_hf_model, tiny_tokenizer
+
+    with pytest.raises(DeviceError, match="device='cpu'"):
+        loading.bridge_from_hf(tiny_hf_model("gpt2"), tiny_tokenizer(), "tiny-gpt2", device="cuda")

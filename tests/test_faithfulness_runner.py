@@ -85,13 +85,19 @@ def test_resume_refuses_an_edited_file_but_resumes_an_extended_one(tiny, tmp_pat
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize("change", [dict(seed=1), dict(ig_steps=3), dict(methods=("random", "gxi")), "model"])
-def test_resume_refuses_other_settings(change, tiny, tmp_path, calls):
+@pytest.mark.parametrize("change", [dict(seed=1), dict(ig_steps=3), dict(methods=("random", "gxi")),
+                                    "model", "dtype", "protocol"])
+def test_resume_refuses_other_settings(change, tiny, tmp_path, calls, monkeypatch):
     data, out = _write(tmp_path / "set.jsonl", TEXTS[:2]), tmp_path / "out"
     F.run(tiny, data, out, n=2, **FAST)
     model = tiny
     if change == "model":
         model, change = tiny_model("gpt2", "bridge")[0], {}
+    elif change == "dtype":
+        model, change = tiny_model("llama", "bridge")[0].to(torch.float64), {}
+    elif change == "protocol":
+        monkeypatch.setattr(F, "PROTOCOL_VERSION", F.PROTOCOL_VERSION + 1)
+        change = {}
     with pytest.raises(DataFileError, match="other settings") as exc:
         F.run(model, data, out, n=2, **{**FAST, **change})
     assert "--out" in str(exc.value)

@@ -271,10 +271,16 @@ def read_texts(path: Union[str, Path]) -> list[tuple[int, str]]:
     return texts
 
 
+# Bump when evaluate_text's protocol changes, so that older records are not mixed with newer ones.
+PROTOCOL_VERSION = 1
+
+
 def run_params(model: Any, methods: Sequence[str], ig_steps: int, seed: int) -> dict[str, Any]:
     """The settings a record depends on; stored with every record and hashed into its key."""
+    dtype = next((str(p.dtype) for p in model.parameters()), "") if hasattr(model, "parameters") else ""
     return {"methods": sorted(methods), "ig_steps": ig_steps, "seed": seed,
-            "model": ModelAccess(model).model_name or type(model).__name__}
+            "model": ModelAccess(model).model_name or type(model).__name__,
+            "backend": type(model).__name__, "dtype": dtype, "protocol": PROTOCOL_VERSION}
 
 
 def record_key(text: str, params: dict[str, Any], text_seed: int) -> str:
@@ -288,7 +294,8 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
 
     A line cut short by a kill is dropped from the file, so the run appends after whole
     records only. Any record whose key does not match the text now at its id (another file
-    with the same name, an edited file, other methods, ig_steps, seed or model) is refused:
+    with the same name, an edited file, other methods, ig_steps, seed, model, backend, dtype
+    or protocol version) is refused:
     its numbers could not be summarized together with the new ones.
     """
     if not path.exists():

@@ -110,9 +110,9 @@ def default_backend() -> str:
 
 def default_cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tl_jacobian_scopes"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tl_jacobian_scopes"
     )
-    return Path(root) / "SmolLM2-135M-Instruct"
+    return Path(root).expanduser() / "SmolLM2-135M-Instruct"
 
 
 def gguf_path() -> Path:
@@ -191,11 +191,13 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple
         _check_cache_writable(cache_dir)
         try:
             _dequantize_to(cache_dir)
-        except OSError as exc:  # e.g. the disk filled up while writing
-            raise ModelLoadError(
-                f"Could not write the model cache {cache_dir} ({exc}): free some space or point "
-                f"{CACHE_ENV} to another folder."
-            ) from exc
+        except OSError as exc:
+            # Another process may have finished the same cache first; otherwise (a full disk, ...) fail.
+            if not (cache_dir / "model.safetensors").exists():
+                raise ModelLoadError(
+                    f"Could not write the model cache {cache_dir} ({exc}): check free space and permissions, "
+                    f"or point {CACHE_ENV} to another folder."
+                ) from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(cache_dir)
@@ -212,6 +214,7 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = No
     """Wrap a loaded Hugging Face model in a `TransformerBridge` (no weight processing)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=hf_model.dtype
@@ -232,6 +235,7 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None) -> Any:
         get_pretrained_state_dict,
     )
 
+    check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = copy.deepcopy(hf_model.config)
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
