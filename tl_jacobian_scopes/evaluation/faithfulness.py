@@ -326,7 +326,9 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
         if record.get("params") != params:
             old = record.get("params") or {}
             differ = [k for k in params if old.get(k) != params[k]]
-            hint = f" (or pass --methods {','.join(old['methods'])} to resume it)" if "methods" in differ and old.get("methods") else ""
+            hint = ""
+            if "methods" in differ and old.get("methods"):
+                hint = f" (or pass --methods {','.join(old['methods'])} to resume it)"
             raise DataFileError(
                 f"{path}:{lineno}: record {idx} was computed with other settings "
                 + ", ".join(f"{k}={old.get(k)!r} (now {params[k]!r})" for k in differ)
@@ -380,9 +382,12 @@ def adopt_unkeyed_records(
         idx = record.get("id")
         where = f"{records_path}:{i + 1}"
         if not isinstance(idx, int) or not 0 <= idx < len(texts):
-            raise DataFileError(f"{where}: record id {idx!r} is not a text of {data}: this file belongs to another data file.")
+            raise DataFileError(
+                f"{where}: record id {idx!r} is not a text of {data}: this file belongs to another data file."
+            )
         if sorted(record.get("aopc", {})) != sorted(methods):
-            raise DataFileError(f"{where}: the record has methods {sorted(record.get('aopc', {}))}, not {sorted(methods)}: pass those.")
+            found = sorted(record.get("aopc", {}))
+            raise DataFileError(f"{where}: the record has methods {found}, not {sorted(methods)}: pass those.")
         lineno, text = texts[idx]
         n_tokens = len(prepare_tokens(access, text)[0]) if text else 0
         if record.get("n_tokens") != n_tokens:
