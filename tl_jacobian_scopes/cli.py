@@ -2,15 +2,23 @@
 
 Prints the prediction being explained and every prompt token with its score and a bar;
 ``--json PATH`` writes the full result.
+
+Every user error (a bad option, an unwritable output path, a missing device or package)
+prints one line ``error: ...`` naming the fix and exits with status 2, before any model is
+loaded where possible.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
-from typing import Optional, Sequence
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
 
-from .errors import ScopeError
+from .errors import OptionError, OutputPathError, PositionError, ScopeError
 from .results.scope_matrix import ScopeMatrix
 from .results.scope_result import ScopeResult
 from .scopes.api import SCOPES, resolve_scope
@@ -28,10 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="semantic: the token to explain, e.g. ' Paris' (default: top prediction)")
     parser.add_argument("--contrast", help="semantic: explain target minus this token's logit")
     parser.add_argument("--position", type=int, help="explained position (default: last token)")
-    parser.add_argument("--rank", type=int, default=1, help="fisher: number of eigen-directions (default: 1)")
+    parser.add_argument("--rank", type=int, help="fisher: number of eigen-directions (default: 1)")
     parser.add_argument("--exact", action="store_true", help="fisher: exact trace (d_model probes)")
     parser.add_argument("--samples", type=int, help="fisher: estimate the exact trace from N random probes (e.g. 24)")
-    parser.add_argument("--seed", type=int, default=0, help="fisher --samples: random seed")
+    parser.add_argument("--seed", type=int, help="fisher --samples: random seed (default: 0)")
     parser.add_argument("--positions", help="explain many positions: 'all' or a comma-separated list")
     parser.add_argument("--model", help="a TransformerLens model name (needs the hub; default: embedded SmolLM2)")
     parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
@@ -82,48 +90,170 @@ def format_matrix(matrix: ScopeMatrix, k: int = 3) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    kwargs: dict = {"position": args.position, "internals": args.internals}
+def _writable_dir(folder: Path) -> bool:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:  # os.access says yes to root on a read-only mount; creating a file does not
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_output_file(path: Union[str, Path], flag: str = "output") -> Path:
+    """Make sure ``path`` can be written, before any computation.
+
+    Raises:
+        OutputPathError: ``path`` is a folder, its folder does not exist or is not writable,
+            or the file exists read-only.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        suffix = {"--json": ".json", "--html": ".html", "--png": ".png"}.get(flag, "")
+        raise OutputPathError(f"{flag} {path} is a folder: give a file name, e.g. {path / 'scope'}{suffix}.")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise OutputPathError(f"{flag} {path}: the folder {parent} {what}: create it first or choose another path.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{flag} {path} exists and is read-only: choose another path or make it writable.")
+    if not _writable_dir(parent):
+        raise OutputPathError(f"{flag} {path}: the folder {parent} is not writable: choose another path.")
+    return path
+
+
+def check_output_dir(path: Union[str, Path], flag: str = "output folder") -> Path:
+    """Create the folder ``path`` if needed and make sure it is writable, before any computation.
+
+    Raises:
+        OutputPathError: ``path`` is a file, cannot be created, or is not writable.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder: choose another path.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{flag} {path} cannot be created ({exc.strerror}): choose another path.") from exc
+    if not _writable_dir(path):
+        raise OutputPathError(f"{flag} {path} is not writable: choose another path.")
+    return path
+
+
+def error_line(exc: BaseException) -> str:
+    """``error: <message>`` on one line (a message's own line breaks become spaces)."""
+    return "error: " + " ".join(str(exc).split())
+
+
+def _parse_positions(text: str) -> Union[str, list[int]]:
+    if text.strip().lower() == "all":
+        return "all"
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        positions = [int(p) for p in parts]
+    except ValueError:
+        raise PositionError(
+            f"--positions takes 'all' or comma-separated integers such as 3,5,-1, got {text!r}."
+        ) from None
+    if not positions:
+        raise PositionError("--positions is empty: pass 'all' or comma-separated integers such as 3,5.")
+    return positions
+
+
+def _scope_kwargs(args: argparse.Namespace, scope: str) -> dict[str, Any]:
+    """The scope's keyword arguments; options that do not apply to ``scope`` are refused."""
+    kwargs: dict[str, Any] = {"internals": args.internals}
     if args.no_bos:
         kwargs["prepend_bos"] = False
-    scope = args.scope.lower()
     if scope == "semantic":
         kwargs.update(target=args.target, contrast=args.contrast)
-    elif args.target or args.contrast:
-        print(f"error: --target/--contrast apply to the semantic scope, not {scope}", file=sys.stderr)
-        return 2
+    elif args.target is not None or args.contrast is not None:
+        raise OptionError(f"--target/--contrast apply to the semantic scope, not {scope}: add --scope semantic.")
+    fisher_only = [f for f, v in (("--rank", args.rank), ("--exact", args.exact or None),
+                                  ("--samples", args.samples), ("--seed", args.seed)) if v is not None]
+    if scope != "fisher" and fisher_only:
+        verb = "applies" if len(fisher_only) == 1 else "apply"
+        raise OptionError(f"{'/'.join(fisher_only)} {verb} to the fisher scope, not {scope}: add --scope fisher.")
     if scope == "fisher":
-        kwargs["rank"] = None if (args.exact or args.samples) else args.rank
-        if args.samples:
-            kwargs.update(samples=args.samples, seed=args.seed)
-    if args.positions:
-        kwargs.pop("position")
-        kwargs["positions"] = "all" if args.positions == "all" else [int(p) for p in args.positions.split(",")]
-    from .models.loading import load_model
+        if args.rank is not None and (args.exact or args.samples is not None):
+            raise OptionError("--rank is for the low-rank estimate; --exact and --samples compute the full trace: pass one.")
+        if args.exact and args.samples is not None:
+            raise OptionError("--exact and --samples are alternatives (exact trace or its estimate): pass one.")
+        if args.rank is not None and args.rank < 1:
+            raise OptionError(f"--rank must be at least 1, got {args.rank}.")
+        if args.samples is not None and args.samples < 1:
+            raise OptionError(f"--samples must be at least 1 (e.g. 24), got {args.samples}.")
+        if args.seed is not None and args.samples is None:
+            raise OptionError("--seed only applies to the random probes of --samples: add --samples N.")
+        kwargs["rank"] = None if (args.exact or args.samples is not None) else (args.rank or 1)
+        if args.samples is not None:
+            kwargs.update(samples=args.samples, seed=args.seed or 0)
+    if args.positions is not None:
+        if args.position is not None:
+            raise PositionError("Pass either --position (one prediction) or --positions (many), not both.")
+        kwargs["positions"] = _parse_positions(args.positions)
+    else:
+        kwargs["position"] = args.position
+    return kwargs
 
+
+def _check_outputs(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
+    """``(flag, method name, path)`` per requested output, every path checked up front."""
+    outputs = []
+    for flag, path, method in (("--json", args.json, "save_json"), ("--html", args.html, "save_html"),
+                               ("--png", args.png, "save_png")):
+        if path is None:
+            continue
+        if args.positions is not None and flag != "--html":
+            raise OptionError(f"{flag} is not available with --positions: use --html, or explain one --position.")
+        if flag == "--png" and importlib.util.find_spec("matplotlib") is None:
+            raise OptionError("--png needs matplotlib: pip install 'tl_jacobian_scopes[plot]' (or use --html).")
+        outputs.append((flag, method, check_output_file(path, flag)))
+    return outputs
+
+
+def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
+    """Run the command line; returns the exit status (2 for any user error).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        model: An already loaded model to use instead of loading ``--model`` (for tests and
+            notebooks; ``--model``, ``--device`` and ``--backend`` are then ignored).
+    """
+    args = _parser().parse_args(argv)
     try:
-        scope_fn = resolve_scope(scope)  # before loading a model
-        model = load_model(args.model, device=args.device, backend=args.backend)
-        result = scope_fn(model, args.prompt, **kwargs)
+        return _main(args, model)
     except ScopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace, model: Any) -> int:
+    from .models.loading import check_backend, check_device, load_model
+
+    # Everything that can be checked without the model is checked before loading it.
+    scope = args.scope.lower()
+    scope_fn = resolve_scope(scope)
+    kwargs = _scope_kwargs(args, scope)
+    outputs = _check_outputs(args)
+    if model is None:
+        check_backend(args.backend)
+        check_device(args.device)
+        model = load_model(args.model, device=args.device, backend=args.backend)
+    result = scope_fn(model, args.prompt, **kwargs)
     if isinstance(result, ScopeMatrix):
         print(format_matrix(result))
     else:
         print(format_result(result))
-    for path, save in (
-        (args.json, getattr(result, "save_json", None)),
-        (args.html, result.save_html),
-        (args.png, getattr(result, "save_png", None)),
-    ):
-        if path and save is None:
-            print(f"error: this output is not available with --positions: {path}", file=sys.stderr)
-            return 2
-        if path:
-            save(path)
-            print(f"wrote {path}")
+    for flag, method, path in outputs:
+        try:
+            getattr(result, method)(path)
+        except OSError as exc:  # checked up front, but the disk can still fill up
+            raise OutputPathError(f"{flag} {path} could not be written ({exc}): choose another path.") from exc
+        print(f"wrote {path}")
     return 0
 
 

@@ -8,20 +8,30 @@ text) with target = the model's argmax there; score tokens with every method; ab
 method's top 5/10/20% (zero embeddings) in one batched forward pass; append the record to
 ``<out>/<set>.jsonl`` (an interrupted run resumes where it stopped). Then write
 ``<set>_summary.json``, ``<set>_summary.md`` and ``<set>_curves.png``.
+
+Each record carries a key: a hash of its text and of the run's settings (methods, IG
+steps, seed, model). A resume reuses only records whose key matches and refuses a records
+file made from another data file or with other settings. Texts with fewer than two tokens
+(nothing to ablate before the explained position) are recorded as skipped and left out
+of the means.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import hashlib
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataFileError, OptionError, OutputPathError, PromptError, ScopeError, UnknownScopeError
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..scopes.api import fisher_scope, semantic_scope, temperature_scope
@@ -43,13 +53,66 @@ PUBLISHED_LOO_PERCENTILE = {
 }
 
 
+MIN_TEXT_TOKENS = 2  # one token to ablate and one whose prediction is explained
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The method list, in order without repeats.
+
+    Raises:
+        UnknownScopeError: a name not in :data:`METHODS` (with the closest match).
+        OptionError: an empty list.
+    """
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",")]
+    wanted = list(dict.fromkeys(str(m).strip() for m in methods if str(m).strip()))
+    if not wanted:
+        raise OptionError(f"No methods given: pass a comma-separated subset of {','.join(METHODS)}.")
+    for m in wanted:
+        if m not in METHODS:
+            close = difflib.get_close_matches(m, METHODS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownScopeError(f"Unknown method {m!r}: choose from {','.join(METHODS)}.{hint}")
+    return wanted
+
+
+def _check_ig_steps(ig_steps: int) -> None:
+    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
+        raise OptionError(f"ig_steps (--ig-steps) must be an integer of at least 1 (e.g. 16), got {ig_steps!r}.")
+
+
+def too_short(n_tokens: int, has_bos: bool) -> Optional[str]:
+    """Why a text cannot be explained by the protocol, or ``None`` when it can.
+
+    The explained position is ``T-2``: with fewer than two text tokens there is nothing
+    before it to ablate, every Δ(f) would be 0 and would pull the means towards 0.
+    """
+    n_text = n_tokens - int(has_bos)
+    if n_text < MIN_TEXT_TOKENS:
+        return (f"too short: {n_text} text token(s){' after BOS' if has_bos else ''}; the protocol needs "
+                f"at least {MIN_TEXT_TOKENS} (one to ablate, one whose prediction is explained)")
+    return None
+
+
 def evaluate_text(
     model: Any, text: str, methods: Sequence[str] = METHODS, ig_steps: int = 16, seed: int = 0
 ) -> dict[str, Any]:
-    """One prompt of the protocol: every method's scores, Δ(f), AOPC and LOO agreement."""
+    """One prompt of the protocol: every method's scores, Δ(f), AOPC and LOO agreement.
+
+    Raises:
+        PromptError: the text is empty, longer than the model's context, or has fewer than
+            two tokens (the benchmark runner records these as skipped).
+        UnknownScopeError: a method not in :data:`METHODS`.
+        OptionError: ``ig_steps`` below 1.
+    """
+    methods = check_methods(methods)
+    _check_ig_steps(ig_steps)
     access = ModelAccess(model)
     tokens = prepare_tokens(access, text)[0]
     has_bos = len(access.to_tokens(text, prepend_bos=False)[0]) < len(tokens)
+    reason = too_short(len(tokens), has_bos)
+    if reason:
+        raise PromptError(f"Text {text[:40]!r} is {reason}: pass a longer text.")
     position = len(tokens) - 2
     probs = final_distribution(access, tokens[None], position)[0]
     target = int(probs.argmax())
@@ -75,8 +138,6 @@ def evaluate_text(
             scores[method] = fisher_scope(model, tokens, rank=1, position=position).scores
         elif method == "loo":
             scores[method] = leave_one_out(model, tokens, position=position).scores
-        elif method not in scores:
-            raise ValueError(f"unknown method {method!r}: choose from {METHODS}")
     deltas = deletion_deltas(model, tokens, position, target, scores, has_bos)
     record = {
         "n_tokens": len(tokens),
@@ -99,9 +160,19 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """AOPC and Δ(f) mean ± SE per method, paired differences against gxi and random, LOO agreement."""
+    """AOPC and Δ(f) mean ± SE per method, paired differences against gxi and random, LOO agreement.
+
+    Records with a ``"skipped"`` reason (texts too short to explain, or longer than the
+    model's context) are left out of every mean and counted in ``n_skipped``.
+    """
+    skipped = [r for r in records if "skipped" in r]
+    records = [r for r in records if "skipped" not in r]
+    summary: dict[str, Any] = {"n_prompts": len(records), "n_skipped": len(skipped), "methods": {}}
+    if skipped:
+        summary["skipped"] = [{"id": r.get("id"), "reason": r["skipped"]} for r in skipped]
+    if not records:
+        return summary
     methods = list(records[0]["aopc"])
-    summary: dict[str, Any] = {"n_prompts": len(records), "methods": {}}
     for m in methods:
         values = [r["aopc"][m] for r in records]
         mean, se = _mean_se(values)
@@ -114,7 +185,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 row[f"paired_vs_{ref}"] = {"mean": d_mean, "se": d_se,
                                            "share_better": sum(d < 0 for d in diff) / len(diff)}
         if "random" in methods:
-            row["times_random"] = mean / statistics.fmean(r["aopc"]["random"] for r in records)
+            random_mean = statistics.fmean(r["aopc"]["random"] for r in records)
+            row["times_random"] = mean / random_mean if random_mean else float("nan")
         loo = [r["loo_percentile"][m] for r in records if m in r.get("loo_percentile", {})]
         if loo:
             row["loo_percentile_mean"], row["loo_percentile_se"] = _mean_se(loo)
@@ -126,7 +198,9 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
     """A Markdown table, best AOPC first, with the paper's Llama-3.2-1B numbers where published."""
     paper_aopc = PUBLISHED_AOPC.get(title, {})
     paper_loo = PUBLISHED_LOO_PERCENTILE.get(title, {})
-    lines = [f"### {title} (n = {summary['n_prompts']})", "",
+    skipped = summary.get("n_skipped", 0)
+    note = f", {skipped} skipped as too short or too long, left out" if skipped else ""
+    lines = [f"### {title} (n = {summary['n_prompts']}{note})", "",
              "| method | AOPC (mean ± SE) | × random | paired vs G×I (mean ± SE) | better than G×I "
              "| LOO percentile | paper AOPC | paper LOO pct. |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -147,12 +221,11 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
 
 def plot_curves(summary: dict[str, Any], path: Path, title: str) -> None:
     """Mean deletion curves Δ(f), f = 0, 0.05, 0.1, 0.2, one line per method."""
-    import matplotlib
+    # A bare Figure draws with its own Agg canvas: the user's pyplot backend is left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for m, row in sorted(summary["methods"].items(), key=lambda kv: kv[1]["aopc_mean"]):
         ax.plot([0, *FRACTIONS], [0, *row["delta_means"]], marker="o", label=f"{m} ({row['aopc_mean']:.3f})")
     ax.set_xlabel("fraction of tokens ablated (zero embedding)")
@@ -161,35 +234,175 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
-def _load_records(path: Path, methods: Sequence[str]) -> dict[int, dict]:
-    """Records of an earlier (possibly killed) run, by text id.
+def read_texts(path: Union[str, Path]) -> list[tuple[int, str]]:
+    """``(line number, text)`` for every non-blank line of a JSONL file of ``{"text": ...}``.
+
+    Raises:
+        DataFileError: a missing or unreadable file, no texts, or a malformed line
+            (reported as ``path:line: ...``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataFileError(f"{path} {what}: pass a JSONL file with one {{\"text\": ...}} object per line.")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"{path} cannot be read as UTF-8 text ({exc}): pass a JSONL file.") from exc
+    texts = []
+    # split("\n"), not splitlines(): the latter also breaks at U+2028 etc. inside strings.
+    for lineno, line in enumerate(raw.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(
+                f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}): "
+                f"each line must be an object like {{\"text\": \"...\"}}."
+            ) from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise DataFileError(f"{path}:{lineno}: expected an object with a string \"text\" field, got {line[:60]!r}.")
+        texts.append((lineno, obj["text"]))
+    if not texts:
+        raise DataFileError(f"{path} holds no texts: it needs one {{\"text\": ...}} object per line.")
+    return texts
+
+
+# Bump when evaluate_text's protocol changes, so that older records are not mixed with newer ones.
+PROTOCOL_VERSION = 1
+
+
+def run_params(model: Any, methods: Sequence[str], ig_steps: int, seed: int) -> dict[str, Any]:
+    """The settings a record depends on; stored with every record and hashed into its key."""
+    dtype = next((str(p.dtype) for p in model.parameters()), "") if hasattr(model, "parameters") else ""
+    return {"methods": sorted(methods), "ig_steps": ig_steps, "seed": seed,
+            "model": ModelAccess(model).model_name or type(model).__name__,
+            "backend": type(model).__name__, "dtype": dtype, "protocol": PROTOCOL_VERSION}
+
+
+def record_key(text: str, params: dict[str, Any], text_seed: int) -> str:
+    """A hash of the text, the run's settings and the text's own seed (``seed + id``)."""
+    blob = json.dumps({"text": text, "params": params, "text_seed": text_seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data: Path) -> dict[int, dict]:
+    """Records of an earlier (possibly killed) run, by text id, each checked against its key.
 
     A line cut short by a kill is dropped from the file, so the run appends after whole
-    records only. A file written with another method list is refused: its records could not
-    be summarized together with the new ones.
+    records only. Any record whose key does not match the text now at its id (another file
+    with the same name, an edited file, other methods, ig_steps, seed, model, backend, dtype
+    or protocol version) is refused:
+    its numbers could not be summarized together with the new ones.
     """
     if not path.exists():
         return {}
-    raw = path.read_text()
+    fix = f"use another --out folder, or delete {path} to start over"
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"{path} cannot be read ({exc}): {fix}.") from exc
     if raw and not raw.endswith("\n"):
         raw = raw[: raw.rfind("\n") + 1]
-        path.write_text(raw)
+        path.write_text(raw, encoding="utf-8")
     done: dict[int, dict] = {}
-    for line in raw.splitlines():
-        if line.strip():
+    for lineno, line in enumerate(raw.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            done[record["id"]] = record
-    if done:
-        found = sorted(next(iter(done.values()))["aopc"])
-        if found != sorted(methods):
-            raise ValueError(
-                f"{path} holds records for methods {found}, not {sorted(methods)}: pass "
-                f"--methods {','.join(found)} to resume it, or choose another --out folder"
+        except json.JSONDecodeError as exc:
+            raise DataFileError(f"{path}:{lineno}: not a valid record ({exc.msg}): {fix}.") from None
+        idx = record.get("id") if isinstance(record, dict) else None
+        if not isinstance(idx, int) or "key" not in record:
+            raise DataFileError(
+                f"{path}:{lineno}: a record without an id or key (written before records were keyed, or not a "
+                f"records file): its text and settings cannot be checked; {fix} (or, if you know it matches, "
+                "key it with tl_jacobian_scopes.evaluation.faithfulness.adopt_unkeyed_records)."
             )
+        if record.get("params") != params:
+            old = record.get("params") or {}
+            differ = [k for k in params if old.get(k) != params[k]]
+            hint = ""
+            if "methods" in differ and old.get("methods"):
+                hint = f" (or pass --methods {','.join(old['methods'])} to resume it)"
+            raise DataFileError(
+                f"{path}:{lineno}: record {idx} was computed with other settings "
+                + ", ".join(f"{k}={old.get(k)!r} (now {params[k]!r})" for k in differ)
+                + f": {fix}{hint}."
+            )
+        if idx < 0 or idx >= len(keys) or record["key"] != keys[idx]:
+            raise DataFileError(
+                f"{path}:{lineno}: record {idx} was computed from a text that is not text {idx} of {data} "
+                f"(the data file changed, or another file has the same name): {fix}."
+            )
+        done[idx] = record
     return done
+
+
+def adopt_unkeyed_records(
+    model: Any,
+    data: Union[str, Path],
+    records_path: Union[str, Path],
+    methods: Sequence[str] = METHODS,
+    ig_steps: int = 16,
+    seed: int = 0,
+) -> int:
+    """Add keys to the records of a run made before records were keyed, so that it can resume.
+
+    Only for a records file you know was made from ``data`` with these settings: each
+    unkeyed record must have the methods given, and its ``n_tokens`` must equal the length
+    of the text now at its id (a cheap check that catches most other files). Returns the
+    number of records keyed; the file is replaced atomically.
+
+    Example:
+        >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # doctest: +SKIP
+
+    Raises:
+        DataFileError: a record that does not fit ``data`` or the methods.
+    """
+    methods = check_methods(methods)
+    _check_ig_steps(ig_steps)
+    _check_seed(seed)
+    texts = read_texts(data)
+    records_path = Path(records_path)
+    params = run_params(model, methods, ig_steps, seed)
+    access = ModelAccess(model)
+    lines = records_path.read_text(encoding="utf-8").split("\n")
+    adopted = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "key" in record:
+            continue
+        idx = record.get("id")
+        where = f"{records_path}:{i + 1}"
+        if not isinstance(idx, int) or not 0 <= idx < len(texts):
+            raise DataFileError(
+                f"{where}: record id {idx!r} is not a text of {data}: this file belongs to another data file."
+            )
+        if sorted(record.get("aopc", {})) != sorted(methods):
+            found = sorted(record.get("aopc", {}))
+            raise DataFileError(f"{where}: the record has methods {found}, not {sorted(methods)}: pass those.")
+        lineno, text = texts[idx]
+        n_tokens = len(prepare_tokens(access, text)[0]) if text else 0
+        if record.get("n_tokens") != n_tokens:
+            raise DataFileError(
+                f"{where}: record {idx} has {record.get('n_tokens')} tokens but text {idx} of {data} has {n_tokens}: "
+                "the record was made from another file (or another model)."
+            )
+        record = {"id": idx, "line": lineno, "key": record_key(text, params, seed + idx), "params": params,
+                  **{k: v for k, v in record.items() if k != "id"}}
+        lines[i] = json.dumps(record)
+        adopted += 1
+    staging = records_path.with_name(records_path.name + ".adopting")
+    staging.write_text("\n".join(lines), encoding="utf-8")
+    staging.replace(records_path)
+    return adopted
 
 
 def run(
@@ -201,33 +414,82 @@ def run(
     ig_steps: int = 16,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Run (or resume) the benchmark over the first ``n`` texts of ``data``; write the summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(data).stem
+    """Run (or resume) the benchmark over the first ``n`` texts of ``data``; write the summary.
+
+    Raises:
+        OptionError: ``n`` or ``ig_steps`` below 1, a negative ``seed``, or an unknown method.
+        DataFileError: ``data`` is missing, empty or malformed; the records file belongs to
+            another data file or other settings; or no text could be evaluated.
+        OutputPathError: ``out_dir`` (or the summary in it) cannot be written.
+    """
+    from ..cli import check_output_dir
+
+    methods = check_methods(methods)
+    _check_n(n)
+    _check_ig_steps(ig_steps)
+    _check_seed(seed)
+    data = Path(data)
+    texts = read_texts(data)
+    out_dir = check_output_dir(out_dir, "--out")
+    stem = data.stem
     records_path = out_dir / f"{stem}.jsonl"
-    done = _load_records(records_path, methods)
-    texts = [json.loads(line)["text"] for line in Path(data).read_text().splitlines()[:n]]
-    with records_path.open("a") as sink:
-        for idx, text in enumerate(tqdm(texts, desc=stem, unit="prompt", initial=0)):
+    params = run_params(model, methods, ig_steps, seed)
+    keys = [record_key(text, params, seed + idx) for idx, (_, text) in enumerate(texts)]
+    done = _load_records(records_path, keys, params, data)
+    todo = texts[:n]
+    with records_path.open("a", encoding="utf-8") as sink:
+        for idx, (lineno, text) in enumerate(tqdm(todo, desc=stem, unit="prompt", initial=0)):
             if idx in done:
                 continue
-            record = {"id": idx, **evaluate_text(model, text, methods, ig_steps, seed + idx)}
+            head = {"id": idx, "line": lineno, "key": keys[idx], "params": params}
+            try:
+                record = {**head, **evaluate_text(model, text, methods, ig_steps, seed + idx)}
+            except PromptError as exc:  # too short or too long: recorded, left out of the means
+                record = {**head, "skipped": " ".join(str(exc).split())}
             sink.write(json.dumps(record) + "\n")
             sink.flush()
             done[idx] = record
     records = [done[i] for i in sorted(done) if i < n]
     summary = summarize(records)
-    summary.update(data=str(data), methods_run=list(methods), ig_steps=ig_steps)
-    (out_dir / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / f"{stem}_summary.md").write_text(summary_markdown(summary, stem) + "\n")
+    if not summary["n_prompts"]:
+        raise DataFileError(
+            f"None of the {len(records)} texts of {data} could be evaluated ({records[0]['skipped']}): "
+            "pass a file of longer texts."
+        )
+    summary.update(data=str(data), methods_run=list(methods), ig_steps=ig_steps, seed=seed, model=params["model"])
     try:
-        plot_curves(summary, out_dir / f"{stem}_curves.png", stem)
-    except ImportError:
-        pass
+        (out_dir / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / f"{stem}_summary.md").write_text(summary_markdown(summary, stem) + "\n")
+        try:
+            plot_curves(summary, out_dir / f"{stem}_curves.png", stem)
+        except ImportError:
+            pass
+    except OSError as exc:  # the records are safe; only the summary is missing
+        raise OutputPathError(
+            f"Could not write the summary of {stem} in {out_dir} ({exc}): fix that and run the same command "
+            "again (every record is kept; nothing is recomputed)."
+        ) from exc
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _check_n(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise OptionError(f"n (--n) must be an integer of at least 1 (the number of texts to evaluate), got {n!r}.")
+
+
+def _check_seed(seed: int) -> None:
+    # Text i uses seed + i, which torch.Generator must accept.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise OptionError(f"seed (--seed) must be an integer from 0 to 2**62, got {seed!r}.")
+
+
+def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
+    """Run the benchmark command line; returns the exit status (2 for any user error).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        model: An already loaded model to use instead of loading ``--model``.
+    """
     parser = argparse.ArgumentParser(prog="tl-jacobian-scopes-faithfulness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+", help="JSONL files with one {'text': ...} per line")
@@ -237,12 +499,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="a TransformerLens model name (default: embedded SmolLM2)")
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     args = parser.parse_args(argv)
-    from ..models.loading import load_model
+    from ..cli import error_line
 
-    model = load_model(args.model, device=args.device)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        return _main(args, model)
+    except ScopeError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace, model: Any) -> int:
+    from ..cli import check_output_dir
+    from ..models.loading import check_device, load_model
+
+    # Every input is checked before the model is loaded.
+    methods = check_methods(args.methods)
+    _check_n(args.n)
+    _check_ig_steps(args.ig_steps)
+    _check_seed(args.seed)
+    stems: dict[str, str] = {}
+    for data in args.data:
+        read_texts(data)
+        stem = Path(data).stem
+        if stem in stems:
+            raise DataFileError(
+                f"{stems[stem]} and {data} would share the records file {stem}.jsonl: "
+                "rename one, or run them with different --out folders."
+            )
+        stems[stem] = data
+    check_output_dir(args.out, "--out")
+    if model is None:
+        check_device(args.device)
+        model = load_model(args.model, device=args.device)
     for data in args.data:
         summary = run(model, Path(data), Path(args.out), args.n, methods, args.ig_steps, args.seed)
         print(summary_markdown(summary, Path(data).stem))

