@@ -52,6 +52,10 @@ class ModelLoadError(ScopeError):
     """A model could not be loaded (a missing package, an unwritable cache, a bad backend)."""
 
 
+class MissingPackageError(ModelLoadError, ImportError):
+    """A package the model needs is not installed (also an ImportError)."""
+
+
 class DataFileError(ScopeError):
     """A data or results file is missing, empty, malformed, or belongs to another run."""
 

@@ -1,4 +1,4 @@
-"""The paper's deletion (AOPC) protocol and leave-one-out agreement (SPEC section 5).
+"""The paper's deletion (AOPC) protocol and leave-one-out agreement (docs/method.md §5).
 
 Rank tokens by score, zero the input embeddings of the top ``n = max(1, int(T * f))``
 for ``f`` in (0.05, 0.1, 0.2), and measure ``Δ(f) = log p_abl(ŷ) - log p_orig(ŷ)`` at the

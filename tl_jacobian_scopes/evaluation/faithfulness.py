@@ -40,7 +40,7 @@ from .baselines import _integrated, final_distribution, gradient_x_input, leave_
 
 METHODS = ("random", "gxi", "ig", "path_semantic", "semantic", "temperature", "fisher", "loo")
 
-# Published AOPC on Llama-3.2-1B, n = 1000 (SPEC section 5), shown beside ours; LOO percentiles
+# Published AOPC on Llama-3.2-1B, n = 1000 (docs/method.md §5), shown beside ours; LOO percentiles
 # are the paper's Fisher k = 4 run on LAMBADA.
 PUBLISHED_AOPC = {
     "lambada_1000": {"random": -0.261, "ig": -1.095, "gxi": -1.284, "semantic": -1.298,
@@ -215,7 +215,7 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
             + (f"{paper_loo[m]:.2f} |" if m in paper_loo else "— |")
         )
     if paper_aopc:
-        lines += ["", "Paper: Llama-3.2-1B, n = 1000 (SPEC section 5); LOO percentiles there use Fisher k = 4."]
+        lines += ["", "Paper: Llama-3.2-1B, n = 1000 (docs/method.md §5); LOO percentiles there use Fisher k = 4."]
     return "\n".join(lines)
 
 

