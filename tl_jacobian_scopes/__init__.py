@@ -46,6 +46,8 @@ from .evaluation import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CellScore",
+    "HeadScore",
     "DEFAULT_MODEL_NAME",
     "DataFileError",
     "DeviceError",

@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import OptionError, OutputPathError, PositionError, ScopeError
 from .results.scope_matrix import ScopeMatrix
@@ -221,13 +221,18 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
             notebooks; ``--model``, ``--device`` and ``--backend`` are then ignored).
     """
     args = _parser().parse_args(argv)
+    return report_errors(lambda: _main(args, model))
+
+
+def report_errors(body: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """Run a command's body: a ScopeError becomes one line on stderr and exit code 2, Ctrl-C 130."""
     try:
-        return _main(args, model)
+        return body()
     except ScopeError as exc:
         print(error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
 
 

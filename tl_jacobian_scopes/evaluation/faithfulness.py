@@ -24,14 +24,13 @@ import hashlib
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DataFileError, OptionError, OutputPathError, PromptError, ScopeError, UnknownScopeError
+from ..errors import DataFileError, OptionError, OutputPathError, PromptError, UnknownScopeError
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..scopes.api import fisher_scope, semantic_scope, temperature_scope
@@ -501,16 +500,9 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
     parser.add_argument("--model", help="a TransformerLens model name (default: embedded SmolLM2)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     args = parser.parse_args(argv)
-    from ..cli import error_line
+    from ..cli import report_errors
 
-    try:
-        return _main(args, model)
-    except ScopeError as exc:
-        print(error_line(exc), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+    return report_errors(lambda: _main(args, model), "interrupted: run the same command again to resume")
 
 
 def _main(args: argparse.Namespace, model: Any) -> int:

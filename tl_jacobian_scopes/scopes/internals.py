@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..models.hook_names import SITES, final_resid_hook, internal_hook_names, site_hooks
+from ..models.hook_names import SITES, final_resid_hook, site_hooks
 
 
 
