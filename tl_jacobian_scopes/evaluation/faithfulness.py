@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from ..errors import DataFileError, OptionError, OutputPathError, PromptError, UnknownScopeError
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
-from ..scopes.api import fisher_scope, semantic_scope, temperature_scope
+from ..scopes.api import SCOPES, jacobian_scope
 from .aopc import FRACTIONS, aopc, candidates, deletion_deltas, loo_percentile
-from .baselines import _integrated, final_distribution, gradient_x_input, leave_one_out
+from .baselines import _integrated, final_distribution
 
 METHODS = ("random", "gxi", "ig", "path_semantic", "semantic", "temperature", "fisher", "loo")
 
@@ -116,27 +116,18 @@ def evaluate_text(
     probs = final_distribution(access, tokens[None], position)[0]
     target = int(probs.argmax())
     scores: dict[str, torch.Tensor] = {}
-    generator = torch.Generator().manual_seed(seed)
+    # IG and path-Semantic share one path (one batched forward pass); the runner's random
+    # ranking keeps its own per-text stream, as in the committed records.
+    path = {m: o for m, o in (("ig", "logprob"), ("path_semantic", "logit")) if m in methods}
+    if path:
+        attributions, _ = _integrated(access, tokens[None], position, target, ig_steps, tuple(path.values()))
+        scores.update({m: attributions[o].norm(dim=-1).cpu() for m, o in path.items()})
     for method in methods:
         if method == "random":
-            scores[method] = torch.rand(len(tokens), generator=generator)
-        elif method == "gxi":
-            scores[method] = gradient_x_input(model, tokens, target, position=position).scores
-        elif method in ("ig", "path_semantic") and method not in scores:
-            wanted = tuple(o for m, o in (("ig", "logprob"), ("path_semantic", "logit")) if m in methods)
-            attributions, _ = _integrated(access, tokens[None], position, target, ig_steps, wanted)
-            if "logprob" in attributions:
-                scores["ig"] = attributions["logprob"].norm(dim=-1).cpu()
-            if "logit" in attributions:
-                scores["path_semantic"] = attributions["logit"].norm(dim=-1).cpu()
-        elif method == "semantic":
-            scores[method] = semantic_scope(model, tokens, target=target, position=position).scores
-        elif method == "temperature":
-            scores[method] = temperature_scope(model, tokens, position=position).scores
-        elif method == "fisher":
-            scores[method] = fisher_scope(model, tokens, rank=1, position=position).scores
-        elif method == "loo":
-            scores[method] = leave_one_out(model, tokens, position=position).scores
+            scores[method] = torch.rand(len(tokens), generator=torch.Generator().manual_seed(seed))
+        elif method not in scores:
+            targeted = {"target": target} if SCOPES[method].method.targeted else {}
+            scores[method] = jacobian_scope(model, tokens, method, position=position, **targeted).scores
     deltas = deletion_deltas(model, tokens, position, target, scores, has_bos)
     record = {
         "n_tokens": len(tokens),
