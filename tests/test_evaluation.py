@@ -241,7 +241,7 @@ def test_patch_top_recovers_all_or_nothing(tiny):
     assert outcome.patched == [(1, 2)]
     manual = tjs.patching_map(model, clean, corrupt, "cat", "dog", site="head")[1, 2]
     assert outcome.recovered == pytest.approx(float(manual), abs=1e-5)
-    with pytest.raises(tjs.PromptError, match="answer= and wrong="):
+    with pytest.raises(E.TargetError, match="answer= and wrong="):
         patch_top(model, clean, corrupt, per_head, k=1)
 
 
@@ -435,6 +435,16 @@ def test_bad_patching_options_are_option_errors(tiny):
     for batch_size in (0, -3, 2.0):
         with pytest.raises(E.OptionError, match="batch_size"):
             tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog", batch_size=batch_size)
+
+
+def test_a_model_without_the_patched_hooks_is_a_missing_hook_error(tiny, monkeypatch):
+    model, _ = tiny
+    run = model.run_with_cache
+    monkeypatch.setattr(model, "run_with_cache", lambda tokens, **kwargs: (run(tokens)[0], {}))  # was a KeyError
+    with pytest.raises(E.MissingHookError, match="hook_resid_pre"):
+        tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
+    with pytest.raises(E.MissingHookError, match="hook_z"):
+        tjs.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site="head")
 
 
 def test_cells_patching_cannot_move_are_exactly_zero(tiny):

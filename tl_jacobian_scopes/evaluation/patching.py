@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import NonFiniteError, OptionError, PromptError, TargetError
+from ..errors import MissingHookError, NonFiniteError, OptionError, PromptError, TargetError
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, site_hook, site_hooks
 from ..models.inputs import prepare_tokens, resolve_token
@@ -50,6 +50,20 @@ def _first_difference(clean: Tensor, corrupted: Tensor) -> int:
 def _check_site(site: Any, allowed: tuple[str, ...], meaning: str) -> None:
     if not isinstance(site, str) or site not in allowed:
         raise OptionError(f"site must be {meaning}, got {site!r}.")
+
+
+def _cache(model: Any, tokens: Tensor, names: Any) -> Any:
+    """The activations ``names`` of one run, without building a graph."""
+    names = set(names)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    missing = sorted(n for n in names if n not in cache)
+    if missing:
+        raise MissingHookError(
+            f"the model has no hook point {missing[0]!r} to patch: load it with TransformerLens "
+            f"(tjs.load_model / HookedTransformer / TransformerBridge) so every block exposes it."
+        )
+    return cache
 
 
 def _check_batch_size(batch_size: Any) -> None:
@@ -105,7 +119,8 @@ def patch_top(
         OptionError: ``k`` is not an int in ``0..number of sites``, an unknown ``site``, or
             scores of the wrong shape.
         PromptError: Prompts of different lengths, or identical prompts.
-        TargetError: ``answer == wrong``, or a logit difference the corruption does not change.
+        TargetError: A missing ``answer``/``wrong``, ``answer == wrong``, or a logit
+            difference the corruption does not change.
         NonFiniteError: NaN or infinity in the scores or the logit differences.
 
     Example:
@@ -119,14 +134,14 @@ def patch_top(
             )
         site, scores = ("position" if result.dim() == 1 else "head"), result.detach().cpu()
         if answer is None or wrong is None:
-            raise PromptError("patch_top with a tensor of scores needs answer= and wrong= (the logit difference).")
+            raise TargetError("patch_top with a tensor of scores needs answer= and wrong= (the logit difference).")
     else:
         _check_site(site, ("position", "head"), "'position' (input embeddings) or 'head' (attention heads' hook_z)")
         scores = result.scores if site == "position" else result.aggregate(result.internal("head"))
         answer = answer if answer is not None else result.target
         wrong = wrong if wrong is not None else result.contrast
         if wrong is None:
-            raise PromptError("patch_top needs wrong= (or a contrastive result) to form a logit difference.")
+            raise TargetError("patch_top needs wrong= (or a contrastive result) to form a logit difference.")
     scores = scores.detach().float().cpu()
     if not torch.isfinite(scores).all():
         raise NonFiniteError("the scores that rank the sites contain NaN or infinity.")
@@ -146,10 +161,7 @@ def patch_top(
     else:
         ranked = [(i // scores.shape[1], i % scores.shape[1]) for i in flat]
         sites = [(site_hook("head", layer), None, head) for layer, head in ranked]
-    names = {name for name, _, _ in sites}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(pair.clean, names_filter=lambda n: n in names)
-    hooks = patch_activations(cache, sites) if sites else []
+    hooks = patch_activations(_cache(model, pair.clean, {name for name, _, _ in sites}), sites) if sites else []
     ld_patched = float(logit_difference(model, pair.corrupted, pair.answer, pair.wrong, hooks)[0])
     recovered = (ld_patched - pair.ld_corrupted) / pair.gap
     return PatchOutcome(recovered, pair.ld_clean, pair.ld_corrupted, ld_patched, ranked)
@@ -236,9 +248,7 @@ def patching_map(
     _check_batch_size(batch_size)
     pair = _Contrast.build(model, clean, corrupted, answer, wrong)
     names = pair.hook_names(site)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(pair.clean, names_filter=lambda n: n in names)
-        _, corrupted_cache = model.run_with_cache(pair.corrupted, names_filter=lambda n: n in names)
+    cache, corrupted_cache = _cache(model, pair.clean, names), _cache(model, pair.corrupted, names)
     width = pair.clean.shape[-1] if site == "layer" else cache[names[0]].shape[2]
 
     def clean_part(L: int, i: int, source: Any = cache) -> Tensor:
@@ -304,8 +314,7 @@ def attribution_patching_map(
     pair = _Contrast.build(model, clean, corrupted, answer, wrong)
     names = pair.hook_names(site)
     access = pair.access
-    with torch.no_grad():
-        _, cache = model.run_with_cache(pair.clean, names_filter=lambda n: n in names)
+    cache = _cache(model, pair.clean, names)
     with access.frozen():
         state = forward_to_final_hidden(access, pair.corrupted, perturb=names, keep_activations=True)
         y = state.y[0, -1]
