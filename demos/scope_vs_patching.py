@@ -5,7 +5,8 @@ difference answer - wrong to each residual-stream cell, one backward pass), the 
 gradient dotted with the clean-minus-corrupted activations (``tjs.attribution_patching_map``,
 one backward pass), and real residual-stream patching (fraction of the logit difference
 restored by patching that cell from the clean run, one forward pass per cell), with Spearman
-correlations; then what patching the top heads restores (``tjs.patch_top``), ranked by
+correlations (average ranks for ties) over the cells patching can move (from the first
+differing token on; earlier cells are exactly 0) and over all cells; then what patching the top heads restores (``tjs.patch_top``), ranked by
 head-level attribution patching or by the scope's raw head map.
 
 Writes ``docs/images/scope_vs_patching.png``.
@@ -21,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import tl_jacobian_scopes as tjs  # noqa: E402
-from tl_jacobian_scopes.evaluation.patching import residual_patching_map, spearman  # noqa: E402
+from tl_jacobian_scopes.evaluation.patching import movable_cells, residual_patching_map, spearman  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "scope_vs_patching.png"
 PAIRS = [
@@ -39,7 +40,9 @@ def main() -> None:
         patched = residual_patching_map(model, clean, corrupted, answer, wrong)
         estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong)
         sensitivity = scope.internal("layer")[:-1]
-        rho, rho_estimate = spearman(sensitivity, patched), spearman(estimate, patched)
+        mask = movable_cells(model, clean, corrupted)
+        rho, rho_estimate = spearman(sensitivity, patched, mask=mask), spearman(estimate, patched, mask=mask)
+        rho_all, rho_estimate_all = spearman(sensitivity, patched), spearman(estimate, patched)
         labels = [repr(t)[1:-1] for t in scope.str_tokens]
         span = float(max(patched.abs().max(), estimate.abs().max()))
         panels = [
@@ -55,9 +58,10 @@ def main() -> None:
             ax.set_ylabel("layer (resid_pre)")
             ax.set_title(title, fontsize=9)
             subfig.colorbar(im, ax=ax, shrink=0.8)
-        subfig.suptitle(f"clean {clean!r} → corrupted {corrupted!r}   (ρ: Spearman with real patching)", fontsize=10)
-        print(f"{clean!r}: Spearman with residual patching: sensitivity map {rho:.2f}, "
-              f"attribution patching {rho_estimate:.2f}")
+        subfig.suptitle(f"clean {clean!r} → corrupted {corrupted!r}   "
+                        f"(ρ: Spearman with real patching over the cells it can move)", fontsize=10)
+        print(f"{clean!r}: Spearman with residual patching, movable cells (all cells): "
+              f"sensitivity map {rho:.2f} ({rho_all:.2f}), attribution patching {rho_estimate:.2f} ({rho_estimate_all:.2f})")
         head_estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong, site="head")
         for k in (1, 3):
             guided = tjs.patch_top(model, clean, corrupted, head_estimate, k=k, answer=answer, wrong=wrong)

@@ -1,7 +1,19 @@
-"""Contrastive Semantic Scope vs real activation patching on the embedded model."""
+"""Contrastive Semantic Scope vs real activation patching on the embedded model.
+
+Rank correlations use average ranks for ties (``spearman``) and are reported over all
+``[n_layers, pos]`` cells and over the cells patching can move (``movable_cells``: from the
+first differing token on; before it both runs hold the same activations and patching is
+exactly 0). Measured values and their environment are in README.md ("Faithfulness and
+patching"); they agree to 3 decimals on TransformerLens 3.9 and 4.3.
+"""
+
+import sys
+
+import pytest
+import torch
 
 import tl_jacobian_scopes as tjs
-from tl_jacobian_scopes.evaluation.patching import residual_patching_map, spearman
+from tl_jacobian_scopes.evaluation.patching import movable_cells, residual_patching_map, spearman
 
 PAIRS = [
     ("The capital of France is", "The capital of Italy is", " Paris", " Rome"),
@@ -12,36 +24,62 @@ PAIRS = [
 ]
 
 
-def test_scope_layer_map_correlates_with_residual_patching():
-    """Bound: the scope measures the sensitivity of the logit difference to each residual
-    cell, while patching measures the effect of the particular clean-to-corrupted change, so
-    only a modest positive rank correlation is expected. Measured (Spearman, raw map on the
-    clean prompt): 0.28, 0.42, 0.15, 0.39 (mean 0.31). The test asserts every pair > 0.1 and
-    a mean > 0.25: a scope unrelated to the circuit (correlation ~0) fails it."""
-    model = tjs.load_default_model(device="cpu")
-    values, estimates = [], []
+def _shared_fixture() -> bool:
+    """Whether tests/conftest.py already provides ``default_model`` (session-scoped)."""
+    return hasattr(sys.modules.get("conftest"), "default_model")
+
+
+if not _shared_fixture():
+
+    @pytest.fixture(scope="module")
+    def default_model():
+        return tjs.load_default_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def layer_maps(default_model):
+    rows = []
     for clean, corrupt, answer, wrong in PAIRS:
-        effect = residual_patching_map(model, clean, corrupt, answer, wrong)
-        result = tjs.semantic_scope(model, clean, target=answer, contrast=wrong, internals=True)
-        values.append(spearman(result.internal("layer")[:-1], effect))
-        estimates.append(spearman(tjs.attribution_patching_map(model, clean, corrupt, answer, wrong), effect))
-    assert min(values) > 0.1, values
-    assert sum(values) / len(values) > 0.25, values
-    # The same probe's gradient dotted with the clean-corrupted difference (attribution patching)
-    # predicts patching far better. Measured: 0.94, 0.96, 0.70, 0.77 (mean 0.84); the bound
-    # (each > 0.6, mean > 0.75, each above the sensitivity map) fails for a sign or layer-offset bug.
-    assert min(estimates) > 0.6 and sum(estimates) / len(estimates) > 0.75, estimates
-    assert all(e > v for e, v in zip(estimates, values)), (estimates, values)
+        effect = residual_patching_map(default_model, clean, corrupt, answer, wrong)
+        scope = tjs.semantic_scope(default_model, clean, target=answer, contrast=wrong, internals=True)
+        estimate = tjs.attribution_patching_map(default_model, clean, corrupt, answer, wrong)
+        mask = movable_cells(default_model, clean, corrupt)
+        rows.append((effect, scope.internal("layer")[:-1], estimate, mask))
+    return rows
 
 
-def test_head_attribution_patching_finds_the_heads_that_restore_the_answer():
+def test_attribution_estimate_predicts_residual_patching_and_the_raw_map_does_not(layer_maps):
+    """Measured (movable cells): attribution estimate 0.76, 0.98, 0.70, 0.73 (mean 0.79);
+    raw ‖J^T v‖ layer map -0.02, 0.43, 0.17, 0.10. Over all cells the estimate reads 0.96,
+    0.96, 0.70, 0.76 (both maps are exactly 0 on the unmovable cells, which counts as
+    agreement). Bounds: estimate > 0.55 on every pair and mean > 0.65 over movable cells,
+    > 0.6 over all cells, and > raw map + 0.25 on every pair. The same estimate with its
+    cells shuffled (unrelated to the circuit) measures < 0.4 and must fail the bound."""
+    shuffle = torch.Generator().manual_seed(0)
+    movable, every, raw, shuffled = [], [], [], []
+    for effect, sensitivity, estimate, mask in layer_maps:
+        assert torch.equal(effect[~mask], torch.zeros(int((~mask).sum())))  # patching there is a no-op
+        movable.append(spearman(estimate, effect, mask=mask))
+        every.append(spearman(estimate, effect))
+        raw.append(spearman(sensitivity, effect, mask=mask))
+        order = torch.randperm(estimate.numel(), generator=shuffle)
+        shuffled.append(spearman(estimate.flatten()[order].reshape(estimate.shape), effect, mask=mask))
+    report = dict(movable=movable, all_cells=every, raw=raw, shuffled=shuffled)
+    assert min(movable) > 0.55 and sum(movable) / len(movable) > 0.65, report
+    assert min(every) > 0.6, report
+    assert all(e > r + 0.25 for e, r in zip(movable, raw)), report
+    assert max(shuffled) < 0.55, report  # the bound tells a related map from an unrelated one
+
+
+def test_head_attribution_patching_finds_the_heads_that_restore_the_answer(default_model):
     """Per head (hook_z at every position). Measured, Spearman of the estimate with real head
     patching: 0.99, 0.99, 0.94, 0.96; patching the estimate's top-3 heads restores 93%, 95%,
     86%, 140% of the logit difference (best single heads: L23H4 for the capitals, L23H3 for
-    IOI). The raw scope head map ranks by sensitivity (early layers, ~0 correlation) and its
-    top-3 heads restore ~0%. Bounds: Spearman > 0.85 and top-3 restore > 50% on every pair
-    (a wrong sign, head index or position sum breaks them), and better than the raw map."""
-    model = tjs.load_default_model(device="cpu")
+    IOI, L1H6 for the sun). The raw scope head map ranks by sensitivity (early layers, ~0
+    correlation) and its top-3 heads restore ~0%. Bounds: Spearman > 0.85 and top-3 restore
+    > 50% on every pair (a wrong sign, head index or position sum breaks them), and better
+    than the raw map by 0.3."""
+    model = default_model
     for clean, corrupt, answer, wrong in PAIRS:
         real = tjs.patching_map(model, clean, corrupt, answer, wrong, site="head")
         estimate = tjs.attribution_patching_map(model, clean, corrupt, answer, wrong, site="head")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes import errors as E
 from tiny_models import BACKENDS, tiny_model
 from tl_jacobian_scopes.evaluation import aopc, deletion_deltas, loo_percentile
 from tl_jacobian_scopes.evaluation import faithfulness as F
@@ -240,7 +241,7 @@ def test_patch_top_recovers_all_or_nothing(tiny):
     assert outcome.patched == [(1, 2)]
     manual = tjs.patching_map(model, clean, corrupt, "cat", "dog", site="head")[1, 2]
     assert outcome.recovered == pytest.approx(float(manual), abs=1e-5)
-    with pytest.raises(tjs.PromptError, match="answer= and wrong="):
+    with pytest.raises(E.TargetError, match="answer= and wrong="):
         patch_top(model, clean, corrupt, per_head, k=1)
 
 
@@ -331,3 +332,158 @@ def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
     # layer, and the unchanged tokens at layer 0 (later layers mix in the changed ones).
     assert torch.all(estimate[:, :2].abs() < 1e-5) and torch.all(estimate[0, [3, 4]].abs() < 1e-5)
     assert estimate[0, 2].abs() > 1e-3
+
+
+def test_ablate_positions_outside_the_prompt_is_a_position_error(tiny):
+    model, _ = tiny
+    tokens = model.to_tokens("the cat sat on the mat")  # 7 tokens with BOS
+    n = tokens.shape[-1]
+    with pytest.raises(E.PositionError, match=f"0..{n - 1}"):  # was an IndexError from inside the hook
+        model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions([99]))
+    with pytest.raises(E.PositionError, match="outside"):  # the model's context bounds it before any run
+        tjs.ablate_positions([model.cfg.n_ctx], model=model)
+    with pytest.raises(E.PositionError, match="ints"):
+        tjs.ablate_positions([1.5])
+    with pytest.raises(E.PositionError, match="mask"):
+        model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions(torch.zeros(1, n + 1, dtype=torch.bool)))
+    # negative positions count from the end, like Python
+    last = model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions([-1]))
+    torch.testing.assert_close(last, model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions([n - 1])))
+
+
+def test_bad_ablation_replacements_are_option_errors(tiny):
+    model, _ = tiny
+    for replacement, message in [("median", "'zero', 'mean'"), (model.cfg.d_vocab, "vocabulary"),
+                                 (torch.zeros(3), "shape"), (0.5, "float")]:
+        with pytest.raises(E.OptionError, match=message):
+            tjs.ablate_positions([1], replacement, model)
+    with pytest.raises(E.OptionError, match="model="):
+        tjs.ablate_positions([1], "mean")
+    with pytest.raises(E.NonFiniteError):
+        tjs.ablate_positions([1], torch.full((model.cfg.d_model,), float("nan")), model)
+
+
+def test_patch_activations_checks_its_sites(tiny):
+    model, _ = tiny
+    tokens = model.to_tokens("the cat sat on the mat")
+    _, cache = model.run_with_cache(tokens)
+    with pytest.raises(E.MissingHookError, match="no activation"):
+        tjs.patch_activations(cache, [("blocks.0.hook_nothing", 1, None)])
+    with pytest.raises(E.PositionError, match="outside"):
+        tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", 99, None)])
+    with pytest.raises(E.OptionError, match="head"):
+        tjs.patch_activations(cache, [("blocks.0.attn.hook_z", 1, model.cfg.n_heads)])
+    with pytest.raises(E.OptionError, match="no head dimension"):
+        tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", 1, 0)])
+    hooks = tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", None, None)])
+    with pytest.raises(E.PromptError, match="same number of tokens"):
+        model.run_with_hooks(model.to_tokens("the cat sat"), fwd_hooks=hooks)
+
+
+CLEAN, CORRUPT = "the cat sat on the mat", "the dog sat on the mat"
+
+
+def test_patch_top_k_must_count_sites(tiny):
+    from tl_jacobian_scopes.evaluation.patching import patch_top
+
+    model, _ = tiny
+    n = len(model.to_tokens(CLEAN)[0])
+    scores = torch.arange(n, dtype=torch.float)
+    for k in (-1, n + 1, 1.5, True):  # k=-1 used to patch all but one position
+        with pytest.raises(E.OptionError, match=f"0 to {n}"):
+            patch_top(model, CLEAN, CORRUPT, scores, k=k, answer="cat", wrong="dog")
+    with pytest.raises(E.OptionError, match="shape"):
+        patch_top(model, CLEAN, CORRUPT, torch.ones(n + 2), k=1, answer="cat", wrong="dog")
+    with pytest.raises(E.NonFiniteError):
+        patch_top(model, CLEAN, CORRUPT, torch.full((n,), float("nan")), k=1, answer="cat", wrong="dog")
+
+
+def test_patching_refuses_pairs_without_a_gap(tiny, monkeypatch):
+    """answer == wrong, identical prompts and an unchanged logit difference used to give NaN/inf."""
+    from tl_jacobian_scopes.evaluation import patching
+
+    model, _ = tiny
+    n = len(model.to_tokens(CLEAN)[0])
+    calls = [
+        lambda c, k, a, w: tjs.patching_map(model, c, k, a, w),
+        lambda c, k, a, w: tjs.patching_map(model, c, k, a, w, site="head"),
+        lambda c, k, a, w: tjs.attribution_patching_map(model, c, k, a, w),
+        lambda c, k, a, w: tjs.patch_top(model, c, k, torch.ones(n), k=1, answer=a, wrong=w),
+    ]
+    for call in calls:
+        with pytest.raises(E.TargetError, match="same token"):
+            call(CLEAN, CORRUPT, "cat", "cat")
+        with pytest.raises(E.PromptError, match="same tokens"):
+            call(CLEAN, CLEAN, "cat", "dog")
+        with pytest.raises(E.PromptError, match="same number of tokens"):
+            call(CLEAN, "the dog sat on the big mat", "cat", "dog")
+    monkeypatch.setattr(patching, "logit_difference", lambda *args, **kwargs: torch.tensor([0.25]))
+    with pytest.raises(E.TargetError, match="no gap"):
+        tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
+
+
+def test_bad_patching_options_are_option_errors(tiny):
+    model, _ = tiny
+    for site in ("resid", "position", None):
+        with pytest.raises(E.OptionError, match="site"):
+            tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog", site=site)
+        with pytest.raises(E.OptionError, match="site"):
+            tjs.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site=site)
+    r = tjs.semantic_scope(model, CLEAN, target="cat", contrast="dog")
+    with pytest.raises(E.OptionError, match="site"):
+        tjs.patch_top(model, CLEAN, CORRUPT, r, k=1, site="layer")
+    for batch_size in (0, -3, 2.0):
+        with pytest.raises(E.OptionError, match="batch_size"):
+            tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog", batch_size=batch_size)
+
+
+def test_a_model_without_the_patched_hooks_is_a_missing_hook_error(tiny, monkeypatch):
+    model, _ = tiny
+    run = model.run_with_cache
+    monkeypatch.setattr(model, "run_with_cache", lambda tokens, **kwargs: (run(tokens)[0], {}))  # was a KeyError
+    with pytest.raises(E.MissingHookError, match="hook_resid_pre"):
+        tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
+    with pytest.raises(E.MissingHookError, match="hook_z"):
+        tjs.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site="head")
+
+
+def test_cells_patching_cannot_move_are_exactly_zero(tiny):
+    """Before the first differing token (and at layer 0 on unchanged tokens) the clean and
+    corrupted activations are equal: the map is exactly 0 there, not batching noise whose
+    sign would order these cells arbitrarily in a rank correlation."""
+    from tl_jacobian_scopes.evaluation.patching import movable_cells
+
+    model, _ = tiny
+    clean, corrupted = "the cat sat on the mat", "the cat sat on the red"
+    effect = tjs.patching_map(model, clean, corrupted, "cat", "dog", batch_size=3)
+    mask = movable_cells(model, clean, corrupted)
+    first = int((model.to_tokens(clean)[0] != model.to_tokens(corrupted)[0]).nonzero()[0])
+    assert mask.shape == effect.shape and not mask[:, :first].any() and mask[:, first:].all()
+    assert torch.equal(effect[~mask], torch.zeros(int((~mask).sum())))
+    assert effect[mask].abs().max() > 1e-3
+
+
+def test_spearman_gives_ties_their_average_rank():
+    from tl_jacobian_scopes.evaluation.patching import spearman
+
+    a = torch.tensor([[0.0, 0.0, 0.0, 3.0], [0.0, 0.0, 2.0, 1.0]])
+    b = torch.tensor([[0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.1, 0.7]])
+    ra = torch.tensor([3.0, 3, 3, 8, 3, 3, 7, 6], dtype=torch.float64)
+    rb = torch.tensor([3.0, 3, 3, 7, 3, 3, 6, 8], dtype=torch.float64)  # average ranks
+    expected = float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    assert spearman(a, b) == pytest.approx(expected, abs=1e-12)
+    # the value cannot depend on where the tied cells sit (argsort().argsort() made it depend on that)
+    for seed in range(5):
+        order = torch.randperm(a.numel(), generator=torch.Generator().manual_seed(seed))
+        assert spearman(a.flatten()[order], b.flatten()[order]) == pytest.approx(expected, abs=1e-12)
+    mask = torch.tensor([[False, False, False, True], [False, False, True, True]])
+    assert spearman(a, b, mask=mask) == pytest.approx(-0.5)  # ranks (3, 2, 1) vs (2, 1, 3)
+    assert spearman(torch.ones(4), torch.arange(4.0)) != spearman(torch.ones(4), torch.arange(4.0))  # nan
+    with pytest.raises(E.OptionError, match="same shape"):
+        spearman(a, b.flatten())
+    with pytest.raises(E.OptionError, match="mask"):
+        spearman(a, b, mask=mask.float())
+    with pytest.raises(E.OptionError, match="at least 2"):
+        spearman(a, b, mask=torch.zeros_like(mask))
+    with pytest.raises(E.NonFiniteError):
+        spearman(a, b * float("inf"))
