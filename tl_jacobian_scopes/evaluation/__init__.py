@@ -1,4 +1,4 @@
-"""Evaluation: baselines, interventions as hooks, the AOPC faithfulness protocol."""
+"""Evaluation: baselines, interventions as hooks, the AOPC faithfulness protocol, patching."""
 
 from .aopc import FRACTIONS, aopc, deletion_deltas, loo_percentile
 from .baselines import (
@@ -9,4 +9,33 @@ from .baselines import (
     random_attribution,
 )
 from .interventions import ablate_positions, patch_activations
-from .patching import PatchOutcome, attribution_patching_map, patch_top, patching_map, residual_patching_map
+from .patching import (
+    PatchOutcome,
+    attribution_patching_map,
+    movable_cells,
+    patch_top,
+    patching_map,
+    residual_patching_map,
+    spearman,
+)
+
+__all__ = [
+    "FRACTIONS",
+    "PatchOutcome",
+    "ablate_positions",
+    "aopc",
+    "attribution_patching_map",
+    "deletion_deltas",
+    "gradient_x_input",
+    "integrated_gradients",
+    "leave_one_out",
+    "loo_percentile",
+    "movable_cells",
+    "patch_activations",
+    "patch_top",
+    "patching_map",
+    "path_semantic_scope",
+    "random_attribution",
+    "residual_patching_map",
+    "spearman",
+]
