@@ -279,7 +279,7 @@ def record_key(text: str, params: dict[str, Any], text_seed: int) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
-def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data: Path) -> dict[int, dict]:
+def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data: Path) -> dict[int, dict[str, Any]]:
     """Records of an earlier (possibly killed) run, by text id, each checked against its key.
 
     A line cut short by a kill is dropped from the file, so the run appends after whole
@@ -298,7 +298,7 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
     if raw and not raw.endswith("\n"):
         raw = raw[: raw.rfind("\n") + 1]
         path.write_text(raw, encoding="utf-8")
-    done: dict[int, dict] = {}
+    done: dict[int, dict[str, Any]] = {}
     for lineno, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import MissingHookError, NonFiniteError, OptionError, PositionError, PromptError
 from ..models.hook_names import EMBED_HOOK
 
-Hook = tuple[str, Callable]
+Hook = tuple[str, Callable[..., Any]]
 Replacement = Union[str, int, Tensor]
 
 
@@ -119,7 +119,7 @@ def ablate_positions(
             f"replacement must be 'zero', 'mean', a token id or a [d_model] vector, got {type(replacement).__name__}."
         )
 
-    def hook(act: Tensor, hook) -> Tensor:
+    def hook(act: Tensor, hook: Any) -> Tensor:
         if isinstance(positions, Tensor):
             if positions.shape != act.shape[:2]:
                 raise PositionError(
@@ -180,10 +180,10 @@ def patch_activations(
                 raise OptionError(f"head must be an int in 0..{shape[2] - 1} for {name!r}, got {head!r}.")
         by_hook.setdefault(name, []).append((position, head))
 
-    def make(name: str) -> Callable:
+    def make(name: str) -> Callable[..., Tensor]:
         clean = clean_cache[name]
 
-        def hook(act: Tensor, hook) -> Tensor:
+        def hook(act: Tensor, hook: Any) -> Tensor:
             if act.shape[1:] != clean.shape[1:]:
                 raise PromptError(
                     f"the clean run's {name!r} has shape {tuple(clean.shape)}, this run's {tuple(act.shape)}: "
@@ -196,7 +196,7 @@ def patch_activations(
                 )
             act = act.clone()
             for position, head in by_hook[name]:
-                index: tuple = (slice(None), slice(None) if position is None else position)
+                index: tuple[Any, ...] = (slice(None), slice(None) if position is None else position)
                 if head is not None:
                     index = index + (head,)
                 act[index] = clean[index].to(act)

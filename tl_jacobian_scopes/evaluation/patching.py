@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -71,11 +71,14 @@ def _check_batch_size(batch_size: Any) -> None:
         raise OptionError(f"batch_size must be a positive int (patched runs per forward pass), got {batch_size!r}.")
 
 
-def logit_difference(model: Any, tokens: Tensor, answer: int, wrong: int, fwd_hooks=()) -> Tensor:
+def logit_difference(
+    model: Any, tokens: Tensor, answer: int, wrong: int, fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
+) -> Tensor:
     """``z[answer] - z[wrong]`` at the last position for each row."""
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1]
-    return (logits[:, answer] - logits[:, wrong]).float().cpu()
+    difference: Tensor = (logits[:, answer] - logits[:, wrong]).float().cpu()
+    return difference
 
 
 @dataclass
@@ -86,7 +89,7 @@ class PatchOutcome:
     ld_clean: float
     ld_corrupted: float
     ld_patched: float
-    patched: list
+    patched: list[Any]
 
 
 def patch_top(
@@ -252,7 +255,8 @@ def patching_map(
     width = pair.clean.shape[-1] if site == "layer" else cache[names[0]].shape[2]
 
     def clean_part(L: int, i: int, source: Any = cache) -> Tensor:
-        return source[names[L]][0, i] if site == "layer" else source[names[L]][0, :, i]
+        part: Tensor = source[names[L]][0, i] if site == "layer" else source[names[L]][0, :, i]
+        return part
 
     cells = [
         (L, i) for L in range(len(names)) for i in range(width)
@@ -262,7 +266,7 @@ def patching_map(
     for start in range(0, len(cells), batch_size):
         chunk = cells[start : start + batch_size]
 
-        def patch(act: Tensor, hook, chunk=chunk) -> Tensor:
+        def patch(act: Tensor, hook: Any, chunk: list[tuple[int, int]] = chunk) -> Tensor:
             layer = int(hook.name.split(".")[1])
             act = act.clone()
             for row, (L, i) in enumerate(chunk):

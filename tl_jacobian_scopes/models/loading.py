@@ -158,7 +158,7 @@ def _dequantize_to(cache_dir: Path) -> None:
     config_dict.pop("_model_name_or_path", None)
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config)
+        plain = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     plain.load_state_dict(quantized.state_dict(), assign=True)
     plain.tie_weights()
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,7 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple
             f"The model cache {cache_dir} is unreadable or corrupt ({type(exc).__name__}): delete that folder "
             "and load again (it is rebuilt from the GGUF file)."
         ) from exc
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return model, tokenizer
 
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterator, Union
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..views.html import ScopeView
 
 import torch
 from jaxtyping import Float
@@ -66,7 +71,7 @@ class ScopeMatrix:
     def __iter__(self) -> Iterator[ScopeResult]:
         return iter(self.results)
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> "pd.DataFrame":
         """Long format: explained position, its target, then each token's position and score."""
         import pandas as pd
 
@@ -102,7 +107,7 @@ class ScopeMatrix:
         """Read a file written by :meth:`save_json`."""
         return cls.from_dict(read_json_file(path))
 
-    def show(self):
+    def show(self) -> "ScopeView":
         """A positions x tokens heatmap and the per-position token colouring (offline)."""
         from ..views.html import matrix_view
 

@@ -6,7 +6,13 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from ..views.html import ScopeView
 
 import numpy as np
 import torch
@@ -82,7 +88,7 @@ def dump_strict_json(data: Any) -> str:
     return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
 
 
-def write_output(path: Union[str, Path], write) -> Path:
+def write_output(path: Union[str, Path], write: Callable[[Path], Any]) -> Path:
     """Call ``write(path)``, turning an OS failure into :class:`OutputPathError` that names the fix."""
     path = Path(path)
     try:
@@ -241,7 +247,7 @@ class ScopeResult:
         check_normalization(normalization)
         if not self.has_internals:
             raise ScopeError("This result has no internal maps: rerun the scope with internals=True.")
-        raw = getattr(self, f"{site}_scores")
+        raw: Optional[Tensor] = getattr(self, f"{site}_scores")
         if raw is None:
             raise ScopeError(f"This result has no {site!r} map: rerun the scope with internals=True.")
         if normalization == "raw":
@@ -252,7 +258,8 @@ class ScopeResult:
                 "use normalization='raw', or rerun the scope with internals=True."
             )
         power = 2 if self.score_kind == "quadratic" else 1
-        return raw * self.internal_norms[site] ** power
+        scaled: Tensor = raw * self.internal_norms[site] ** power
+        return scaled
 
     def aggregate(self, values: Tensor, dim: int = -1) -> Tensor:
         """Combine scores over positions as the scope itself would: quadratic scores add;
@@ -301,7 +308,7 @@ class ScopeResult:
         self._check_position(position)
         return {site: self.internal(site, normalization)[..., position] for site in SITES}
 
-    def layer_summary(self, normalization: str = "raw"):
+    def layer_summary(self, normalization: str = "raw") -> "pd.DataFrame":
         """A per-layer DataFrame: residual, attention and MLP totals, best position and head.
 
         ``top_head`` is an integer column (pandas ``Int64``; missing on the ``"final"`` row,
@@ -354,7 +361,7 @@ class ScopeResult:
                 )
         return rows
 
-    def to_dataframe(self, internals: bool = False):
+    def to_dataframe(self, internals: bool = False) -> "pd.DataFrame":
         """One row per token: position, token, token_id, score, share, rank, explained.
 
         With ``internals=True``: the internal maps in long format, one row per
@@ -391,7 +398,7 @@ class ScopeResult:
         Tensors become lists and every non-finite float (NaN, ±inf) becomes None, so that
         the dict is standard JSON; :meth:`from_dict` reads None back as NaN.
         """
-        return strict_json_value(
+        data: dict[str, Any] = strict_json_value(
             {
                 "scope": self.scope,
                 "score_kind": self.score_kind,
@@ -419,6 +426,7 @@ class ScopeResult:
                 "stderr": None if self.stderr is None else self.stderr.tolist(),
             }
         )
+        return data
 
     def save_json(self, path: Union[str, Path]) -> Path:
         """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null).
@@ -489,7 +497,7 @@ class ScopeResult:
 
     # ---- views ---------------------------------------------------------------------------
 
-    def show(self, normalization: str = "scaled"):
+    def show(self, normalization: str = "scaled") -> "ScopeView":
         """A CircuitsVis view (tokens coloured by score; layer and head views with internals).
 
         In a notebook, ``r.show()`` as a cell's last line displays it (no network needed);
@@ -506,7 +514,7 @@ class ScopeResult:
         """Write one self-contained HTML file (all JavaScript inlined, nothing fetched)."""
         return self.show(normalization).save(path)
 
-    def plot(self, normalization: str = "scaled"):
+    def plot(self, normalization: str = "scaled") -> "Figure":
         """A static matplotlib figure for papers (needs the ``plot`` extra)."""
         from ..views.static import plot
 

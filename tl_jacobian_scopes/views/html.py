@@ -22,7 +22,10 @@ import json
 import math
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from ..results.scope_matrix import ScopeMatrix
 
 import torch
 from torch import Tensor
@@ -52,7 +55,7 @@ def circuitsvis_bundle() -> str:
 _SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
-def script_json(value) -> str:
+def script_json(value: Any) -> str:
     """``value`` as a JavaScript literal that is safe to place inside ``<script>``.
 
     Tensors and arrays become lists. NaN and infinities are written as the JavaScript
@@ -64,7 +67,7 @@ def script_json(value) -> str:
     return text
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         return value.tolist()
     if isinstance(value, dict):
@@ -79,7 +82,7 @@ def _token_html(tokens: Sequence[str]) -> list[str]:
     return [html.escape(t, quote=False) for t in tokens]
 
 
-def _cv(element: str, **props) -> str:
+def _cv(element: str, **props: Any) -> str:
     """A div and the call that renders a CircuitsVis element into it (bundle loaded once per page)."""
     div = f"tjs-cv-{uuid.uuid4().hex[:12]}"
     props = {k: v for k, v in props.items() if v is not None}
@@ -92,7 +95,7 @@ def _cv(element: str, **props) -> str:
     )
 
 
-def _esc(value) -> str:
+def _esc(value: Any) -> str:
     """Any value as escaped HTML text (safe in element content and quoted attributes)."""
     return html.escape(str(value))
 
@@ -138,11 +141,11 @@ def _heatmap(
     )
 
 
-def _prob(p) -> str:
+def _prob(p: Optional[float]) -> str:
     return f"{p:.3f}" if isinstance(p, (int, float)) else _esc(p)
 
 
-def _param_text(value) -> str:
+def _param_text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     if isinstance(value, (list, tuple)):
@@ -204,6 +207,7 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
         ]
     if not r.has_internals:
         return sections
+    assert r.attn_scores is not None  # has_internals
     n_layers = r.attn_scores.shape[0]
     norm_text = NORMALIZATION_TEXT[normalization]
     if "layers" in parts:
@@ -359,7 +363,7 @@ def save_html(results: Union[ScopeResult, Sequence[ScopeResult]], path: Union[st
     return compare(*results).save(path)
 
 
-def matrix_view(matrix) -> ScopeView:
+def matrix_view(matrix: "ScopeMatrix") -> ScopeView:
     """A :class:`ScopeMatrix`: explained positions x tokens heatmap, then per-position colouring."""
     first = matrix[0]
     color = SCOPE_COLORS.get(matrix.scope, "#444444")

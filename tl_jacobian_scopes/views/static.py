@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 import numpy as np
 
@@ -11,7 +14,7 @@ from ..results.scope_result import ScopeResult, check_normalization, write_outpu
 from .html import NORMALIZATION_TEXT, SCOPE_COLORS
 
 
-def _figure(**kwargs):
+def _figure(**kwargs: Any) -> "Figure":
     """A matplotlib Figure that belongs to no pyplot state and no backend.
 
     Building it with :class:`matplotlib.figure.Figure` instead of ``pyplot`` leaves the
@@ -30,7 +33,7 @@ def _figure(**kwargs):
 _TEXT = {"parse_math": False}
 
 
-def plot(result: ScopeResult, normalization: str = "scaled"):
+def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
     """A figure: token scores as bars (explained position marked), and with internals the
     layer × position and layer × head heatmaps.
 
