@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import MissingHookError, NonFiniteError, OptionError, PositionError, PromptError
 from ..models.hook_names import EMBED_HOOK
 
 Hook = tuple[str, Callable[..., Any]]
-Replacement = Union[str, int, Tensor]
+Replacement = Union[str, int, Float[Tensor, " d_model"]]
 
 
 def _is_int(x: Any) -> bool:
@@ -63,7 +64,7 @@ def _positions(positions: Union[Sequence[int], Tensor]) -> Union[list[int], Tens
 
 
 def ablate_positions(
-    positions: Union[Sequence[int], Tensor],
+    positions: Union[Sequence[int], Bool[Tensor, "batch pos"]],
     replacement: Replacement = "zero",
     model: Any = None,
 ) -> list[Hook]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..errors import MissingHookError, NonFiniteError, OptionError, PromptError, TargetError
@@ -72,8 +73,12 @@ def _check_batch_size(batch_size: Any) -> None:
 
 
 def logit_difference(
-    model: Any, tokens: Tensor, answer: int, wrong: int, fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
-) -> Tensor:
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    answer: int,
+    wrong: int,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+) -> Float[Tensor, " batch"]:
     """``z[answer] - z[wrong]`` at the last position for each row."""
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1]
@@ -96,7 +101,7 @@ def patch_top(
     model: Any,
     clean: Any,
     corrupted: Any,
-    result: Union[ScopeResult, Tensor],
+    result: Union[ScopeResult, Float[Tensor, " pos"], Float[Tensor, "n_layers n_heads"]],
     k: int = 3,
     answer: Union[str, int, None] = None,
     wrong: Union[str, int, None] = None,
@@ -227,7 +232,7 @@ def patching_map(
     wrong: Union[str, int],
     site: str = "layer",
     batch_size: int = 32,
-) -> Tensor:
+) -> Float[Tensor, "n_layers width"]:
     """Real activation patching, one cell at a time, from the clean run into the corrupted one.
 
     Returns the fraction of the logit difference restored by each patch: ``site="layer"``
@@ -284,14 +289,14 @@ def patching_map(
 
 def residual_patching_map(
     model: Any, clean: Any, corrupted: Any, answer: Union[str, int], wrong: Union[str, int], batch_size: int = 32
-) -> Tensor:
+) -> Float[Tensor, "n_layers pos"]:
     """:func:`patching_map` of the residual stream (``blocks.L.hook_resid_pre``), ``[n_layers, pos]``."""
     return patching_map(model, clean, corrupted, answer, wrong, "layer", batch_size)
 
 
 def attribution_patching_map(
     model: Any, clean: Any, corrupted: Any, answer: Union[str, int], wrong: Union[str, int], site: str = "layer"
-) -> Tensor:
+) -> Float[Tensor, "n_layers width"]:
     """The first-order estimate of :func:`patching_map` from one backward pass.
 
     The contrastive Semantic Scope's probe ``v = w_answer - w_wrong`` gives, in one backward
@@ -331,7 +336,7 @@ def attribution_patching_map(
     return torch.stack(effect).cpu() / pair.gap  # already a change in LD, so no offset
 
 
-def movable_cells(model: Any, clean: Any, corrupted: Any) -> Tensor:
+def movable_cells(model: Any, clean: Any, corrupted: Any) -> Bool[Tensor, "n_layers pos"]:
     """The residual cells that patching can move: ``[n_layers, pos]``, True from the first
     position where the clean and corrupted tokens differ onwards.
 

@@ -233,7 +233,7 @@ class ScopeResult:
     def has_internals(self) -> bool:
         return self.layer_scores is not None
 
-    def internal(self, site: str = "layer", normalization: str = "raw") -> Tensor:
+    def internal(self, site: str = "layer", normalization: str = "raw") -> Float[Tensor, "n_layers *heads pos"]:
         """One internal map: ``site`` in ``layer``, ``attn``, ``mlp``, ``head``.
 
         ``normalization="raw"`` is the scope of docs/method.md §3 (``‖v^T ∂y/∂a‖``, or the
