@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes.environment import describe, environment
 from tl_jacobian_scopes.models.access import EMBED_HOOK
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lambada_1000.jsonl"
@@ -272,11 +272,9 @@ def main() -> None:
         model = model.to(torch.bfloat16)
     for p in model.parameters():
         p.requires_grad_(True)  # the model's natural state, for the naive floor
-    print(
-        f"default model ({tjs.models.backend_name(model)}), device={args.device}, dtype={args.dtype}, "
-        f"torch {torch.__version__}, threads={torch.get_num_threads()}, {platform.machine()}"
-    )
-    results = {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads()}
+    env = environment(model)
+    print(f"default model: {describe(env)}")
+    results = {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "environment": env}
     results["scopes_64"] = section_scopes(model, 64, args.repeats)
     if not args.quick:
         results["scopes_256"] = section_scopes(model, 256, max(3, args.repeats // 2))

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataFileError, OptionError, OutputPathError, PromptError, UnknownScopeError
+from ..environment import describe, environment
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..scopes.api import SCOPES, jacobian_scope
@@ -206,6 +207,8 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
         )
     if paper_aopc:
         lines += ["", "Paper: Llama-3.2-1B, n = 1000 (docs/method.md §5); LOO percentiles there use Fisher k = 4."]
+    if "environment" in summary:
+        lines += ["", f"Measured with: {describe(summary['environment'])}."]
     return "\n".join(lines)
 
 
@@ -446,7 +449,8 @@ def run(
             f"None of the {len(records)} texts of {data} could be evaluated ({records[0]['skipped']}): "
             "pass a file of longer texts."
         )
-    summary.update(data=str(data), methods_run=list(methods), ig_steps=ig_steps, seed=seed, model=params["model"])
+    summary.update(data=str(data), methods_run=list(methods), ig_steps=ig_steps, seed=seed, model=params["model"],
+                   environment=environment(model))
     try:
         (out_dir / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
         (out_dir / f"{stem}_summary.md").write_text(summary_markdown(summary, stem) + "\n")
