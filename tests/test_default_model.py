@@ -1,20 +1,18 @@
 """The embedded SmolLM2-135M-Instruct: scopes against an independent Hugging Face computation."""
 
-import warnings
-
 import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import reference_jacobian, reference_scores
+from tiny_models import assert_close, reference_jacobian, reference_scores
 from tl_jacobian_scopes.models.loading import has_hooked_transformer, hooked_from_hf, load_default_hf_model
 
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tjs.load_default_model(device="cpu")
+@pytest.fixture
+def model(default_model):
+    return default_model  # loaded once per session (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +21,6 @@ def reference():
     hf, tokenizer = load_default_hf_model()
     hf.config._attn_implementation = "eager"
     return hf, tokenizer
-
-
-def _close(actual, expected, rtol=1e-4):
-    expected = expected.to(actual.dtype)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
 
 
 def test_default_model_predicts_paris(model):
@@ -61,7 +54,7 @@ def test_scopes_match_independent_hf_computation(model, reference):
         (tjs.fisher_scope(model, PROMPT, rank=None), dict(scope="fisher", rank=None)),
     ]
     for result, spec in cases:
-        _close(result.scores, reference_scores(J, y, W_U, b_U, **spec))
+        assert_close(result.scores, reference_scores(J, y, W_U, b_U, **spec))
     assert cases[2][0].params["y_norm"] == pytest.approx(float(y.norm()), rel=1e-4)
 
 
@@ -70,7 +63,7 @@ def test_teacher_forced_position_matches_reference(model, reference):
     tokens = model.to_tokens(PROMPT)[0]
     J, y, W_U, b_U = reference_jacobian(hf, tokens, 3, row_chunk=32)
     result = tjs.fisher_scope(model, PROMPT, position=3, rank=1)
-    _close(result.scores, reference_scores(J, y, W_U, b_U, scope="fisher", rank=1))
+    assert_close(result.scores, reference_scores(J, y, W_U, b_U, scope="fisher", rank=1))
     assert torch.all(result.scores[4:] == 0)
 
 
@@ -88,36 +81,9 @@ def test_hooked_transformer_and_bridge_agree(model):
     ]:
         a, b = fn(hooked, PROMPT, internals=True, **kwargs), fn(bridge, PROMPT, internals=True, **kwargs)
         assert a.str_tokens == b.str_tokens
-        _close(a.scores, b.scores, rtol=2e-4)
+        assert_close(a.scores, b.scores, rtol=2e-4)
         for site in ("layer", "attn", "mlp", "head"):
-            _close(a.internal(site), b.internal(site), rtol=2e-3)
-
-
-def test_processed_weights_behaviour(model):
-    """fold_ln + center_unembed (docs/method.md §2.5): exact Fisher and logit differences are invariant;
-    Temperature is refused; single-target Semantic and rank-k Fisher change, with a warning."""
-    hf, tokenizer = load_default_hf_model()
-    if tjs.models.backend_name(model) == "hooked":
-        processed = hooked_from_hf(hf, tokenizer, "cpu")
-        processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
-    else:
-        processed = tjs.models.bridge_from_hf(hf, tokenizer, tjs.DEFAULT_MODEL_NAME, device="cpu")
-        processed.enable_compatibility_mode(disable_warnings=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", tjs.ProcessedWeightsWarning)  # invariant: no warning
-        _close(tjs.fisher_scope(processed, PROMPT, rank=None).scores, tjs.fisher_scope(model, PROMPT, rank=None).scores, rtol=1e-3)
-        kw = dict(target=" Paris", contrast=" Rome")
-        _close(tjs.semantic_scope(processed, PROMPT, **kw).scores, tjs.semantic_scope(model, PROMPT, **kw).scores, rtol=1e-3)
-        tjs.semantic_scope(model, PROMPT, target=" Paris")  # raw weights: no warning
-
-    with pytest.raises(tjs.ProcessedWeightsError, match="fold"):
-        tjs.temperature_scope(processed, PROMPT)
-    with pytest.warns(tjs.ProcessedWeightsWarning, match="center"):
-        centered = tjs.semantic_scope(processed, PROMPT, target=" Paris")
-    assert not torch.allclose(centered.scores, tjs.semantic_scope(model, PROMPT, target=" Paris").scores, rtol=1e-2)
-    with pytest.warns(tjs.ProcessedWeightsWarning, match="eigen"):
-        tjs.fisher_scope(processed, PROMPT, rank=1)
+            assert_close(a.internal(site), b.internal(site), rtol=2e-3)
 
 
 def test_temperature_runtime_guard_catches_unflagged_folding(model, monkeypatch):

@@ -17,9 +17,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tjs.load_default_model(device="cpu")
+@pytest.fixture
+def model(default_model):
+    return default_model  # loaded once per session (conftest.py)
 
 
 def test_stochastic_fisher_ranks_like_exact_at_recommended_probes(model):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import BACKENDS, KINDS, reference_internal_jacobians, reference_internal_scores, tiny_model
+from tiny_models import BACKENDS, KINDS, assert_close, reference_internal_jacobians, reference_internal_scores, tiny_model
 
 PROMPT = "the cat sat on the mat and the dog ran to the"
 
@@ -17,11 +17,6 @@ def tiny(request):
     position = 9
     jacobians, (y, W_U, b_U) = reference_internal_jacobians(hf, tokens, position, model.cfg.n_heads)
     return model, position, jacobians, (y, W_U, b_U)
-
-
-def _close(actual, expected, rtol=1e-4):
-    expected = expected.to(actual.dtype)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize(
@@ -46,9 +41,9 @@ def test_internal_maps_match_brute_force(tiny, scope, kwargs, ref):
         expected = torch.stack([reference_internal_scores(J, y, W_U, b_U, **ref) for J in jacobians[site]])
         if site == "head":
             expected = expected.transpose(1, 2)  # [L, pos, heads] -> [L, heads, pos]
-        _close(getattr(result, f"{site}_scores"), expected)
+        assert_close(getattr(result, f"{site}_scores"), expected)
     # Layer 0 is the token scope, and nothing after the explained position matters.
-    _close(result.layer_scores[0], result.scores, rtol=1e-5)
+    assert_close(result.layer_scores[0], result.scores, rtol=1e-5)
     assert torch.all(result.layer_scores[:, position + 1 :] == 0)
     assert torch.all(result.head_scores[..., position + 1 :] == 0)
 

@@ -10,7 +10,9 @@ import torch
 
 import tl_jacobian_scopes as tjs
 from tiny_models import tiny_model
+from tl_jacobian_scopes import cli
 from tl_jacobian_scopes.cli import main
+from tl_jacobian_scopes.models import loading
 
 PROMPT = "the cat sat on the mat and the dog ran to the"
 
@@ -19,6 +21,28 @@ PROMPT = "the cat sat on the mat and the dog ran to the"
 def result():
     model, _ = tiny_model("gpt2", "bridge")
     return tjs.semantic_scope(model, PROMPT, target="dog", contrast="cat", position=8)
+
+
+@pytest.fixture
+def session_model_in_cli(default_model, monkeypatch):
+    """The command line gets the session's default model instead of loading it again.
+
+    The CLI loads through ``models.loading.load_model``; the default model (no ``--model``,
+    default backend) is answered with the session's copy, anything else goes to the real loader.
+    """
+    real, calls = loading.load_model, []
+
+    def load_model(name=None, device=None, backend=None):
+        if name is None and backend in (None, loading.default_backend()):
+            calls.append(name)
+            return default_model
+        return real(name, device=device, backend=backend)
+
+    monkeypatch.setattr(loading, "load_model", load_model)
+    if hasattr(cli, "load_model"):  # a module-level import of the loader
+        monkeypatch.setattr(cli, "load_model", load_model)
+    yield
+    assert calls, "the CLI no longer loads through models.loading.load_model: update this fixture"
 
 
 def test_top_is_sorted_and_consistent(result):
@@ -51,7 +75,7 @@ def test_dict_round_trip(result, tmp_path):
     assert "semantic" in repr(result) and "'dog' vs 'cat'" in repr(result)
 
 
-def test_cli_on_default_model(capsys, tmp_path):
+def test_cli_on_default_model(capsys, tmp_path, session_model_in_cli):
     out = tmp_path / "r.json"
     assert main(["The capital of France is", "--scope", "fisher", "--json", str(out)]) == 0
     text = capsys.readouterr().out
@@ -65,7 +89,7 @@ def test_cli_on_default_model(capsys, tmp_path):
     assert "vs contrast ' Rome'" in capsys.readouterr().out
 
 
-def test_cli_errors_exit_2(capsys):
+def test_cli_errors_exit_2(capsys, session_model_in_cli):
     assert main(["hello", "--scope", "fischer"]) == 2
     assert "Did you mean 'fisher'" in capsys.readouterr().err
     assert main(["The capital", "--scope", "semantic", "--target", " Paris France"]) == 2
@@ -80,7 +104,7 @@ def test_console_script_is_installed():
     assert "--scope" in proc.stdout
 
 
-def test_cli_positions_samples_internals(capsys, tmp_path):
+def test_cli_positions_samples_internals(capsys, tmp_path, session_model_in_cli):
     assert main(["The capital of France is", "--scope", "semantic", "--target", "next", "--positions", "3,5"]) == 0
     out = capsys.readouterr().out
     assert "at 2 positions" in out and "-> ' Paris'" in out and "-> ' France'" in out

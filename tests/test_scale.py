@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import BACKENDS, tiny_model
+from tiny_models import BACKENDS, assert_close, tiny_model
 
 PROMPTS = ["the cat sat on the mat", "a dog ran to the big red house and it", "the sun", "we love food"]
 
@@ -12,10 +12,6 @@ PROMPTS = ["the cat sat on the mat", "a dog ran to the big red house and it", "t
 @pytest.fixture(scope="module", params=BACKENDS)
 def model(request):
     return tiny_model("llama", request.param)[0]
-
-
-def _close(a, b, rtol=1e-4):
-    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -39,16 +35,16 @@ def test_batch_equals_one_by_one(model, scope, kwargs, padding_side):
         want = tjs.jacobian_scope(model, prompt, scope, **single_kwargs)
         assert got.str_tokens == want.str_tokens and got.position == want.position
         assert got.target == want.target and got.target_prob == pytest.approx(want.target_prob, rel=1e-4)
-        _close(got.scores, want.scores)
+        assert_close(got.scores, want.scores)
         if kwargs.get("internals"):
             for site in ("layer", "attn", "mlp", "head"):
-                _close(got.internal(site), want.internal(site), rtol=1e-3)
+                assert_close(got.internal(site), want.internal(site), rtol=1e-3)
 
 
 def test_batch_positions_per_prompt(model):
     batch = tjs.fisher_scope(model, PROMPTS[:2], position=[2, -2])
     assert [r.position for r in batch] == [2, len(batch[1].str_tokens) - 2]
-    _close(batch[1].scores, tjs.fisher_scope(model, PROMPTS[1], position=-2).scores)
+    assert_close(batch[1].scores, tjs.fisher_scope(model, PROMPTS[1], position=-2).scores)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +65,7 @@ def test_many_positions_equal_separate_calls(model, scope, kwargs):
             single_kwargs["target"] = int(tokens[pos + 1]) if pos + 1 < n else None
         want = tjs.jacobian_scope(model, text, scope, position=pos, **single_kwargs)
         assert matrix[pos].target == want.target
-        _close(matrix.scores[pos], want.scores)
+        assert_close(matrix.scores[pos], want.scores)
     df = matrix.to_dataframe()
     assert len(df) == n * n and set(df.columns) >= {"explained", "target", "position", "token", "score"}
 
@@ -77,21 +73,32 @@ def test_many_positions_equal_separate_calls(model, scope, kwargs):
 def test_batch_of_many_positions(model):
     out = tjs.temperature_scope(model, PROMPTS[:2], positions=[1, 2])
     assert [len(m) for m in out] == [2, 2]
-    _close(out[1][1].scores, tjs.temperature_scope(model, PROMPTS[1], position=2).scores)
+    assert_close(out[1][1].scores, tjs.temperature_scope(model, PROMPTS[1], position=2).scores)
 
 
 def test_stochastic_fisher_is_unbiased(model):
-    """The estimate lies within a few of its own standard errors of the exact trace."""
+    """The estimate lies within a few of its own standard errors of the exact trace.
+
+    Scale-free: z = (estimate - exact) / stderr per token. Per token |z| < 4.5, and the mean
+    z over tokens stays within ±3 (the tokens share probes, so their z move together and
+    their mean does not shrink). At 512 probes this refuses a 20% bias (checked below on
+    the same run) and, in most seeds, a 10-15% one.
+    """
     text = PROMPTS[1]
     exact = tjs.fisher_scope(model, text, rank=None)
-    for deflate in (0, 4):
-        est = tjs.fisher_scope(model, text, rank=None, samples=4000, deflate=deflate, seed=1)
+    live = exact.scores > 0
+
+    def unbiased_looking(scores, stderr):
+        z = ((scores - exact.scores) / stderr.clamp_min(1e-12))[live]
+        return float(z.abs().max()) < 4.5 and abs(float(z.mean())) < 3.0
+
+    for deflate in (4, 0):
+        est = tjs.fisher_scope(model, text, rank=None, samples=512, deflate=deflate, seed=1)
         assert est.stderr is not None and est.stderr.shape == exact.scores.shape
         assert est.params["estimator"] == "stochastic"
-        z = (est.scores - exact.scores).abs() / est.stderr.clamp_min(1e-12)
-        live = exact.scores > 0
-        assert float(z[live].max()) < 4.5, z
-        assert float(z[live].mean()) < 1.5  # |N(0,1)| has mean 0.8
+        assert unbiased_looking(est.scores, est.stderr), (est.scores, exact.scores, est.stderr)
+    # Probes √1.2 too long (at deflate=0 all of the estimate is stochastic): refused.
+    assert not unbiased_looking(1.2 * est.scores, 1.2 * est.stderr)
     # Deflation removes the dominant directions from the noise: smaller errors.
     plain = tjs.fisher_scope(model, text, rank=None, samples=200, deflate=0, seed=3)
     deflated = tjs.fisher_scope(model, text, rank=None, samples=200, deflate=8, seed=3)
@@ -136,8 +143,8 @@ def test_long_lists_run_in_sub_batches(model, scope, kwargs):
     split = tjs.jacobian_scope(model, PROMPTS, scope, batch_size=3, position=[-1, -2, -1, -1], **kwargs)
     assert len(split) == len(PROMPTS)
     for i in (0, 2, 3):
-        _close(split[i].scores, whole[i].scores)
-    _close(split[1].scores, tjs.jacobian_scope(model, PROMPTS[1], scope, position=-2,
+        assert_close(split[i].scores, whole[i].scores)
+    assert_close(split[1].scores, tjs.jacobian_scope(model, PROMPTS[1], scope, position=-2,
                                                **({"target": "dog"} if scope == "semantic" else {})).scores)
     with pytest.raises(tjs.ScopeError, match="batch_size"):
         tjs.jacobian_scope(model, PROMPTS, scope, batch_size=0, **kwargs)

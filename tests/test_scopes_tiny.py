@@ -1,10 +1,15 @@
 """Every scope against a brute-force Jacobian on tiny random models, on every backend."""
 
+import warnings
+
 import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import BACKENDS, KINDS, reference_jacobian, reference_scores, tiny_model
+from tiny_models import (
+    BACKENDS, KINDS, assert_close, reference_jacobian, reference_scores, tiny_hf_model, tiny_model, tiny_tokenizer,
+)
+from tl_jacobian_scopes.models.loading import bridge_from_hf, hooked_from_hf
 
 PROMPT = "the cat sat on the mat and the dog ran to the"
 
@@ -14,11 +19,6 @@ def tiny(request):
     kind, backend = request.param
     model, hf = tiny_model(kind, backend)
     return model, hf
-
-
-def _close(actual, expected, rtol=1e-4):
-    expected = expected.to(actual.dtype)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize("position", [-1, 5])
@@ -43,7 +43,7 @@ def test_all_scopes_match_brute_force_jacobian(tiny, position):
     for result, spec in cases:
         expected = reference_scores(J, y, W_U, b_U, **spec)
         assert result.scores.shape == (len(tokens),)
-        _close(result.scores, expected)
+        assert_close(result.scores, expected)
         assert result.position == pos
 
 
@@ -51,7 +51,7 @@ def test_exact_fisher_equals_rank_d(tiny):
     model, _ = tiny
     exact = tjs.fisher_scope(model, PROMPT, rank=None)
     full = tjs.fisher_scope(model, PROMPT, rank=model.cfg.d_model)
-    _close(exact.scores, full.scores, rtol=1e-5)
+    assert_close(exact.scores, full.scores, rtol=1e-5)
     assert exact.params["captured_trace"] == pytest.approx(1.0)
     # Rank 1 captures part of the trace, so its scores are strictly smaller in total.
     rank1 = tjs.fisher_scope(model, PROMPT, rank=1)
@@ -93,3 +93,38 @@ def test_semantic_contrast_is_linear_in_probe(tiny):
     contrast = tjs.semantic_scope(model, PROMPT, target="dog", contrast="cat")
     assert contrast.contrast_str == "cat" and contrast.contrast_prob is not None
     assert not torch.allclose(plain.scores, contrast.scores)
+
+
+def _processed_copy(kind, backend):
+    """The same tiny model with TransformerLens's weight processing (fold_ln, centering)."""
+    hf, tok = tiny_hf_model(kind), tiny_tokenizer()
+    if backend == "hooked":
+        processed = hooked_from_hf(hf, tok, device="cpu")
+        processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    else:
+        processed = bridge_from_hf(hf, tok, f"tiny-{kind}", device="cpu")
+        processed.enable_compatibility_mode(disable_warnings=True)
+    return processed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_processed_weights_behaviour(kind, backend):
+    """fold_ln + center_unembed (docs/method.md): exact Fisher and logit differences are invariant;
+    Temperature is refused; single-target Semantic and rank-k Fisher change, with a warning."""
+    model, _ = tiny_model(kind, backend)
+    processed = _processed_copy(kind, backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tjs.ProcessedWeightsWarning)  # invariant: no warning
+        assert_close(tjs.fisher_scope(processed, PROMPT, rank=None).scores, tjs.fisher_scope(model, PROMPT, rank=None).scores, rtol=1e-3)
+        kw = dict(target="dog", contrast="cat")
+        assert_close(tjs.semantic_scope(processed, PROMPT, **kw).scores, tjs.semantic_scope(model, PROMPT, **kw).scores, rtol=1e-3)
+        raw = tjs.semantic_scope(model, PROMPT, target="dog")  # raw weights: no warning
+
+    with pytest.raises(tjs.ProcessedWeightsError, match="fold"):
+        tjs.temperature_scope(processed, PROMPT)
+    with pytest.warns(tjs.ProcessedWeightsWarning, match="center"):
+        centered = tjs.semantic_scope(processed, PROMPT, target="dog")
+    assert not torch.allclose(centered.scores, raw.scores, rtol=1e-2)
+    with pytest.warns(tjs.ProcessedWeightsWarning, match="eigen"):
+        tjs.fisher_scope(processed, PROMPT, rank=1)

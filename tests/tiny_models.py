@@ -234,3 +234,10 @@ def reference_internal_scores(J, y, W_U, b_U, scope: str, target=None, rank=None
     evals, evecs = torch.linalg.eigh(F)
     proj = torch.einsum("ok,oci->kci", evecs[:, -rank:], flat)
     return (evals[-rank:, None] * proj.pow(2).sum(-1)).sum(0).reshape(J.shape[1:-1])
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """``actual ≈ expected`` to ``rtol``, with an absolute floor of ``rtol`` times the largest
+    ``|expected|`` (tiny scores next to large ones are compared at the large ones' scale)."""
+    expected = expected.to(actual.dtype)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
