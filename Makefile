@@ -1,7 +1,7 @@
 # Set up, run, test: `make run` and `make test` (README, "Set up, run, test").
 #
 #   make run            set up if needed, then a Fisher scope of the embedded default model
-#   make test           set up if needed, then the test suite (TransformerLens 4.x, in .venv)
+#   make test           set up if needed, then the type check and the test suite (TransformerLens 4.x, in .venv)
 #   make test TL=3      the same on TransformerLens 3.9 (in .venv-tl3)
 #   make setup          only the set-up; a no-op when pyproject.toml and the lock are unchanged
 #   make lock           rewrite constraints/tl$(TL).txt from what is installed in $(VENV)
@@ -47,8 +47,11 @@ $(STAMP): pyproject.toml $(LOCK)
 run: setup
 	$(VENV)/bin/tl-jacobian-scopes "The capital of France is" --scope fisher
 
+# The type check ([tool.mypy] in pyproject.toml: strict, the package) runs with the tests; both
+# always run, and either failing fails the target.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@$(PY) -m mypy; typed=$$?; $(PY) -m pytest -q $(PYTEST_ARGS); tested=$$?; \
+	 [ $$typed -eq 0 ] || echo "mypy --strict found type errors (above)"; exit $$((typed || tested))
 
 lock:
 	@test -x $(PY) || { echo "no $(VENV): run 'make setup TL=$(TL)' first"; exit 1; }

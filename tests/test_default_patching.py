@@ -7,7 +7,6 @@ exactly 0). Measured values and their environment are in README.md ("Faithfulnes
 patching"); they agree to 3 decimals on TransformerLens 3.9 and 4.3.
 """
 
-import sys
 
 import pytest
 import torch
@@ -22,18 +21,6 @@ PAIRS = [
     ("The Eiffel Tower is located in the city of", "The Colosseum is located in the city of", " Paris", " Rome"),
     ("The sun rises in the", "The sun sets in the", " east", " west"),
 ]
-
-
-def _shared_fixture() -> bool:
-    """Whether tests/conftest.py already provides ``default_model`` (session-scoped)."""
-    return hasattr(sys.modules.get("conftest"), "default_model")
-
-
-if not _shared_fixture():
-
-    @pytest.fixture(scope="module")
-    def default_model():
-        return tjs.load_default_model(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,13 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes.evaluation import spearman  # tie-aware (average ranks)
 from tl_jacobian_scopes.models.loading import bridge_from_hf, default_backend, hooked_from_hf, load_default_hf_model
 
 TEXT = (
     "The old lighthouse keeper climbed the stairs every night, lit the lamp, and watched the ships "
     "pass safely into the harbor of the"
 )
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
 @pytest.fixture

@@ -288,7 +288,7 @@ def test_residual_patching_map_matches_transformer_lens_patching(tiny):
 def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
     """Each cell's estimate equals d/dε LD(a_corrupted + ε (a_clean - a_corrupted)) at ε = 0,
     measured by central finite differences of real patched forward passes (no autograd)."""
-    from tl_jacobian_scopes.evaluation.patching import attribution_patching_map, logit_difference
+    from tl_jacobian_scopes.evaluation.patching import logit_difference
 
     model, _ = tiny
     clean, corrupted = "the cat sat on the mat", "the dog sat on the red"
