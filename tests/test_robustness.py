@@ -200,3 +200,10 @@ def test_baselines_take_the_scopes_arguments(model):
     assert [r.position for r in loo] == [3, loo[1].n_tokens - 1]
     assert float(loo[0].scores[4:].abs().sum()) == 0.0  # causality
     torch.testing.assert_close(loo[1].scores, tjs.leave_one_out(model, PROMPT).scores, rtol=1e-4, atol=1e-7)
+
+
+def test_a_forward_pass_that_skips_the_unembedding_hook_is_a_clear_error():
+    model = tiny_model("gpt2", "bridge", seed=7)[0]
+    model.forward = lambda *args, **kwargs: torch.zeros(1)  # never reaches unembed.hook_in
+    with pytest.raises(tjs.MissingHookError, match="never reached 'unembed.hook_in'"):
+        tjs.semantic_scope(model, PROMPT)

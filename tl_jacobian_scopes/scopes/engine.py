@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import ScopeMemoryError
+from ..errors import MissingHookError, ScopeMemoryError
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK
 
@@ -78,7 +78,11 @@ def forward_to_final_hidden(
         except _StopForward:
             pass
     if state.y.numel() == 0:
-        raise RuntimeError(f"The forward pass never reached '{FINAL_HOOK}'.")
+        raise MissingHookError(
+            f"The forward pass never reached '{FINAL_HOOK}', where the scopes read y: a hook that ends the "
+            "forward pass early, or a model whose unembedding hook is not called. Remove such hooks, or load "
+            "the model with TransformerLens so that the hook fires."
+        )
     return state
 
 
