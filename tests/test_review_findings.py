@@ -155,3 +155,31 @@ def test_contrast_equal_to_the_next_token_names_the_next_token(model):
     with pytest.raises(ScopeError) as info:
         tjs.semantic_scope(model, ids, position=1, target="next", contrast=int(ids[2]))
     assert "top prediction" not in str(info.value)
+
+
+def test_model_loaded_under_inference_mode_is_refused_and_left_as_it_was():
+    """Parameters made under torch.inference_mode() are inference tensors: the forward pass
+    fails with a plain RuntimeError, then frozen()'s own restoration raises ('Setting
+    requires_grad=True on inference tensor outside InferenceMode'), which skips the rest of
+    the restoration: every parameter is left with requires_grad=False and every module in
+    eval mode."""
+    with torch.inference_mode():
+        model = tiny_model("llama", "bridge")[0]
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    with pytest.raises(ScopeError, match="inference_mode"):
+        tjs.semantic_scope(model, PROMPT)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert [m.training for m in model.modules()] == modes
+
+
+@pytest.mark.parametrize("name", ["gradient_x_input", "integrated_gradients", "path_semantic_scope"])
+def test_every_public_method_pickles(name):
+    """semantic_scope and leave_one_out pickle, but the methods whose strategy is a closure
+    (vjp_strategy's lambda, _path's inner function) do not: they cannot be sent to worker
+    processes (multiprocessing, joblib) as the refactor's predecessors, plain functions, could."""
+    import pickle
+
+    scope = getattr(tjs, name)
+    assert pickle.loads(pickle.dumps(scope)).method.name == scope.method.name
