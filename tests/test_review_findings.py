@@ -183,3 +183,24 @@ def test_every_public_method_pickles(name):
 
     scope = getattr(tjs, name)
     assert pickle.loads(pickle.dumps(scope)).method.name == scope.method.name
+
+
+def test_processed_weights_warning_points_at_the_callers_line():
+    """_semantic warns with stacklevel=4, which lands on Scope.__call__ in scopes/api.py
+    (one frame short since the driver refactor): every warning reports api.py:105, so the
+    default filter shows it once per session whatever the call site, and a filter on the
+    user's module cannot match it."""
+    import warnings
+
+    from tl_jacobian_scopes.errors import ProcessedWeightsWarning
+
+    model = tiny_model("llama", "bridge")[0]
+    with torch.no_grad():
+        head = model.original_model.lm_head.weight
+        head -= head.mean(dim=0, keepdim=True)  # center_unembed=True, by hand
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tjs.semantic_scope(model, PROMPT)
+    found = [w for w in caught if issubclass(w.category, ProcessedWeightsWarning)]
+    assert found, "the centered W_U should be reported"
+    assert found[0].filename == __file__
