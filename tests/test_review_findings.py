@@ -204,3 +204,29 @@ def test_processed_weights_warning_points_at_the_callers_line():
     found = [w for w in caught if issubclass(w.category, ProcessedWeightsWarning)]
     assert found, "the centered W_U should be reported"
     assert found[0].filename == __file__
+
+
+def test_one_backward_per_probe_fallback_works_when_all_probes_fit_one_chunk(model):
+    """batched_vjp tries the vectorized backward with retain_graph=False on the last (here:
+    the only) chunk; when vmap refuses an op, that attempt has already freed the graph, so
+    the per-probe fallback fails with 'Trying to backward through the graph a second time'
+    (a plain RuntimeError) instead of computing the scores. Here the unbatchable op is an
+    identity autograd.Function whose backward reads a value (data-dependent under vmap)."""
+
+    class Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            assert float(grad.abs().sum()) >= 0  # .item(): no batching rule
+            return grad
+
+    expected = tjs.fisher_scope(model, PROMPT, rank=4)
+    model.add_hook("blocks.1.hook_resid_pre", lambda act, hook: Identity.apply(act))
+    try:
+        got = tjs.fisher_scope(model, PROMPT, rank=4)
+    finally:
+        model.reset_hooks()
+    assert torch.allclose(got.scores, expected.scores, rtol=1e-4, atol=1e-8)
