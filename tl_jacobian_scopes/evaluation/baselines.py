@@ -14,6 +14,7 @@ cross-entropy) or its logit (``"logit"``). Every baseline takes the scopes' argu
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -123,29 +124,27 @@ def _integrated(
     return out, probs
 
 
-def _path(objective: str) -> Any:
-    def strategy(plan: Plan) -> list[JobOutput]:
-        steps, reduce = plan.options["steps"], plan.options["reduce"]
-        objective_used = plan.options.get("objective", objective)
-        outputs = []
-        for job, probs in enumerate(job_distributions(plan)):
-            row, pos = plan.jobs[job]
-            target = plan.target_for(job, probs)
-            attributions, _ = _integrated(plan.access, plan.rows[row][None], pos, target, steps, (objective_used,))
-            a = attributions[objective_used]
-            scores = a.norm(dim=-1) if reduce == "l2" else a.sum(dim=-1)
-            params = {"steps": steps, "objective": objective_used, "reduce": reduce, "baseline": "zero"}
-            outputs.append(JobOutput(scores.cpu(), probs, target, params))
-        return outputs
-
-    return strategy
+def _path(plan: Plan, objective: str) -> list[JobOutput]:
+    """IG and path-Semantic: integrate along the scaled-embedding path, one job at a time."""
+    steps, reduce = plan.options["steps"], plan.options["reduce"]
+    objective = plan.options.get("objective", objective)
+    outputs = []
+    for job, probs in enumerate(job_distributions(plan)):
+        row, pos = plan.jobs[job]
+        target = plan.target_for(job, probs)
+        attributions, _ = _integrated(plan.access, plan.rows[row][None], pos, target, steps, (objective,))
+        a = attributions[objective]
+        scores = a.norm(dim=-1) if reduce == "l2" else a.sum(dim=-1)
+        params = {"steps": steps, "objective": objective, "reduce": reduce, "baseline": "zero"}
+        outputs.append(JobOutput(scores.cpu(), probs, target, params))
+    return outputs
 
 
 integrated_gradients = register(Scope(Method(
     name="ig",
     label="integrated gradients",
     score_kind="norm",
-    strategy=_path("logprob"),
+    strategy=functools.partial(_path, objective="logprob"),
     options={"steps": 16, "objective": "logprob", "reduce": "l2"},
     check_options=_check_choices,
     targeted=True,
@@ -164,7 +163,7 @@ path_semantic_scope = register(Scope(Method(
     name="path_semantic",
     label="path-integrated Semantic",
     score_kind="norm",
-    strategy=_path("logit"),
+    strategy=functools.partial(_path, objective="logit"),
     options={"steps": 16, "reduce": "l2"},
     check_options=_check_choices,
     targeted=True,

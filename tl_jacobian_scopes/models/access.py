@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import MissingHookError
+from ..errors import MissingHookError, ModelLoadError
 from .hook_names import EMBED_HOOK, FINAL_HOOK
 
 
@@ -174,8 +174,16 @@ class ModelAccess:
         """
         model = self.model
         with model_lock(model):
-            modes = [(module, module.training) for module in model.modules()]
-            flags = [(p, p.requires_grad) for p in model.parameters()]
+            modules = all_modules(model)
+            params = list({id(p): p for m in modules for p in m.parameters(recurse=False)}.values())
+            if any(p.is_inference() for p in params):
+                raise ModelLoadError(
+                    "The model's weights are inference tensors (it was loaded or moved under "
+                    "torch.inference_mode()), which autograd cannot differentiate through: load it "
+                    "outside inference_mode (loading under torch.no_grad() is fine)."
+                )
+            modes = [(module, module.training) for module in modules]
+            flags = [(p, p.requires_grad) for p in params]
             try:
                 model.eval()
                 for p, _ in flags:
@@ -183,10 +191,22 @@ class ModelAccess:
                 with torch.inference_mode(False), torch.enable_grad():
                     yield
             finally:
-                for p, flag in flags:
-                    p.requires_grad_(flag)
                 for module, training in modes:
                     module.training = training
+                for p, flag in flags:
+                    p.requires_grad_(flag)
+
+
+def all_modules(model: Any) -> list[Any]:
+    """Every module whose state a scope touches: the model's own and, for a TransformerBridge,
+    those of the wrapped Hugging Face model (``model.eval()`` reaches them, ``modules()`` does not)."""
+    found: dict[int, Any] = {}
+    roots = [model, getattr(model, "original_model", None)]
+    for root in roots:
+        if isinstance(root, torch.nn.Module):
+            for module in root.modules():
+                found.setdefault(id(module), module)
+    return list(found.values())
 
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()

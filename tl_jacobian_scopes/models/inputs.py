@@ -5,8 +5,10 @@ Every check here runs before any forward pass, and every error names the fix.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -41,6 +43,8 @@ def prepare_tokens(
             )
         tokens = access.to_tokens(prompt, prepend_bos=prepend_bos)
     else:
+        if isinstance(prompt, np.ndarray) and prompt.dtype.kind in "iu":
+            prompt = torch.from_numpy(prompt)
         if not isinstance(prompt, Tensor):
             try:
                 prompt = torch.tensor(list(prompt), dtype=torch.long)
@@ -48,6 +52,8 @@ def prepare_tokens(
                 raise PromptError(
                     f"Cannot read a prompt of type {type(prompt).__name__}: pass a string or token ids."
                 ) from exc
+        if prompt.device.type == "meta":
+            raise PromptError("The token ids are on the meta device (no values): pass real ids, e.g. model.to_tokens(text).")
         if prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
             raise PromptError(
                 f"Token ids must be integers, got dtype {prompt.dtype}: pass model.to_tokens(text)."
@@ -93,16 +99,16 @@ def resolve_position(position: Optional[int], n_tokens: int) -> int:
     """
     if position is None:
         return n_tokens - 1
-    if isinstance(position, Tensor) and position.numel() == 1:
-        position = int(position)
-    if isinstance(position, bool) or not isinstance(position, int):
+    if isinstance(position, np.ndarray) and position.size == 1 or isinstance(position, Tensor) and position.numel() == 1:
+        position = position.item()
+    if isinstance(position, bool) or not isinstance(position, numbers.Integral):
         raise PositionError(f"position must be an int, got {type(position).__name__}.")
     if not -n_tokens <= position < n_tokens:
         raise PositionError(
             f"position {position} is outside the prompt of {n_tokens} tokens: use 0..{n_tokens - 1} "
             f"(or -{n_tokens}..-1 counting from the end; default is the last token)."
         )
-    return position % n_tokens
+    return int(position) % n_tokens
 
 
 def resolve_token(access: ModelAccess, token: Target, role: str = "target") -> Optional[int]:
@@ -117,7 +123,8 @@ def resolve_token(access: ModelAccess, token: Target, role: str = "target") -> O
         token = int(token)
     if isinstance(token, bool):
         raise TargetError(f"{role} must be a token string or a token id, got a bool.")
-    if isinstance(token, int):
+    if isinstance(token, numbers.Integral):
+        token = int(token)
         if not 0 <= token < access.d_vocab:
             raise TargetError(f"{role} id {token} is outside the vocabulary [0, {access.d_vocab}).")
         return token

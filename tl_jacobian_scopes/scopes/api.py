@@ -75,7 +75,11 @@ class Scope:
     def __init__(self, method: Method, name: str, doc: str):
         self.method = method
         self.__name__ = self.__qualname__ = name
-        self.__doc__ = inspect.cleandoc(doc) + "\n" + inspect.cleandoc(_COMMON_DOC)
+        common = inspect.cleandoc(_COMMON_DOC)
+        if not method.targeted:  # drop the target paragraph for methods that take none
+            start = common.index("    target:")
+            common = common[:start] + common[common.index("    position:"):]
+        self.__doc__ = inspect.cleandoc(doc) + "\n\n" + common
         self.__signature__ = _signature(method)
 
     @overload
@@ -106,6 +110,10 @@ class Scope:
 
     def __repr__(self) -> str:
         return f"<{self.method.label}: tl_jacobian_scopes.{self.__name__}>"
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Pickled by name (for multiprocessing): the same registered Scope on the other side.
+        return (_scope_named, (self.method.name,))
 
 
 def _signature(method: Method) -> inspect.Signature:
@@ -188,12 +196,19 @@ def resolve_scope(name: str) -> Scope:
     Raises:
         UnknownScopeError: naming the valid names and the closest match.
     """
-    scope = SCOPES.get(str(name).lower())
+    by_name = {**SCOPES, **{s.__name__: s for s in SCOPES.values()}}  # "ig" or "integrated_gradients"
+    scope = by_name.get(str(name).lower())
     if scope is None:
-        close = difflib.get_close_matches(str(name).lower(), SCOPES, n=1)
+        close = difflib.get_close_matches(str(name).lower(), by_name, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownScopeError(f"Unknown scope {name!r}: choose one of {sorted(SCOPES)}.{hint}")
     return scope
+
+
+def _scope_named(name: str) -> Scope:
+    import tl_jacobian_scopes  # noqa: F401  (registers the baselines)
+
+    return SCOPES[name]
 
 
 def jacobian_scope(model: Any, prompt: Any, scope: str = "fisher", **kwargs: Any) -> Any:

@@ -9,7 +9,7 @@ their probes, :func:`.runner.run_jobs`); they differ only in their probes.
 
 from __future__ import annotations
 
-import warnings
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import OptionError, ProcessedWeightsError, ProcessedWeightsWarning, TargetError
 from ..models.access import ModelAccess, is_degenerate_norm
 from . import probes as P
-from .driver import JobOutput, Plan, Strategy, check_positive_int, job_seed
+from .driver import NEXT, JobOutput, Plan, Strategy, check_positive_int, job_seed, warn_at_caller
 from .runner import ProbeMaker, Probes, run_jobs
 
 ScoreKind = Literal["norm", "quadratic", "kl", "random"]
@@ -54,8 +54,14 @@ class Method:
 
 
 def vjp_strategy(make_probes: ProbeMaker, times_input: bool = False) -> Strategy:
-    """The strategy of every gradient method: one forward pass, then VJPs with its probes."""
-    return lambda plan: run_jobs(plan, make_probes, times_input)
+    """The strategy of every gradient method: one forward pass, then VJPs with its probes.
+
+    A ``partial`` of module-level functions (not a closure), so that methods pickle."""
+    return functools.partial(_run_vjp, make_probes=make_probes, times_input=times_input)
+
+
+def _run_vjp(plan: Plan, make_probes: ProbeMaker, times_input: bool) -> list[JobOutput]:
+    return run_jobs(plan, make_probes, times_input)
 
 
 # ---- Semantic -------------------------------------------------------------------------------
@@ -64,19 +70,21 @@ def vjp_strategy(make_probes: ProbeMaker, times_input: bool = False) -> Strategy
 def _semantic_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
     target, contrast = plan.target_for(job, probs), plan.contrasts[job]
     if contrast == target:
-        raise TargetError("contrast equals the default target (the model's top prediction): pass target=.")
+        which = ("the next token in the text (target='next')" if plan.targets[job] == NEXT
+                 else "the default target (the model's top prediction)")
+        raise TargetError(f"contrast equals {which} at position {plan.jobs[job][1]}: their logit difference "
+                          "is 0. Pass another contrast or an explicit target=.")
     v = P.semantic_probe(plan.access.W_U, target, contrast)
     return Probes(v[None], torch.ones(1), quadratic=False, target=target)
 
 
 def _semantic(plan: Plan) -> list[JobOutput]:
     if any(c is None for c in plan.contrasts) and plan.access.unembed_centered():
-        warnings.warn(
+        warn_at_caller(
             "W_U was centered (center_unembed=True): Semantic scores explain the target logit "
             "minus the mean logit. Load unprocessed weights for the raw logit, or pass contrast= "
             "(logit differences are unaffected by centering).",
             ProcessedWeightsWarning,
-            stacklevel=4,
         )
     return run_jobs(plan, _semantic_probes)
 
@@ -172,12 +180,11 @@ def _fisher_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
 
 def _fisher(plan: Plan) -> list[JobOutput]:
     if plan.options["rank"] is not None and plan.access.final_norm_folded():
-        warnings.warn(
+        warn_at_caller(
             "The final norm's scale was folded into W_U (fold_ln=True or enable_compatibility_mode()): "
             "this rescales y's coordinates, which changes F's top eigen-directions, so rank-k Fisher "
             "scores differ from those of the raw model. Exact Fisher (rank=None) is invariant.",
             ProcessedWeightsWarning,
-            stacklevel=4,
         )
     return run_jobs(plan, _fisher_probes)
 

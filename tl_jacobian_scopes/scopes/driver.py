@@ -16,14 +16,18 @@ a batch (list, ``[b, pos]``)  ``list[ScopeResult]``     ``list[ScopeMatrix]``
 from __future__ import annotations
 
 import difflib
+import numbers
+import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteError, OptionError, PositionError, TargetError
+from ..errors import NonFiniteError, OptionError, PositionError, PromptError, TargetError
 from ..models.access import ModelAccess, first_non_finite_parameter
 from ..models.hook_names import internal_hook_names
 from ..models.inputs import prepare_tokens, resolve_position, resolve_token
@@ -116,19 +120,38 @@ Strategy = Callable[[Plan], list[JobOutput]]
 # ---- input validation -----------------------------------------------------------------------
 
 
+def _is_index(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def is_batch(prompt: Any) -> bool:
-    """A list of prompts or a ``[batch, pos]`` tensor (a list of ints is one prompt)."""
-    if isinstance(prompt, Tensor):
+    """A list of prompts or a ``[batch, pos]`` tensor/array (a list of ints is one prompt)."""
+    if isinstance(prompt, (Tensor, np.ndarray)):
         return prompt.ndim == 2 and prompt.shape[0] > 1
     if isinstance(prompt, (list, tuple)) and len(prompt) > 0:
-        return not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        return not all(_is_index(t) for t in prompt)
     return False
 
 
-def _as_prompts(prompt: Any, batch: bool) -> list[Any]:
+def _as_prompts(access: ModelAccess, prompt: Any, batch: bool) -> list[Any]:
+    if isinstance(prompt, np.ndarray):
+        prompt = torch.from_numpy(prompt) if prompt.dtype.kind in "iu" else prompt.tolist()
+    if isinstance(prompt, (list, tuple)) and not prompt:
+        raise PromptError("The batch is empty: pass at least one prompt.")
     if not batch:
         return [prompt]
-    return list(prompt.unbind(0)) if isinstance(prompt, Tensor) else list(prompt)
+    if not isinstance(prompt, Tensor):
+        return list(prompt)
+    pad = getattr(access.tokenizer, "pad_token_id", None)
+    ends_in_pad = [pad is not None and int(row[-1]) == pad for row in prompt]
+    if any(ends_in_pad) and not all(ends_in_pad):
+        raise PromptError(
+            f"Rows {[i for i, p in enumerate(ends_in_pad) if p]} of this [batch, pos] tensor end in the pad token "
+            f"(id {pad}): a padded batch would explain pad tokens. Pass the prompts as a list of strings or of "
+            "unpadded token-id lists; the scopes pad batches themselves."
+        )
+    return list(prompt.unbind(0))
 
 
 def _positions_for(positions: Any, n_tokens: int) -> list[int]:
@@ -136,9 +159,9 @@ def _positions_for(positions: Any, n_tokens: int) -> list[int]:
         if positions != "all":
             raise PositionError(f"positions must be a list of ints or 'all', got {positions!r}.")
         return list(range(n_tokens))
-    if isinstance(positions, Tensor):
+    if isinstance(positions, (Tensor, np.ndarray)):
         positions = positions.reshape(-1).tolist()
-    if isinstance(positions, (int, bool)) or not isinstance(positions, (Sequence, range)):
+    if isinstance(positions, (numbers.Number, bool)) or not isinstance(positions, (Sequence, range)):
         raise PositionError(
             f"positions takes a list of ints or 'all', got {positions!r}: for one position pass position={positions!r}."
         )
@@ -150,7 +173,7 @@ def _positions_for(positions: Any, n_tokens: int) -> list[int]:
 
 def _per_job(value: Any, name: str, n_rows: int, jobs: list[tuple[int, int]], batch: bool, multi: bool) -> list[Any]:
     """Broadcast a per-prompt (batch) or per-position (``positions=``) argument to jobs."""
-    if isinstance(value, Tensor) and value.numel() > 1:
+    if isinstance(value, np.ndarray) or isinstance(value, Tensor) and value.numel() > 1:
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
         return [value] * len(jobs)
@@ -181,7 +204,7 @@ def _check_options(method: "Method", options: Mapping[str, Any], access: ModelAc
     unknown = [k for k in options if k not in method.options]
     if unknown:
         valid = sorted(method.options)
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        close = difflib.get_close_matches(unknown[0], valid + list(_COMMON) + ["batch_size"], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise OptionError(
             f"{method.name} has no option {unknown[0]!r}; its options are {valid or 'none'}.{hint}"
@@ -193,8 +216,8 @@ def _check_options(method: "Method", options: Mapping[str, Any], access: ModelAc
 
 
 def check_positive_int(name: str, value: Any, low: int = 1, high: Optional[int] = None) -> None:
-    """Raise :class:`OptionError` unless ``low <= value <= high`` is an int (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    """Raise :class:`OptionError` unless ``low <= value <= high`` is an integer (not a bool)."""
+    if not _is_index(value) or value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f"≥ {low}"
         raise OptionError(f"{name} must be an int {bound}, got {value!r}.")
 
@@ -217,8 +240,10 @@ def plan_call(
     """Validate everything (before any forward pass) and list the jobs."""
     access = ModelAccess(model)
     _check_choice("padding_side", padding_side, PADDING_SIDES)
-    if not isinstance(internals, bool):
-        raise OptionError(f"internals must be True or False, got {internals!r}.")
+    for name, value in (("internals", internals), ("prepend_bos", prepend_bos), ("progress", progress)):
+        if not isinstance(value, bool) and not (value is None and name != "internals"):
+            allowed = "True or False" if name == "internals" else "None, True or False"
+            raise OptionError(f"{name} must be {allowed}, got {value!r}.")
     if internals and not method.internals:
         raise OptionError(f"{method.name} has no internal maps: internals=True works with the Jacobian scopes.")
     if internals:
@@ -232,7 +257,7 @@ def plan_call(
         raise PositionError("Pass either position= (one prediction) or positions= (many), not both.")
 
     batch = is_batch(prompt)
-    rows = [prepare_tokens(access, p, prepend_bos)[0] for p in _as_prompts(prompt, batch)]
+    rows = [prepare_tokens(access, p, prepend_bos)[0] for p in _as_prompts(access, prompt, batch)]
     multi = positions is not None
     if batch and isinstance(position, (list, tuple)) and len(position) != len(rows):
         raise PositionError(f"{len(position)} positions for {len(rows)} prompts: pass one per prompt.")
@@ -261,6 +286,14 @@ def job_seed(plan: Plan, job: int, seed: int) -> int:
     ids = plan.rows[row][: pos + 1].long().cpu()
     mixed = int((ids * (torch.arange(len(ids)) * 2 + 1)).sum()) * 7919 + pos
     return (seed * 1_000_003 + mixed) % (2**63 - 1)
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """Warn at the user's line: the first frame outside this package (filters match it)."""
+    frame, level = sys._getframe(1), 2  # level 2: the function that called warn_at_caller
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("tl_jacobian_scopes"):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level)
 
 
 # ---- running and shaping ----------------------------------------------------------------------

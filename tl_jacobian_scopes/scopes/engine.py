@@ -11,6 +11,7 @@ are not explained.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,9 +21,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import MissingHookError, ScopeMemoryError
+from ..errors import MissingHookError, ScopeError, ScopeMemoryError
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK
+
+
+#: Per thread: the models whose instrumented forward pass is running (nested calls are refused).
+_ACTIVE = threading.local()
 
 
 class _StopForward(Exception):
@@ -72,11 +77,23 @@ def forward_to_final_hidden(
 
     fwd_hooks = list(extra_hooks) + [(name, partial(add_leaf, name=name)) for name in perturb]
     fwd_hooks.append((FINAL_HOOK, capture_final))
-    with torch.enable_grad(), access.model.hooks(fwd_hooks=fwd_hooks):
-        try:
-            access.model(tokens, **forward_kwargs)
-        except _StopForward:
-            pass
+    active = _ACTIVE.__dict__.setdefault("models", set())
+    if id(access.model) in active:
+        # Our hooks are attached for the outer pass and would fire in the inner one too.
+        raise ScopeError(
+            "A scope was called on this model from inside another scope's forward pass (from a hook?): "
+            "that would mix the two calls' hooks. Collect what you need in the hook and run the second "
+            "scope after the first returns."
+        )
+    active.add(id(access.model))
+    try:
+        with torch.enable_grad(), access.model.hooks(fwd_hooks=fwd_hooks):
+            try:
+                access.model(tokens, **forward_kwargs)
+            except _StopForward:
+                pass
+    finally:
+        active.discard(id(access.model))
     if state.y.numel() == 0:
         raise MissingHookError(
             f"The forward pass never reached '{FINAL_HOOK}', where the scopes read y: a hook that ends the "
@@ -107,7 +124,7 @@ def batched_vjp(
     """
     n_probes = probes.shape[0]
     probes = probes.to(device=output.device, dtype=output.dtype)
-    batched = True
+    batched, batched_worked = True, False
     for start in range(0, n_probes, chunk_size):
         stop = min(start + chunk_size, n_probes)
         retain = stop < n_probes
@@ -118,9 +135,12 @@ def batched_vjp(
             continue
         if batched:
             try:
+                # The graph is kept until a batched pass has worked: the fallback needs it.
                 grads = torch.autograd.grad(
-                    output, inputs, grad_outputs=chunk, retain_graph=retain, is_grads_batched=True
+                    output, inputs, grad_outputs=chunk, retain_graph=retain or not batched_worked,
+                    is_grads_batched=True,
                 )
+                batched_worked = True
                 yield slice(start, stop), grads
                 continue
             except RuntimeError as exc:
