@@ -63,4 +63,5 @@ def describe(env: dict[str, Any]) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v and k != "tl_jacobian_scopes")
     model = env.get("model")
     where = f"{model['backend']} on {model['device']} ({model['dtype']}), " if model else ""
-    return f"{where}{packages}; Python {env['python']}, {env['processor']}, {env['threads']} threads"
+    threads = f"{env['threads']} thread" + ("s" if env["threads"] != 1 else "")
+    return f"{where}{packages}; Python {env['python']}, {env['processor']}, {threads}"
