@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataFileError, OptionError, OutputPathError, PromptError, UnknownScopeError
 from ..environment import describe, environment
+from ..jsonl import jsonl_objects
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..scopes.api import SCOPES, jacobian_scope
@@ -245,19 +246,11 @@ def read_texts(path: Union[str, Path]) -> list[tuple[int, str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataFileError(f"{path} cannot be read as UTF-8 text ({exc}): pass a JSONL file.") from exc
     texts = []
-    # split("\n"), not splitlines(): the latter also breaks at U+2028 etc. inside strings.
-    for lineno, line in enumerate(raw.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFileError(
-                f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}): "
-                f"each line must be an object like {{\"text\": \"...\"}}."
-            ) from None
+    for lineno, obj in jsonl_objects(path, raw, 'each line must be an object like {"text": "..."}'):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise DataFileError(f"{path}:{lineno}: expected an object with a string \"text\" field, got {line[:60]!r}.")
+            raise DataFileError(
+                f"{path}:{lineno}: expected an object with a string \"text\" field, got {json.dumps(obj)[:60]!r}."
+            )
         texts.append((lineno, obj["text"]))
     if not texts:
         raise DataFileError(f"{path} holds no texts: it needs one {{\"text\": ...}} object per line.")
@@ -302,13 +295,7 @@ def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data:
         raw = raw[: raw.rfind("\n") + 1]
         path.write_text(raw, encoding="utf-8")
     done: dict[int, dict[str, Any]] = {}
-    for lineno, line in enumerate(raw.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFileError(f"{path}:{lineno}: not a valid record ({exc.msg}): {fix}.") from None
+    for lineno, record in jsonl_objects(path, raw, fix):
         idx = record.get("id") if isinstance(record, dict) else None
         if not isinstance(idx, int) or "key" not in record:
             raise DataFileError(
