@@ -275,14 +275,23 @@ def test_views_build_without_pyplot_and_escape_everything():
 
 
 def test_default_model_periodic_influence_peaks_one_period_back():
+    """Temperature influence one period back (lag 12) beats the other non-recent lags.
+
+    Influence decays over the first half period (recency), so "non-recent" starts at lag 7;
+    lags within one of a multiple of the period are left out of the comparison. Each
+    profile is averaged over the last 6 teacher-forced steps (each step's scores divided by
+    their sum), which smooths the noise of a single forecast.
+    """
     model = tjs.load_default_model(device="cpu")
-    period, n = 12, 96
+    period, n, max_lag = 12, 96, 60
     ratios = []
     for seed in (0, 1):
         s = ts.serialize(ts.periodic(n, seed=seed, period=period, noise=0.1))
-        r = ts.forecast_scope(model, s, distribution=False)
-        by_lag = r.value_scores[::-1]  # index l - 1 holds lag l
-        others = [by_lag[lag - 1] for lag in range(4, n) if lag % period]
-        ratios.append(by_lag[period - 1] / np.mean(others))
-    # measured 3.2 and 2.6 (TransformerLens 4.3, transformers 5.24, CPU float32)
-    assert min(ratios) > 1.5, ratios
+        m = ts.forecast_scope(model, s, steps=list(range(n - 6, n)), distribution=False)
+        grid = m.by_lag(max_lag)
+        profile = np.mean(grid / grid.sum(axis=1, keepdims=True), axis=0)  # index l - 1 holds lag l
+        others = [profile[lag - 1] for lag in range(7, max_lag) if lag % period not in (period - 1, 0, 1)]
+        ratios.append(profile[period - 1] / np.mean(others))
+    print("lag-12 / other non-recent lags:", ratios)
+    # measured 2.35 and 1.86 (TransformerLens 4.3.0, transformers 5.24.0, torch 2.13 CPU float32)
+    assert min(ratios) > 1.3, ratios
