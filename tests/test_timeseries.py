@@ -295,3 +295,40 @@ def test_default_model_periodic_influence_peaks_one_period_back():
     print("lag-12 / other non-recent lags:", ratios)
     # measured 2.35 and 1.86 (TransformerLens 4.3.0, transformers 5.24.0, torch 2.13 CPU float32)
     assert min(ratios) > 1.3, ratios
+
+
+# ---- the study's bookkeeping (no model) -------------------------------------------------------
+
+
+def test_study_keys_records_by_inputs_and_reports_bad_files(tmp_path):
+    from tl_jacobian_scopes.timeseries import study
+
+    base = {"family": "lorenz", "seed": 0, "text": "15,16,", "dim": 3}
+    assert study.record_key(base) == study.record_key(dict(reversed(list(base.items()))))
+    assert study.record_key(base) != study.record_key({**base, "text": "15,17,"})
+    assert study.record_key(base) != study.record_key({**base, "dim": 4})
+    (tmp_path / "records.jsonl").write_text('{"key": "a"}\n\nnot json\n')
+    with pytest.raises(tjs.DataFileError, match=r"records.jsonl:3"):
+        study._load(tmp_path / "records.jsonl")
+    assert study.main(["--families", "lorenz,chaos", "--out", str(tmp_path)]) == 2
+    assert study.main(["--seeds", "x", "--out", str(tmp_path)]) == 2
+    assert study.main(["--length", "12", "--out", str(tmp_path)]) == 2
+    assert study.plan_steps(120, 3, 5) == [109, 114, 119]
+
+
+def test_study_summary_has_intervals_over_seeds():
+    from tl_jacobian_scopes.timeseries import study
+
+    rng = np.random.default_rng(0)
+    records = []
+    for seed in range(6):
+        rows = [{**{k: float(rng.normal(0.3, 0.05)) for k in study.STATS}, "parrot_agree": True, "parrot_prob": 0.1,
+                 "parrot_error": 1.0, "model_error": 2.0, "persistence_error": 3.0} for _ in range(3)]
+        records.append({"family": "lorenz", "result": {"scopes": {"temperature": rows},
+                                                       "ynorm_std": {"spearman": -0.5 + 0.01 * seed}}})
+    summary = study.summarize(records, ["temperature"], ["lorenz"])
+    c = summary["lorenz"]["temperature"]["shape_partial"]
+    assert c["n"] == 6 and c["lo"] < 0.3 < c["hi"] and c["hi"] - c["lo"] < 0.2
+    meta = {"model": "m", "length": 120, "steps": 3, "spacing": 5, "dim": 3, "recency": 5, "k": 3, "env": "e"}
+    text = study.summary_markdown(summary, ["temperature"], meta)
+    assert "| lorenz | 6 | temperature |" in text and "[" in text

@@ -270,11 +270,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         done = _load(path)
         import tl_jacobian_scopes as tjs
 
-        model = tjs.load_default_model(device=args.device)
+        model = None if args.summary_only else tjs.load_default_model(device=args.device)
         model_name = tjs.DEFAULT_MODEL_NAME
         meta = {"model": model_name, "length": args.length, "steps": args.steps, "spacing": args.spacing,
                 "dim": args.dim, "recency": args.recency, "k": args.k, "env": _env()}
-        if args.timing:
+        if args.timing and model is not None:
             result = timing(model)
             result["env"] = meta["env"]
             (out / "timing.json").write_text(json.dumps(result, indent=2) + "\n")
