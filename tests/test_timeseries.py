@@ -166,6 +166,13 @@ def test_later_digit_is_teacher_forced():
     assert abs(f.probs[lead * 10 : lead * 10 + 10].sum() - 1) < 1e-9
     with pytest.raises(tjs.OptionError, match="token"):
         ts.forecast_scope(model, SERIES, steps=[10], token=2)
+    # after the series' end: conditioned on the most probable value's leading digit
+    first = ts.forecast_scope(model, SERIES)
+    second = ts.forecast_scope(model, SERIES, token=1)
+    lead = first.forecast.mode_value // 10
+    assert second.result.position == first.result.position + 1
+    assert second.result.str_tokens[-1] == str(lead) and len(second.value_scores) == len(SERIES)
+    assert abs(second.forecast.probs[lead * 10 : lead * 10 + 10].sum() - 1) < 1e-9
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..errors import OptionError, PromptError
-from ..models.access import ModelAccess
+from ..models.access import ModelAccess, model_lock
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
 from .serialize import Serialized, serialize
@@ -245,7 +245,7 @@ def _hf_model(model: Any) -> Any:
         return None
     try:
         with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(hf.config)
+            plain = AutoModelForCausalLM.from_config(hf.config)  # type: ignore[no-untyped-call]
         wanted = plain.state_dict()
         state = {}
         for key, value in hf.state_dict(keep_vars=True).items():
@@ -266,9 +266,10 @@ def _hf_model(model: Any) -> Any:
                 owner._buffers[attr] = buffers[name]
         if any(t.is_meta for t in list(plain.parameters()) + list(plain.buffers())):
             return None
-        bias = getattr(hf.get_output_embeddings(), "bias", None)
-        if bias is not None and getattr(plain.get_output_embeddings(), "bias", None) is None and bool(bias.detach().abs().max() > 0):
-            return None
+        head, plain_head = hf.get_output_embeddings(), plain.get_output_embeddings()  # type: ignore[no-untyped-call]
+        bias = getattr(head, "bias", None)
+        if bias is not None and getattr(plain_head, "bias", None) is None and bool(bias.detach().abs().max() > 0):
+            return None  # a bias the plain model would drop
     except Exception:  # an architecture we cannot rebuild: fall back to full forward passes
         return None
     return plain.eval()
@@ -279,7 +280,7 @@ def _context_pass(access: ModelAccess, ids: list[int]) -> tuple[torch.Tensor, to
     model = access.model
     tokens = torch.tensor([ids], device=access.input_device)
     hf = _hf_model(model)
-    with torch.no_grad():
+    with model_lock(model), torch.no_grad():  # one call at a time per model, as the scopes do
         if hf is not None:
             out = hf(input_ids=tokens, use_cache=True, output_hidden_states=True)
             logp = torch.log_softmax(out.logits[0].double(), -1)
@@ -303,7 +304,7 @@ def _branch_logprobs(
     out: list[torch.Tensor] = []
     model, device = access.model, access.input_device
     hf, cache = cache if cache is not None else (None, None)
-    with torch.no_grad():
+    with model_lock(model), torch.no_grad():
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             width = max(len(prefix) for _, prefix in part)
@@ -340,7 +341,7 @@ def _branch_logprobs(
 
 def forecast_distributions(
     access: ModelAccess, ids: list[int], positions: Sequence[int], paths: list[list[int]],
-    prefixes: Optional[Sequence[Sequence[int]]] = None, context: Optional[tuple] = None,
+    prefixes: Optional[Sequence[Sequence[int]]] = None, context: Optional[tuple[Any, Any, Any]] = None,
 ) -> tuple[list[tuple[np.ndarray, float]], list[float]]:
     """Exact distributions over the candidates at each position (one cached pass, batched branches).
 
@@ -433,7 +434,7 @@ class ForecastResult:
 
     def to_dataframe(self) -> Any:
         """One row per context value: index, lag, value (written and in units), score, separator score."""
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 
         idx = np.arange(len(self.values))
         return pd.DataFrame({
@@ -441,7 +442,7 @@ class ForecastResult:
             "score": self.value_scores, "sep_score": self.sep_scores,
         })
 
-    def mechanism(self, dim: int = 3, recency: int = 5, k: int = 3):
+    def mechanism(self, dim: int = 3, recency: int = 5, k: int = 3) -> Any:
         """Parroting-versus-recency statistics of this step (docs/method.md §8); see
         :func:`tl_jacobian_scopes.timeseries.mechanism.mechanism_stats`."""
         from .mechanism import mechanism_stats
@@ -449,14 +450,14 @@ class ForecastResult:
         return mechanism_stats(self.series.values[: self.step].astype(np.float64), self.value_scores,
                                dim=dim, recency=recency, k=k, forecast=self.forecast)
 
-    def plot(self):
+    def plot(self) -> Any:
         """The paper's figure: influence bars over the context with the series on a second
         axis and the forecast marked, and the forecast distribution with the true value."""
         from .views import plot_forecast
 
         return plot_forecast(self)
 
-    def show(self):
+    def show(self) -> Any:
         """A CircuitsVis view: the values coloured by influence, with the forecast."""
         from .views import show_forecast
 
@@ -480,7 +481,7 @@ class ForecastMatrix:
     def __getitem__(self, i: int) -> ForecastResult:
         return self.steps_results[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ForecastResult]:
         return iter(self.steps_results)
 
     @property
@@ -524,7 +525,7 @@ class ForecastMatrix:
 
     def mechanism(self, dim: int = 3, recency: int = 5, k: int = 3) -> Any:
         """One row of mechanism statistics per step (steps too short for the embedding are skipped)."""
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 
         rows = []
         for r in self.steps_results:
@@ -535,18 +536,18 @@ class ForecastMatrix:
 
     def to_dataframe(self) -> Any:
         """One row per (step, context value)."""
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 
         frames = [r.to_dataframe().assign(step=r.step) for r in self.steps_results]
         return pd.concat(frames, ignore_index=True)
 
-    def plot(self):
+    def plot(self) -> Any:
         """Steps × lag heatmap of the value scores."""
         from .views import plot_matrix
 
         return plot_matrix(self)
 
-    def show(self):
+    def show(self) -> Any:
         from .views import show_matrix
 
         return show_matrix(self)
@@ -592,7 +593,7 @@ def forecast_scope(
     min_step: int = 8,
     batch_size: int = 16,
     **scope_options: Any,
-):
+) -> Union[ForecastResult, ForecastMatrix]:
     """Explain an in-context forecast with a scope, one score per past value.
 
     The explained prediction is the next value's first token (its leading digit on a
@@ -665,8 +666,9 @@ def forecast_scope(
     if token and n in wanted:
         # After the series' end, condition on the most probable value's first tokens.
         context = _context_pass(access, ids)
-        (probs, _), _ = forecast_distributions(access, ids, [len(ids) - 1], paths, context=context)
-        mode_path = paths[int(np.argmax(probs))]
+        assert paths is not None  # computed whenever token > 0
+        after_end, _norms = forecast_distributions(access, ids, [len(ids) - 1], paths, context=context)
+        mode_path = paths[int(np.argmax(after_end[0][0]))]
         if token >= len(mode_path):
             raise OptionError(f"token={token}, but the forecast's most probable value has {len(mode_path)} token(s).")
         ids = ids + mode_path[:token]
@@ -684,7 +686,7 @@ def forecast_scope(
     else:
         raw = list(fn(model, ids, positions=positions, batch_size=batch_size, progress=False, **scope_options))
     forecasts: list[Optional[Forecast]] = [None] * len(wanted)
-    if distribution:
+    if distribution and paths is not None:
         context = context or _context_pass(access, ids)
         dists, _ = forecast_distributions(access, ids, starts, paths, prefixes=prefixes, context=context)
         norms = [float(context[1][p]) for p in positions]  # ‖y‖ at the explained position

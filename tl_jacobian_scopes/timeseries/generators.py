@@ -44,7 +44,7 @@ def lorenz(
         sigma, rho, beta: The Lorenz parameters (10, 28, 8/3).
         start: Initial state (x, y, z) instead of the seeded random one.
     """
-    from scipy.integrate import solve_ivp
+    from scipy.integrate import solve_ivp  # type: ignore[import-untyped]
 
     _check_n(n)
     _check_positive("dt", dt)
@@ -56,13 +56,13 @@ def lorenz(
         if state.shape != (3,) or not np.isfinite(state).all():
             raise OptionError(f"start must be three finite numbers (x, y, z), got {start!r}.")
 
-    def field(_t, s):
+    def field(_t: float, s: np.ndarray) -> list[float]:
         x, y, z = s
         return [sigma * (y - x), x * (rho - z) - y, x * y - beta * z]
 
     times = burn_in + dt * np.arange(n)
     sol = solve_ivp(field, (0.0, float(times[-1])), state, method="DOP853", t_eval=times, rtol=1e-10, atol=1e-10)
-    return sol.y[0] + drift * np.arange(n)
+    return np.asarray(sol.y[0] + drift * np.arange(n), dtype=np.float64)
 
 
 def logistic_map(n: int = 180, seed: int = 0, r: float = 3.8, burn_in: int = 100) -> np.ndarray:
@@ -97,7 +97,7 @@ def periodic(n: int = 180, seed: int = 0, period: float = 12.0, noise: float = 0
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi)
     t = np.arange(n)
-    return np.sin(2 * np.pi * t / period + phase) + noise * rng.normal(size=n)
+    return np.asarray(np.sin(2 * np.pi * t / period + phase) + noise * rng.normal(size=n), dtype=np.float64)
 
 
 #: Generators by family name (the study's ``--families``).

@@ -46,9 +46,9 @@ from ..errors import OptionError, PromptError
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # type: ignore[import-untyped]
 
-    return rankdata(x)
+    return np.asarray(rankdata(x), dtype=np.float64)
 
 
 def spearman(a: Any, b: Any) -> float:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataFileError, OptionError, ScopeError
 from ..results.scope_result import strict_json_value
-from .forecast import FORECAST_SCOPES, candidate_paths, forecast_distributions, forecast_scope, token_map
+from .forecast import FORECAST_SCOPES, ForecastMatrix, candidate_paths, forecast_distributions, forecast_scope, token_map
 from .generators import FAMILIES
 from .mechanism import spearman
 from .serialize import serialize
@@ -56,13 +56,14 @@ def run_series(model: Any, family: str, seed: int, args: argparse.Namespace) -> 
     from ..models.access import ModelAccess
 
     start = time.time()
-    x = FAMILIES[family](args.length, seed=seed)
+    x = FAMILIES[family](args.length, seed=seed)  # type: ignore[operator]
     s = serialize(x, digits=args.digits)
     steps = plan_steps(len(s), args.steps, args.spacing)
     per_scope: dict[str, list[dict[str, Any]]] = {}
-    forecasts = None
+    forecasts: Optional[list[Any]] = None
     for scope in args.scopes:
         m = forecast_scope(model, s, scope=scope, steps=steps, distribution=forecasts is None)
+        assert isinstance(m, ForecastMatrix)  # steps= is a list
         if forecasts is None:
             forecasts = [r.forecast for r in m]
         rows = []
@@ -81,6 +82,7 @@ def run_series(model: Any, family: str, seed: int, args: argparse.Namespace) -> 
     for probs, _ in dists:
         mean = (probs * np.arange(len(probs))).sum()
         stds.append(float(np.sqrt((probs * (np.arange(len(probs)) - mean) ** 2).sum())))
+    assert forecasts is not None  # at least one scope ran
     return {
         "steps": steps,
         "forecasts": [{"step": st, "true_value": f.true_value, "mean": float((f.probs * f.values).sum()),
@@ -111,7 +113,7 @@ def _load(path: Path) -> dict[str, dict[str, Any]]:
 
 def _ci(values: Sequence[float]) -> dict[str, Any]:
     """Mean and 95% t-interval over seeds (NaNs dropped)."""
-    from scipy.stats import t
+    from scipy.stats import t  # type: ignore[import-untyped]
 
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
@@ -183,7 +185,7 @@ def timing(model: Any, length: int = 180, repeats: int = 1) -> dict[str, Any]:
     import tl_jacobian_scopes as tjs
     from ..models.access import ModelAccess
 
-    s = serialize(FAMILIES["lorenz"](length, seed=0))
+    s = serialize(FAMILIES["lorenz"](length, seed=0))  # type: ignore[operator]
     ids = token_map(ModelAccess(model), s).ids
     out: dict[str, Any] = {"n_values": length, "n_tokens": len(ids)}
     for scope in FORECAST_SCOPES:
@@ -282,7 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         planned = []
         for seed in seeds:  # seed-major: an interrupted run leaves every family with about as many seeds
             for fam in args.families:
-                s = serialize(FAMILIES[fam](args.length, seed=seed), digits=args.digits)
+                s = serialize(FAMILIES[fam](args.length, seed=seed), digits=args.digits)  # type: ignore[operator]
                 inputs = {"version": RECORD_VERSION, "family": fam, "seed": seed, "text": s.text, "model": model_name,
                           "steps": plan_steps(len(s), args.steps, args.spacing), "scopes": args.scopes,
                           "dim": args.dim, "recency": args.recency, "k": args.k, "ynorm_steps": args.ynorm_steps}

@@ -15,12 +15,12 @@ from ..views.html import SCOPE_COLORS, ScopeView, _cv, _esc, _heatmap
 from ..views.static import _TEXT, _figure
 
 
-def plot_forecast(r: Any):
+def plot_forecast(r: Any) -> Any:
     """Two panels: value scores as bars with the series on a second axis (forecast step
     marked), and the forecast distribution in the series' units with its true value."""
     color = SCOPE_COLORS.get(r.scope, "#444444")
     has_dist = r.forecast is not None
-    fig = _figure(figsize=(11, 6.4 if has_dist else 3.4))
+    fig = _figure(figsize=(11, 6.4 if has_dist else 3.4))  # type: ignore[no-untyped-call]
     axes = fig.subplots(2 if has_dist else 1, 1, squeeze=False, gridspec_kw={"height_ratios": [1.3, 1][: 1 + has_dist]})
     ax = axes[0, 0]
     idx = np.arange(len(r.values))
@@ -67,10 +67,10 @@ def _support(f: Any) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def plot_matrix(m: Any):
+def plot_matrix(m: Any) -> Any:
     """Steps × lag heatmap of the value scores (lag 1 = the most recent value)."""
     grid = m.by_lag()
-    fig = _figure(figsize=(10, 0.12 * len(m) + 2.5))
+    fig = _figure(figsize=(10, 0.12 * len(m) + 2.5))  # type: ignore[no-untyped-call]
     ax = fig.subplots()
     from matplotlib.colors import LinearSegmentedColormap
 
