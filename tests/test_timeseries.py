@@ -281,7 +281,7 @@ def test_views_build_without_pyplot_and_escape_everything():
 # ---- the default model ------------------------------------------------------------------------
 
 
-def test_default_model_periodic_influence_peaks_one_period_back():
+def test_default_model_periodic_influence_peaks_one_period_back(default_model):
     """Temperature influence one period back (lag 12) beats the other non-recent lags.
 
     Influence decays over the first half period (recency), so "non-recent" starts at lag 7;
@@ -289,7 +289,7 @@ def test_default_model_periodic_influence_peaks_one_period_back():
     profile is averaged over the last 6 teacher-forced steps (each step's scores divided by
     their sum), which smooths the noise of a single forecast.
     """
-    model = tjs.load_default_model(device="cpu")
+    model = default_model
     period, n, max_lag = 12, 96, 60
     ratios = []
     for seed in (0, 1):

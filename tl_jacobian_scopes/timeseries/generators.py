@@ -44,7 +44,7 @@ def lorenz(
         sigma, rho, beta: The Lorenz parameters (10, 28, 8/3).
         start: Initial state (x, y, z) instead of the seeded random one.
     """
-    from scipy.integrate import solve_ivp  # type: ignore[import-untyped]
+    from scipy.integrate import solve_ivp
 
     _check_n(n)
     _check_positive("dt", dt)

@@ -46,7 +46,7 @@ from ..errors import OptionError, PromptError
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata  # type: ignore[import-untyped]
+    from scipy.stats import rankdata
 
     return np.asarray(rankdata(x), dtype=np.float64)
 

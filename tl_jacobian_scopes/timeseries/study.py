@@ -113,7 +113,7 @@ def _load(path: Path) -> dict[str, dict[str, Any]]:
 
 def _ci(values: Sequence[float]) -> dict[str, Any]:
     """Mean and 95% t-interval over seeds (NaNs dropped)."""
-    from scipy.stats import t  # type: ignore[import-untyped]
+    from scipy.stats import t
 
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if len(v) == 0:

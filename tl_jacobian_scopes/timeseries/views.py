@@ -6,7 +6,6 @@ change) and draw text literally (``parse_math=False``); pages escape everything 
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ def plot_forecast(r: Any) -> Any:
     marked), and the forecast distribution in the series' units with its true value."""
     color = SCOPE_COLORS.get(r.scope, "#444444")
     has_dist = r.forecast is not None
-    fig = _figure(figsize=(11, 6.4 if has_dist else 3.4))  # type: ignore[no-untyped-call]
+    fig = _figure(figsize=(11, 6.4 if has_dist else 3.4))
     axes = fig.subplots(2 if has_dist else 1, 1, squeeze=False, gridspec_kw={"height_ratios": [1.3, 1][: 1 + has_dist]})
     ax = axes[0, 0]
     idx = np.arange(len(r.values))
@@ -36,7 +35,7 @@ def plot_forecast(r: Any) -> Any:
     twin.set_ylabel("series", **_TEXT)
     ax.set_xlim(-1, r.step + 1.5)
     ax.set_title(f"{r.scope} scope of the forecast of value {r.step} (token {r.token} of it) · "
-                 f"{r.result.model_name}", fontsize=10, **_TEXT)
+                 f"{r.result.model_name}", fontsize=10, parse_math=False)
     if has_dist:
         ax = axes[1, 0]
         f = r.forecast
@@ -70,7 +69,7 @@ def _support(f: Any) -> tuple[float, float]:
 def plot_matrix(m: Any) -> Any:
     """Steps × lag heatmap of the value scores (lag 1 = the most recent value)."""
     grid = m.by_lag()
-    fig = _figure(figsize=(10, 0.12 * len(m) + 2.5))  # type: ignore[no-untyped-call]
+    fig = _figure(figsize=(10, 0.12 * len(m) + 2.5))
     ax = fig.subplots()
     from matplotlib.colors import LinearSegmentedColormap
 
@@ -79,9 +78,9 @@ def plot_matrix(m: Any) -> Any:
     vmax = float(np.quantile(finite, 0.99)) if finite.size else 1.0
     im = ax.imshow(np.nan_to_num(grid), aspect="auto", cmap=cmap, vmin=0, vmax=vmax or None, interpolation="nearest",
                    extent=(0.5, grid.shape[1] + 0.5, m.steps[-1] + 0.5, m.steps[0] - 0.5))
-    ax.set_xlabel("lag (values back from the forecast)", **_TEXT)
-    ax.set_ylabel("forecast step", **_TEXT)
-    ax.set_title(f"{m.scope} scope, steps × lag (colour saturates at the 99th percentile)", fontsize=10, **_TEXT)
+    ax.set_xlabel("lag (values back from the forecast)", parse_math=False)
+    ax.set_ylabel("forecast step", parse_math=False)
+    ax.set_title(f"{m.scope} scope, steps × lag (colour saturates at the 99th percentile)", fontsize=10, parse_math=False)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return fig
