@@ -61,3 +61,13 @@ def test_figures_leave_the_backend_and_pyplot_alone(tmp_path):
                          env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_a_figure_displays_itself_in_a_notebook_without_pyplot():
+    """Jupyter shows an object through its _repr_png_: the figure appears once per display,
+    whatever the backend, and no pyplot state is involved."""
+    from scope_fixtures import make_result
+
+    fig = make_result().plot()
+    png = fig._repr_png_()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000

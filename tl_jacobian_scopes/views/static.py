@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -10,6 +12,7 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from ..errors import MissingPackageError
 from ..results.scope_result import ScopeResult, check_normalization, write_output
 from .html import NORMALIZATION_TEXT, SCOPE_COLORS
 
@@ -21,11 +24,26 @@ def _figure(**kwargs: Any) -> "Figure":
     user's backend and open figures alone (``matplotlib.use`` would switch the backend of
     the whole session); ``savefig`` picks a canvas for the file format by itself.
     """
+    figure: "Figure" = _notebook_figure_class()(**kwargs)
+    return figure
+
+
+@functools.lru_cache(maxsize=None)
+def _notebook_figure_class() -> type:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("Static figures need matplotlib: pip install 'tl_jacobian_scopes[plot]'") from exc
-    return Figure(**kwargs)
+        raise MissingPackageError("Static figures need matplotlib: pip install 'tl_jacobian_scopes[plot]'") from exc
+
+    class NotebookFigure(Figure):
+        """Displays itself in Jupyter (as a PNG) without pyplot, so exactly once per display."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+            return buffer.getvalue()
+
+    return NotebookFigure
 
 
 #: Text options for everything we draw: token strings are data, and "$...$", "^" or "_" in
