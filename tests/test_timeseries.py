@@ -267,13 +267,15 @@ def test_views_build_without_pyplot_and_escape_everything():
     model, _, _ = _tiny("digits", "bridge")
     r = ts.forecast_scope(model, SERIES)
     fig = r.plot()
-    assert type(fig).__name__ == "Figure" and len(fig.axes) == 3
+    from matplotlib.figure import Figure
+
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
     hostile = ts.serialize(SERIES.values, rescale=False, sep="</script><b>")
     page = ts.forecast_scope(model, hostile, distribution=False).show().to_html()
     assert "</script><b>" not in page
     m = ts.forecast_scope(model, SERIES, steps="all", min_step=8)
     assert m.value_scores.shape == (len(SERIES) - 8, len(SERIES)) and m.by_lag().shape[0] == len(m)
-    assert type(m.plot()).__name__ == "Figure"
+    assert isinstance(m.plot(), Figure)
     assert "step 8" in m.show().to_html()
     assert np.isfinite(m.ynorm_std_correlation())
 

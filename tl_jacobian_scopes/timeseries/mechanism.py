@@ -43,6 +43,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import OptionError, PromptError
+from ..evaluation.patching import spearman as patching_spearman
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -52,11 +53,12 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(a: Any, b: Any) -> float:
-    """Spearman correlation with average ranks for ties (NaN when either side is constant)."""
+    """Spearman correlation with average ranks for ties; NaN when either side is constant or
+    there are fewer than 3 values (too few for a statistic over a series)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if len(a) < 3:
         return float("nan")
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+    return patching_spearman(a, b)
 
 
 def partial_spearman(a: np.ndarray, b: np.ndarray, controls: list[np.ndarray]) -> float:
