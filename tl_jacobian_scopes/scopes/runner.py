@@ -64,6 +64,24 @@ def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> 
     return tokens, mask, offsets
 
 
+def _padded_jobs(plan: Plan) -> tuple[Tensor, list[int], dict[str, Any], Tensor, Tensor]:
+    """The plan's rows padded into one batch: tokens, row offsets, the forward pass's keyword
+    arguments (a mask for left padding), and each job's row and column in the batch."""
+    tokens, mask, offsets = pad_rows(plan.access, plan.rows, plan.padding_side)
+    forward_kwargs: dict[str, Any] = {}
+    if plan.padding_side == "left" and bool((mask == 0).any()):
+        forward_kwargs = {"attention_mask": mask, "padding_side": "left"}
+    job_rows = torch.tensor([r for r, _ in plan.jobs])
+    job_cols = torch.tensor([offsets[r] + p for r, p in plan.jobs])
+    return tokens, offsets, forward_kwargs, job_rows, job_cols
+
+
+def _distributions(plan: Plan, Y: Tensor) -> Tensor:
+    """``p`` (float32) from each job's final hidden state, after checking that it is finite."""
+    check_finite(plan, Y, "final hidden state y")
+    return torch.softmax(P.logits_at(Y, plan.access.W_U, plan.access.b_U), dim=-1)
+
+
 def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> list[JobOutput]:
     """Explain every job of ``plan`` with one forward pass over its padded rows.
 
@@ -76,15 +94,9 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
     model; ``"left"`` passes an attention mask and offset positions).
     """
     access, rows, jobs = plan.access, plan.rows, plan.jobs
-    internals, padding_side, progress = plan.internals, plan.padding_side, plan.progress
-    tokens, mask, offsets = pad_rows(access, rows, padding_side)
+    internals, progress = plan.internals, plan.progress
+    tokens, offsets, forward_kwargs, job_rows, job_cols = _padded_jobs(plan)
     leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
-    padded = bool((mask == 0).any())
-    forward_kwargs: dict[str, Any] = {}
-    if padded and padding_side == "left":
-        forward_kwargs = {"attention_mask": mask, "padding_side": "left"}
-    job_rows = torch.tensor([r for r, _ in jobs])
-    job_cols = torch.tensor([offsets[r] + p for r, p in jobs])
     # Group g of a job = how many earlier jobs share its row: one VJP can serve one job per row.
     seen: dict[int, int] = {}
     groups = []
@@ -99,8 +111,7 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
                                         **forward_kwargs)
         device = state.y.device
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
-        check_finite(plan, Y, "final hidden state y")
-        probs = torch.softmax(P.logits_at(Y, access.W_U, access.b_U), dim=-1).to(device)
+        probs = _distributions(plan, Y).to(device)
         probes = [make_probes(plan, i, Y[i], probs[i]) for i in range(len(jobs))]
         k = probes[0].vectors.shape[0]
         assert all(p.vectors.shape[0] == k for p in probes), "a method must use one probe count per call"
@@ -168,16 +179,8 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
 
 def job_distributions(plan: Plan) -> list[Float[Tensor, " d_vocab"]]:
     """Each job's next-token distribution (float32), from one forward pass without gradients."""
-    access = plan.access
-    tokens, mask, offsets = pad_rows(access, plan.rows, plan.padding_side)
-    forward_kwargs: dict[str, Any] = {}
-    if plan.padding_side == "left" and bool((mask == 0).any()):
-        forward_kwargs = {"attention_mask": mask, "padding_side": "left"}
-    rows = torch.tensor([r for r, _ in plan.jobs])
-    cols = torch.tensor([offsets[r] + p for r, p in plan.jobs])
-    with access.frozen(), torch.no_grad():
-        state = forward_to_final_hidden(access, tokens, perturb=(), **forward_kwargs)
-        Y = state.y[rows.to(state.y.device), cols.to(state.y.device)]
-        check_finite(plan, Y, "final hidden state y")
-        probs = torch.softmax(P.logits_at(Y, access.W_U, access.b_U), dim=-1)
+    tokens, _, forward_kwargs, rows, cols = _padded_jobs(plan)
+    with plan.access.frozen(), torch.no_grad():
+        state = forward_to_final_hidden(plan.access, tokens, perturb=(), **forward_kwargs)
+        probs = _distributions(plan, state.y[rows.to(state.y.device), cols.to(state.y.device)])
     return list(probs.unbind(0))
