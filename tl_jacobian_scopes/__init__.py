@@ -45,6 +45,7 @@ from .evaluation import (
     spearman,
     PatchOutcome,
 )
+from .evaluation import PatchingCell, PatchingResult, RawSensitivityWarning
 
 __version__ = "0.1.0"
 
@@ -83,6 +84,9 @@ __all__ = [
     "leave_one_out",
     "movable_cells",
     "PatchOutcome",
+    "PatchingCell",
+    "PatchingResult",
+    "RawSensitivityWarning",
     "patch_activations",
     "patch_top",
     "patching_map",

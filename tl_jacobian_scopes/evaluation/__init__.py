@@ -10,7 +10,9 @@ from .baselines import (
 )
 from .interventions import ablate_positions, patch_activations
 from .patching import (
+    RANK_BY,
     PatchOutcome,
+    RawSensitivityWarning,
     attribution_patching_map,
     movable_cells,
     patch_top,
@@ -18,10 +20,15 @@ from .patching import (
     residual_patching_map,
     spearman,
 )
+from .patching_result import PatchingCell, PatchingResult
 
 __all__ = [
     "FRACTIONS",
     "PatchOutcome",
+    "PatchingCell",
+    "PatchingResult",
+    "RANK_BY",
+    "RawSensitivityWarning",
     "ablate_positions",
     "aopc",
     "attribution_patching_map",

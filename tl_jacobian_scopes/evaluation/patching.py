@@ -3,13 +3,15 @@ layer x position map with real activation patching.
 
 The metric is the logit difference ``LD = z[answer] - z[wrong]`` at the last position; a
 patch's effect is the fraction of the clean-corrupted gap it restores,
-``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)`` (1 = fully restored).
+``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)`` (1 = fully restored). Maps come
+back as labelled :class:`PatchingResult`\ s (``.top``, ``.to_dataframe``, ``.show``, ``.plot``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -25,6 +27,7 @@ from ..results.scope_result import ScopeResult
 from ..scopes.engine import forward_to_final_hidden
 from ..scopes.probes import semantic_probe
 from .interventions import patch_activations
+from .patching_result import ESTIMATED, RESTORED, PatchingResult, as_values, cell_label
 
 
 def _pair(model: Any, clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
@@ -86,93 +89,187 @@ def logit_difference(
     return difference
 
 
-@dataclass
+#: How :func:`patch_top` ranks the sites when given a :class:`ScopeResult` (or nothing).
+RANK_BY = ("attribution", "scope")
+
+
+class RawSensitivityWarning(UserWarning):
+    """Sites were ranked by a scope's raw sensitivity map, which rarely picks what a patch restores."""
+
+
+@dataclass(repr=False)
 class PatchOutcome:
-    """How much of the clean-corrupted logit difference a patch restored."""
+    """How much of the clean-corrupted logit difference a patch restored.
+
+    Attributes:
+        recovered: ``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)``; 1 = fully restored.
+        ld_clean, ld_corrupted, ld_patched: The logit difference ``z[answer] - z[wrong]`` on
+            each run.
+        patched: The patched sites, best-ranked first: positions (ints) or ``(layer, head)``
+            / ``(layer, position)`` tuples.
+        labels: The same sites as text: ``"4: France"`` (position), ``"L23H3"`` (head) or
+            ``"L5 4: France"`` (a residual-stream cell).
+        site: ``"position"``, ``"head"`` or ``"resid_pre"``.
+        ranked_by: What ranked them, e.g. ``"attribution patching"``.
+    """
 
     recovered: float
     ld_clean: float
     ld_corrupted: float
     ld_patched: float
     patched: list[Any]
+    labels: list[str] = field(default_factory=list)
+    site: str = "position"
+    ranked_by: str = ""
+
+    def __repr__(self) -> str:
+        ranked = f", ranked_by={self.ranked_by!r}" if self.ranked_by else ""
+        return (
+            f"PatchOutcome(recovered={self.recovered:.3f}, patched {len(self.patched)} {self.site}(s) "
+            f"{self.labels}{ranked}, ld_clean={self.ld_clean:.4g}, ld_corrupted={self.ld_corrupted:.4g}, "
+            f"ld_patched={self.ld_patched:.4g})"
+        )
 
 
 def patch_top(
     model: Any,
     clean: Any,
     corrupted: Any,
-    result: Union[ScopeResult, Float[Tensor, " pos"], Float[Tensor, "n_layers n_heads"]],
+    result: Union[ScopeResult, PatchingResult, Float[Tensor, " pos"], Float[Tensor, "n_layers n_heads"], None] = None,
     k: int = 3,
     answer: Union[str, int, None] = None,
     wrong: Union[str, int, None] = None,
     site: str = "position",
+    rank_by: str = "attribution",
 ) -> PatchOutcome:
     """Patch the ``k`` sites ranked highest from the clean run into the corrupted one.
+
+    By default the sites are ranked by attribution patching (:func:`attribution_patching_map`:
+    the scope's gradient dotted with the clean-minus-corrupted activation), the estimate of
+    what each patch restores. A scope's own maps (``rank_by="scope"``) measure how much *any*
+    change at a site would move the logit difference, not what this change does: on the
+    default model their top heads are layer-0 heads the corruption barely changes, and patching
+    them restores ~0% where attribution's top 3 restore > 90% (README, "Faithfulness and
+    patching"); that ranking warns with :class:`RawSensitivityWarning`.
 
     Args:
         model: The model.
         clean, corrupted: Prompts of equal token length.
-        result: What ranks the sites: a scope result (positions by ``scores``; heads by
-            ``head_scores``, which needs ``internals=True``), or a tensor of scores, ``[pos]``
-            for positions or ``[n_layers, n_heads]`` for heads (e.g. from
-            :func:`attribution_patching_map` with ``site="head"``).
-        k: How many positions or heads to patch, 0 (patches nothing: a baseline) up to all of them.
-        answer, wrong: The two tokens of the logit difference (default: the result's
-            target and contrast).
-        site: ``"position"`` patches the input embeddings (``hook_embed``) at the top-k
-            positions; ``"head"`` patches the top-k heads' outputs (``hook_z``) everywhere.
-            A tensor's shape decides this.
+        result: What ranks the sites, or supplies ``answer``/``wrong``:
+
+            * a :class:`ScopeResult` (or None): its target and contrast are the default
+              ``answer``/``wrong``; the sites are ranked as ``rank_by`` says;
+            * a :class:`PatchingResult` (e.g. from :func:`attribution_patching_map` or
+              :func:`patching_map`): ranks its own cells, heads (``site="head"``) or residual
+              cells (``site="resid_pre"``: one layer's ``hook_resid_pre`` at one position);
+            * a tensor of scores: ``[pos]`` for positions or ``[n_layers, n_heads]`` for heads.
+        k: How many sites to patch, 0 (patches nothing: a baseline) up to all of them.
+        answer, wrong: The two tokens of the logit difference (default: the result's).
+        site: For a ScopeResult or None: ``"position"`` patches the input embeddings
+            (``hook_embed``) at the top-k positions; ``"head"`` patches the top-k heads'
+            outputs (``hook_z``) at every position. A PatchingResult or tensor decides it.
+        rank_by: For a ScopeResult or None: ``"attribution"`` (default; the first-order
+            estimate of each patch's effect, one backward pass) or ``"scope"`` (the result's
+            ``scores`` for positions, its raw head map for heads, which needs
+            ``internals=True``).
 
     Raises:
-        OptionError: ``k`` is not an int in ``0..number of sites``, an unknown ``site``, or
-            scores of the wrong shape.
+        OptionError: ``k`` is not an int in ``0..number of sites``, an unknown ``site`` or
+            ``rank_by``, ``rank_by="scope"`` without a ScopeResult, or scores of the wrong shape.
         PromptError: Prompts of different lengths, or identical prompts.
         TargetError: A missing ``answer``/``wrong``, ``answer == wrong``, or a logit
             difference the corruption does not change.
         NonFiniteError: NaN or infinity in the scores or the logit differences.
 
     Example:
-        >>> r = tjs.semantic_scope(model, clean, target=" Paris", contrast=" Rome", internals=True)  # doctest: +SKIP
-        >>> patch_top(model, clean, corrupted, r, k=2).recovered  # doctest: +SKIP
+        >>> clean = "When Mary and John went to the store, John gave a drink to"  # doctest: +SKIP
+        >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"  # doctest: +SKIP
+        >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")  # doctest: +SKIP
+        >>> tjs.patch_top(model, clean, corrupted, r, k=3, site="head")  # doctest: +SKIP
+        PatchOutcome(recovered=0.95..., patched 3 head(s) ['L23H3', 'L29H1', 'L19H2'], ranked_by='attribution patching', ...)
     """
-    if isinstance(result, Tensor):
-        if result.dim() not in (1, 2):
+    if rank_by not in RANK_BY:
+        raise OptionError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}.")
+    if isinstance(result, (Tensor, PatchingResult)):
+        if rank_by != "attribution":
             raise OptionError(
-                f"scores must be [pos] (positions) or [n_layers, n_heads] (heads), got shape {tuple(result.shape)}."
+                "rank_by applies to a ScopeResult; a tensor or PatchingResult ranks the sites by its own values."
             )
-        site, scores = ("position" if result.dim() == 1 else "head"), result.detach().cpu()
+        if isinstance(result, PatchingResult):
+            site, scores, ranked_by = result.site, result.values, result.method
+            answer = answer if answer is not None else result.answer_str
+            wrong = wrong if wrong is not None else result.wrong_str
+        else:
+            if result.dim() not in (1, 2):
+                raise OptionError(
+                    f"scores must be [pos] (positions) or [n_layers, n_heads] (heads), got shape {tuple(result.shape)}."
+                )
+            site, scores, ranked_by = ("position" if result.dim() == 1 else "head"), result, "the given scores"
         if answer is None or wrong is None:
             raise TargetError("patch_top with a tensor of scores needs answer= and wrong= (the logit difference).")
     else:
         _check_site(site, ("position", "head"), "'position' (input embeddings) or 'head' (attention heads' hook_z)")
-        scores = result.scores if site == "position" else result.aggregate(result.internal("head"))
-        answer = answer if answer is not None else result.target
-        wrong = wrong if wrong is not None else result.contrast
-        if wrong is None:
-            raise TargetError("patch_top needs wrong= (or a contrastive result) to form a logit difference.")
+        if result is None and rank_by == "scope":
+            raise OptionError("rank_by='scope' ranks by a scope's map: pass the ScopeResult as result=.")
+        if result is not None:
+            answer = answer if answer is not None else result.target
+            wrong = wrong if wrong is not None else result.contrast
+        if answer is None or wrong is None:
+            raise TargetError(
+                "patch_top needs answer= and wrong= (or a contrastive ScopeResult) to form a logit difference."
+            )
+        if rank_by == "scope":
+            assert result is not None
+            warnings.warn(
+                "rank_by='scope' ranks sites by the scope's raw sensitivity (how much any change there would move "
+                "the logit difference), not by what this clean-to-corrupted change does: its top sites are often "
+                "ones the corruption barely changes (layer-0 heads, unchanged tokens), whose patch restores ~0. "
+                "rank_by='attribution' (the default) estimates each patch's effect.",
+                RawSensitivityWarning,
+                stacklevel=2,
+            )
+            scores, ranked_by = (result.scores if site == "position" else result.aggregate(result.internal("head"))), "scope"
+        else:
+            estimate = attribution_patching_map(model, clean, corrupted, answer, wrong, "head" if site == "head" else "layer")
+            # Row 0 patches blocks.0.hook_resid_pre, whose clean-corrupted difference is the
+            # token embeddings' (positions embed the same in both): the estimate for hook_embed.
+            scores, ranked_by = (estimate.values if site == "head" else estimate.values[0]), "attribution patching"
     scores = scores.detach().float().cpu()
     if not torch.isfinite(scores).all():
         raise NonFiniteError("the scores that rank the sites contain NaN or infinity.")
     pair = _Contrast.build(model, clean, corrupted, answer, wrong)
-    expected = (pair.clean.shape[-1],) if site == "position" else (pair.access.n_layers, pair.access.n_heads)
+    n_layers = pair.access.n_layers
+    expected = {
+        "position": (pair.clean.shape[-1],),
+        "head": (n_layers, pair.access.n_heads),
+        "resid_pre": (n_layers, pair.clean.shape[-1]),
+    }[site]
     if tuple(scores.shape) != expected:
-        what = "[pos] for the clean prompt" if site == "position" else "[n_layers, n_heads]"
+        what = {"position": "[pos] for the clean prompt", "head": "[n_layers, n_heads]", "resid_pre": "[n_layers, pos]"}[site]
         raise OptionError(f"scores must be {what}, shape {expected}; got {tuple(scores.shape)}.")
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= scores.numel():
         raise OptionError(
             f"k must be an int from 0 to {scores.numel()} (the number of {site}s to patch), got {k!r}."
         )
     flat = torch.argsort(scores.flatten(), descending=True, stable=True)[:k].tolist()  # ties: lowest index first
+    tokens = pair.access.to_str_tokens(pair.clean)
+    ranked: list[Any]
     if site == "position":
         ranked = flat
         sites = [(EMBED_HOOK, p, None) for p in ranked]
+        labels = [f"{p}:{tokens[p]}" for p in ranked]
     else:
-        ranked = [(i // scores.shape[1], i % scores.shape[1]) for i in flat]
-        sites = [(site_hook("head", layer), None, head) for layer, head in ranked]
+        ranked = [divmod(i, scores.shape[1]) for i in flat]
+        if site == "head":
+            sites = [(site_hook("head", layer), None, head) for layer, head in ranked]
+            labels = [cell_label(f"L{layer}", f"H{head}", "head") for layer, head in ranked]
+        else:
+            sites = [(site_hook("layer", layer), p, None) for layer, p in ranked]
+            labels = [cell_label(f"L{layer}", f"{p}:{tokens[p]}", site) for layer, p in ranked]
     hooks = patch_activations(_cache(model, pair.clean, {name for name, _, _ in sites}), sites) if sites else []
     ld_patched = float(logit_difference(model, pair.corrupted, pair.answer, pair.wrong, hooks)[0])
     recovered = (ld_patched - pair.ld_corrupted) / pair.gap
-    return PatchOutcome(recovered, pair.ld_clean, pair.ld_corrupted, ld_patched, ranked)
+    return PatchOutcome(recovered, pair.ld_clean, pair.ld_corrupted, ld_patched, ranked, labels, site, ranked_by)
 
 
 @dataclass
@@ -223,6 +320,21 @@ class _Contrast:
     def restored(self, ld: Tensor) -> Tensor:
         return (ld - self.ld_corrupted) / self.gap
 
+    def labelled(self, values: Tensor, site: str, method: str, metric: str) -> PatchingResult:
+        """``values`` (``[n_layers, pos]`` for ``site="layer"``, else ``[n_layers, n_heads]``) with labels."""
+        clean_tokens = self.access.to_str_tokens(self.clean)
+        columns = (
+            [f"{i}:{t}" for i, t in enumerate(clean_tokens)] if site == "layer"
+            else [f"H{h}" for h in range(values.shape[1])]
+        )
+        return PatchingResult(
+            values=values, metric=metric, method=method, site="resid_pre" if site == "layer" else "head",
+            row_labels=[f"L{L}" for L in range(values.shape[0])], col_labels=columns,
+            clean_str_tokens=clean_tokens, corrupted_str_tokens=self.access.to_str_tokens(self.corrupted),
+            answer_str=self.access.token_str(self.answer), wrong_str=self.access.token_str(self.wrong),
+            ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted, model_name=self.access.model_name,
+        )
+
 
 def patching_map(
     model: Any,
@@ -232,12 +344,13 @@ def patching_map(
     wrong: Union[str, int],
     site: str = "layer",
     batch_size: int = 32,
-) -> Float[Tensor, "n_layers width"]:
+) -> PatchingResult:
     """Real activation patching, one cell at a time, from the clean run into the corrupted one.
 
-    Returns the fraction of the logit difference restored by each patch: ``site="layer"``
-    patches ``blocks.L.hook_resid_pre`` at one position (``[n_layers, pos]``), ``site="head"``
-    one head's ``hook_z`` at every position (``[n_layers, n_heads]``). ``batch_size`` patched
+    Returns a :class:`PatchingResult` of the fraction of the logit difference restored by each
+    patch (the tensor is its ``values``): ``site="layer"`` patches ``blocks.L.hook_resid_pre`` at
+    one position (``[n_layers, pos]``, result site ``"resid_pre"``), ``site="head"`` one head's
+    ``hook_z`` at every position (``[n_layers, n_heads]``). ``batch_size`` patched
     runs go through the model as one batch. A cell whose clean activation equals the
     corrupted one (e.g. every position before the first differing token) is exactly 0
     without a forward pass: patching it is a no-op, and running it would only add float noise
@@ -251,6 +364,7 @@ def patching_map(
     Example:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
         >>> heads = patching_map(model, clean, corrupted, " Paris", " Rome", site="head")  # doctest: +SKIP
+        >>> heads.top(3), heads.to_dataframe(), heads.show()  # doctest: +SKIP
     """
     _check_site(site, ("layer", "head"), "'layer' (blocks.L.hook_resid_pre) or 'head' (blocks.L.attn.hook_z)")
     _check_batch_size(batch_size)
@@ -284,19 +398,19 @@ def patching_map(
         lds = logit_difference(model, pair.corrupted.expand(len(chunk), -1), pair.answer, pair.wrong, hooks)
         rows, columns = zip(*chunk)
         effect[list(rows), list(columns)] = pair.restored(lds)
-    return effect
+    return pair.labelled(effect, site, "activation patching", RESTORED)
 
 
 def residual_patching_map(
     model: Any, clean: Any, corrupted: Any, answer: Union[str, int], wrong: Union[str, int], batch_size: int = 32
-) -> Float[Tensor, "n_layers pos"]:
+) -> PatchingResult:
     """:func:`patching_map` of the residual stream (``blocks.L.hook_resid_pre``), ``[n_layers, pos]``."""
     return patching_map(model, clean, corrupted, answer, wrong, "layer", batch_size)
 
 
 def attribution_patching_map(
     model: Any, clean: Any, corrupted: Any, answer: Union[str, int], wrong: Union[str, int], site: str = "layer"
-) -> Float[Tensor, "n_layers width"]:
+) -> PatchingResult:
     """The first-order estimate of :func:`patching_map` from one backward pass.
 
     The contrastive Semantic Scope's probe ``v = w_answer - w_wrong`` gives, in one backward
@@ -305,14 +419,15 @@ def attribution_patching_map(
     product with the clean-minus-corrupted activation predicts what patching it restores
     ("attribution patching"): ``(a_clean - a_corrupted) · g / (LD_clean - LD_corrupted)``, per
     residual cell (``site="layer"``, ``[n_layers, pos]``) or per head summed over positions
-    (``site="head"``, ``[n_layers, n_heads]``). Exact for a patch the model responds to
+    (``site="head"``, ``[n_layers, n_heads]``), as a :class:`PatchingResult`. Exact for a patch the model responds to
     linearly; where the scope's sensitivity maps rank sites by how much *any* change there
     would matter, this ranks them by how much *this* change does.
 
     Example:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
         >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome", site="head")  # doctest: +SKIP
-        >>> patch_top(model, clean, corrupted, est, k=3, answer=" Paris", wrong=" Rome").recovered  # doctest: +SKIP
+        >>> est.top(3)  # doctest: +SKIP
+        >>> patch_top(model, clean, corrupted, est, k=3).recovered  # doctest: +SKIP
 
     Raises:
         OptionError: An unknown ``site``.
@@ -333,7 +448,8 @@ def attribution_patching_map(
     for name, grad in zip(names, grads):
         change = (cache[name][0].float() - state.activations[name][0].float()) * grad[0].float()
         effect.append(change.sum(-1) if site == "layer" else change.sum(dim=(0, 2)))
-    return torch.stack(effect).cpu() / pair.gap  # already a change in LD, so no offset
+    values = torch.stack(effect).cpu() / pair.gap  # already a change in LD, so no offset
+    return pair.labelled(values, site, "attribution patching", ESTIMATED)
 
 
 def movable_cells(model: Any, clean: Any, corrupted: Any) -> Bool[Tensor, "n_layers pos"]:
@@ -365,8 +481,8 @@ def spearman(a: Any, b: Any, mask: Optional[Any] = None) -> float:
     machines; average ranks make the value a property of the maps alone.
 
     Args:
-        a, b: Tensors (or arrays) of the same shape, e.g. a scope's ``[n_layers, pos]`` map
-            and :func:`patching_map`'s.
+        a, b: Tensors, arrays or :class:`PatchingResult`\ s of the same shape, e.g. a scope's
+            ``[n_layers, pos]`` map and :func:`patching_map`'s.
         mask: Optional boolean tensor of that shape selecting the cells to correlate, e.g.
             :func:`movable_cells`.
 
@@ -382,7 +498,7 @@ def spearman(a: Any, b: Any, mask: Optional[Any] = None) -> float:
     """
     from scipy.stats import spearmanr  # imported here: only this function needs scipy
 
-    a, b = torch.as_tensor(a).detach().cpu(), torch.as_tensor(b).detach().cpu()
+    a, b = torch.as_tensor(as_values(a)).detach().cpu(), torch.as_tensor(as_values(b)).detach().cpu()
     if a.shape != b.shape:
         raise OptionError(f"spearman needs two maps of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
     if mask is not None:
