@@ -7,13 +7,14 @@ one backward pass), and real residual-stream patching (fraction of the logit dif
 restored by patching that cell from the clean run, one forward pass per cell), with Spearman
 correlations (average ranks for ties) over the cells patching can move (from the first
 differing token on; earlier cells are exactly 0) and over all cells; then what patching the top heads restores (``tjs.patch_top``), ranked by
-head-level attribution patching or by the scope's raw head map.
+head-level attribution patching (its default), by the scope's raw head map, or by its scaled head map.
 
 Writes ``docs/images/scope_vs_patching.png``.
 
 Usage: python demos/scope_vs_patching.py
 """
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -44,13 +45,13 @@ def main() -> None:
         rho, rho_estimate = spearman(sensitivity, patched, mask=mask), spearman(estimate, patched, mask=mask)
         rho_all, rho_estimate_all = spearman(sensitivity, patched), spearman(estimate, patched)
         labels = [repr(t)[1:-1] for t in scope.str_tokens]
-        span = float(max(patched.abs().max(), estimate.abs().max()))
+        span = float(max(patched.values.abs().max(), estimate.values.abs().max()))
         panels = [
             (sensitivity, dict(cmap="Blues", vmin=0, vmax=float(sensitivity.quantile(0.99))),
              f"Semantic Scope ({answer!r} − {wrong!r}), raw ‖J^T v‖: ρ = {rho:.2f}"),
-            (estimate, dict(cmap="RdBu_r", vmin=-span, vmax=span),
+            (estimate.values, dict(cmap="RdBu_r", vmin=-span, vmax=span),
              f"scope gradient · (clean − corrupted) / ΔLD: ρ = {rho_estimate:.2f}"),
-            (patched, dict(cmap="RdBu_r", vmin=-span, vmax=span), "real residual patching: fraction restored"),
+            (patched.values, dict(cmap="RdBu_r", vmin=-span, vmax=span), "real residual patching: fraction restored"),
         ]
         for ax, (grid, style, title) in zip(subfig.subplots(1, 3), panels):
             im = ax.imshow(grid.numpy(), aspect="auto", interpolation="nearest", **style)
@@ -63,11 +64,17 @@ def main() -> None:
         print(f"{clean!r}: Spearman with residual patching, movable cells (all cells): "
               f"sensitivity map {rho:.2f} ({rho_all:.2f}), attribution patching {rho_estimate:.2f} ({rho_estimate_all:.2f})")
         head_estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong, site="head")
-        for k in (1, 3):
-            guided = tjs.patch_top(model, clean, corrupted, head_estimate, k=k, answer=answer, wrong=wrong)
-            raw = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head")
-            print(f"  top-{k} heads by attribution patching {guided.patched} restore {guided.recovered:+.0%}; "
-                  f"by the raw scope head map {raw.patched} {raw.recovered:+.0%}")
+        print(f"  {head_estimate!r}")
+        for k in (1, 3, 5):
+            guided = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head")  # ranks by attribution patching
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", tjs.RawSensitivityWarning)  # shown here on purpose
+                raw = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head", rank_by="scope")
+                scaled = tjs.patch_top(model, clean, corrupted, scope.aggregate(scope.internal("head", "scaled")),
+                                       k=k, answer=answer, wrong=wrong)
+            print(f"  top-{k} heads by attribution patching {guided.labels} restore {guided.recovered:+.0%}; "
+                  f"by the raw scope head map {raw.labels} {raw.recovered:+.0%}; "
+                  f"by the scaled head map {scaled.labels} {scaled.recovered:+.0%}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=110)
     print("wrote", OUT)

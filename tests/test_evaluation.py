@@ -275,14 +275,14 @@ def test_residual_patching_map_matches_transformer_lens_patching(tiny):
 
     theirs = patching.get_act_patch_resid_pre(model, corrupted_tokens, cache, restored)
     assert theirs.shape == ours.shape
-    torch.testing.assert_close(ours, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
-    assert ours.abs().max() > 0.1  # the map is not trivially zero
+    torch.testing.assert_close(ours.values, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
+    assert ours.values.abs().max() > 0.1  # the map is not trivially zero
 
     heads = tjs.patching_map(model, clean, corrupted, "cat", "dog", site="head", batch_size=5)
     theirs = patching.get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, cache, restored)
     assert heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
-    torch.testing.assert_close(heads, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
-    assert heads.abs().max() > 0.01
+    torch.testing.assert_close(heads.values, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
+    assert heads.values.abs().max() > 0.01
 
 
 def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):

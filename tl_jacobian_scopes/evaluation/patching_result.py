@@ -275,6 +275,7 @@ class PatchingResult:
         ax = fig.subplots()
         im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-span, vmax=span, interpolation="nearest")
         columns = [repr(t)[1:-1] for t in self.col_labels] if self.site == "resid_pre" else self.col_labels
+        columns = [c if len(c) <= 24 else c[:23] + "…" for c in columns]  # a long token would squeeze the map away
         ax.set_xticks(range(n_cols), columns, rotation=70 if self.site == "resid_pre" else 0, fontsize=7, **_TEXT)
         step = max(1, n_rows // 15)  # every label would overlap on deep models
         ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7)
