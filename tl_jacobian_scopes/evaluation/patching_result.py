@@ -20,7 +20,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError
-from ..results.scope_result import _float_tensor, _require, dump_strict_json, read_json_file, strict_json_value, write_output
+from ..results.scope_result import (
+    _float_tensor,
+    _require,
+    dump_strict_json,
+    read_json_file,
+    strict_json_value,
+    write_output,
+)
 
 #: What the cells of each site are: residual stream (``blocks.L.hook_resid_pre``) cells at
 #: one position, or one head's output (``blocks.L.attn.hook_z``) at every position.
