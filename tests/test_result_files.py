@@ -62,7 +62,7 @@ def test_scope_matrix_json_round_trip(tmp_path):
     rows[0].scores[0] = NAN
     matrix = tjs.ScopeMatrix(rows)
     data = _strict_loads(matrix.save_json(tmp_path / "m.json").read_text(encoding="utf-8"))
-    assert data["kind"] == "scope_matrix" and len(data["results"]) == 2
+    assert data["kind"] == "ScopeMatrix" and data["format"] == "tl_jacobian_scopes" and len(data["results"]) == 2
     again = tjs.ScopeMatrix.load_json(tmp_path / "m.json")
     assert again.positions == [2, 5] and again.str_tokens == matrix.str_tokens
     torch.testing.assert_close(again.scores, matrix.scores, equal_nan=True)
