@@ -154,13 +154,14 @@ class Progress:
         now = self.elapsed()
         if not final and (now < self._delay or now - self._last_draw < MIN_INTERVAL):
             return
-        if self._handle is None and self._bar is None and not self._open():
+        opening = self._handle is None and self._bar is None
+        if opening and not self._open():
             self._silent = True  # nowhere to draw (stderr is not a terminal)
             return
         self._last_draw = now
         if self._handle is not None:
-            bundle = {"text/plain": self.text(), "text/html": self.html()}
-            self._handle.update(bundle, raw=True)
+            if not opening:  # _open displayed the current state already
+                self._handle.update({"text/plain": self.text(), "text/html": self.html()}, raw=True)
         else:
             self._bar.n = self.done
             self._bar.set_postfix_str(self.state, refresh=False)
