@@ -7,8 +7,7 @@ from .scope_result import CellScore, HeadScore, ScopeResult, TokenScore
 
 # What tjs.load reads. Files saved before the header existed are recognised by their keys.
 register_kind("ScopeResult", ScopeResult.from_dict, legacy=lambda d: "scores" in d and "str_tokens" in d)
-register_kind("ScopeMatrix", ScopeMatrix.from_dict)
-register_kind("scope_matrix", ScopeMatrix.from_dict)  # the kind older versions wrote
+register_kind("ScopeMatrix", ScopeMatrix.from_dict, old_kinds=("scope_matrix",))
 register_kind("ScopeBatch", ScopeBatch.from_dict)
 
 __all__ = [

@@ -25,6 +25,8 @@ VERSION = 1
 _READERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 #: (test on a headerless dict, kind): how files written before the header are recognised.
 _LEGACY: list[tuple[Callable[[dict[str, Any]], bool], str]] = []
+#: Older spellings of a kind -> the kind.
+_OLD_KINDS: dict[str, str] = {}
 
 
 def file_header(kind: str) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def strip_header(data: Any, kind: str, accepted: tuple[str, ...] = ()) -> dict[s
 
 
 def register_kind(kind: str, reader: Callable[[dict[str, Any]], Any],
-                  legacy: Optional[Callable[[dict[str, Any]], bool]] = None) -> None:
+                  legacy: Optional[Callable[[dict[str, Any]], bool]] = None, old_kinds: tuple[str, ...] = ()) -> None:
     """Make :func:`load` read files whose header has ``"kind": kind`` with ``reader``.
 
     Args:
@@ -70,11 +72,13 @@ def register_kind(kind: str, reader: Callable[[dict[str, Any]], Any],
         reader: Builds the object from the parsed dict (usually ``Class.from_dict``); raises
             :class:`DataFileError` on a malformed dict.
         legacy: For types that were saved before the header existed: recognises such a dict.
+        old_kinds: Other ``"kind"`` values that older versions wrote for this type.
 
     Example:
         >>> register_kind("PatchingResult", PatchingResult.from_dict)  # doctest: +SKIP
     """
     _READERS[kind] = reader
+    _OLD_KINDS.update({old: kind for old in old_kinds})
     if legacy is not None:
         _LEGACY.append((legacy, kind))
 
@@ -89,12 +93,15 @@ def from_dict(data: Any, where: str = "The data") -> Any:
     if not isinstance(data, dict):
         raise DataFileError(f"{where} holds a JSON {type(data).__name__}; a saved result (one of {known}) "
                             "is a JSON object written by save_json().")
-    kind = data.get("kind")
-    if kind is None and "format" not in data:
+    fmt, kind = data.get("format"), data.get("kind")
+    if fmt is not None and fmt != FORMAT:
+        raise DataFileError(f"{where} is a {str(fmt)[:80]!r} file, not a {FORMAT} result (one of {known}).")
+    if kind is None and fmt is None:
         kind = next((k for test, k in _LEGACY if test(data)), None)
+    kind = _OLD_KINDS.get(kind, kind) if isinstance(kind, str) else kind
     if not isinstance(kind, str) or kind not in _READERS:
         raise DataFileError(f"{where} is not a saved result: expected one of {known} "
-                            f"(a JSON object written by save_json()), found kind {kind!r}.")
+                            f"(a JSON object written by save_json()), found kind {str(kind)[:80]!r}.")
     try:
         return _READERS[kind](data)
     except DataFileError as exc:
