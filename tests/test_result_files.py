@@ -62,7 +62,7 @@ def test_scope_matrix_json_round_trip(tmp_path):
     rows[0].scores[0] = NAN
     matrix = tjs.ScopeMatrix(rows)
     data = _strict_loads(matrix.save_json(tmp_path / "m.json").read_text(encoding="utf-8"))
-    assert data["kind"] == "scope_matrix" and len(data["results"]) == 2
+    assert data["kind"] == "ScopeMatrix" and data["format"] == "tl_jacobian_scopes" and len(data["results"]) == 2
     again = tjs.ScopeMatrix.load_json(tmp_path / "m.json")
     assert again.positions == [2, 5] and again.str_tokens == matrix.str_tokens
     torch.testing.assert_close(again.scores, matrix.scores, equal_nan=True)
@@ -169,3 +169,118 @@ def test_unwritable_output_paths_raise_output_path_error(tmp_path):
     for save in savers:
         with pytest.raises(OutputPathError, match="folder exists and is writable"):
             save(missing / "out.file")
+
+
+# ---- tjs.load, file headers, ScopeBatch ------------------------------------------------------
+
+
+def _same_result(a, b):
+    assert type(a) is tjs.ScopeResult and a.str_tokens == b.str_tokens and a.position == b.position
+    torch.testing.assert_close(a.scores, b.scores, equal_nan=True)
+    torch.testing.assert_close(a.head_scores, b.head_scores, equal_nan=True)
+
+
+def test_every_kind_round_trips_through_tjs_load(tmp_path):
+    r = make_result(stderr=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    r.scores[1] = NAN  # null in the file, NaN again after loading
+    matrix = tjs.ScopeMatrix([make_result(position=p) for p in (1, 4)])
+    batch = tjs.ScopeBatch([make_result(), make_result(["x", " y", " z"], scope="fisher")])
+    batch_of_matrices = tjs.ScopeBatch([matrix, tjs.ScopeMatrix([make_result(["a", "b"], position=1)])])
+    for name, obj in (("r", r), ("m", matrix), ("b", batch), ("bm", batch_of_matrices)):
+        path = obj.save_json(tmp_path / f"{name}.json")
+        header = _strict_loads(path.read_text(encoding="utf-8"))
+        assert {k: header[k] for k in ("format", "kind", "version")} == {
+            "format": "tl_jacobian_scopes", "kind": type(obj).__name__, "version": 1}
+    _same_result(tjs.load(tmp_path / "r.json"), r)
+    m = tjs.load(tmp_path / "m.json")
+    assert type(m) is tjs.ScopeMatrix and m.positions == [1, 4]
+    torch.testing.assert_close(m.scores, matrix.scores)
+    b = tjs.load(tmp_path / "b.json")
+    assert type(b) is tjs.ScopeBatch and len(b) == 2 and b[1].scope == "fisher"
+    for again, original in zip(b, batch):
+        _same_result(again, original)
+    bm = tjs.load(str(tmp_path / "bm.json"))
+    assert [type(x) for x in bm] == [tjs.ScopeMatrix] * 2 and bm[1].str_tokens == ["a", "b"]
+    assert type(tjs.ScopeBatch.load_json(tmp_path / "b.json")) is tjs.ScopeBatch
+
+
+def test_files_without_a_header_load_as_before(tmp_path):
+    plain = result_dict(["a", "b", "c"])  # a ScopeResult file of an older version: no format/kind/version
+    (tmp_path / "old_result.json").write_text(json.dumps(plain))
+    old_matrix = {"kind": "scope_matrix", "results": [result_dict(["a", "b", "c"], position=p) for p in (0, 2)]}
+    (tmp_path / "old_matrix.json").write_text(json.dumps(old_matrix))
+    assert tjs.load(tmp_path / "old_result.json").str_tokens == ["a", "b", "c"]
+    assert tjs.ScopeResult.load_json(tmp_path / "old_result.json").position == 2
+    assert tjs.load(tmp_path / "old_matrix.json").positions == [0, 2]
+    assert tjs.ScopeMatrix.load_json(tmp_path / "old_matrix.json").positions == [0, 2]
+
+
+def _header(kind, **fields):
+    return {"format": "tl_jacobian_scopes", "kind": kind, "version": 1, **fields}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94", "not UTF-8"),  # a pickle
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),  # nesting beyond the recursion limit
+        ('{"scope": ' + "9" * 5000 + "}", "not valid JSON"),  # an integer beyond Python's digit limit
+        ('{"scope": "semantic", "sco', "not valid JSON"),  # truncated
+        ("", "not valid JSON"),
+        ("[1, 2, 3]", "holds a JSON list"),
+        ("null", "holds a JSON NoneType"),
+        ('{"hello": "world"}', "expected one of .*ScopeBatch.*ScopeMatrix.*ScopeResult"),
+        (json.dumps(_header("Spreadsheet")), "found kind 'Spreadsheet'"),
+        (json.dumps({**result_dict(["a"]), "format": "other_lib"}), "'other_lib' file"),
+        (json.dumps({**result_dict(["a"]), **_header("ScopeResult", version=99)}), "upgrade tl_jacobian_scopes"),
+        (json.dumps({**result_dict(["a"]), **_header("ScopeResult", version="1")}), "'version' must be an integer"),
+        (json.dumps(_header("ScopeMatrix", results="many")), "list of results"),
+        (json.dumps(_header("ScopeBatch", items=[{"kind": "Spreadsheet"}])), "found \\['Spreadsheet'\\]"),
+        (json.dumps(_header("ScopeBatch", items=[{"scope": 3}])), "valid ScopeBatch"),
+        (json.dumps(result_dict(["a", "b"], head_scores=[[1.0, 2.0]])), "'head_scores' must have 3 dimension"),
+        (json.dumps(result_dict(["a", "b"], stderr=[0.1])), "'stderr' must have 1 dimension"),
+        (json.dumps({**result_dict(["a"]), "__reduce__": "os.system"}), "Unknown ScopeResult field"),
+    ],
+)
+def test_hostile_or_garbled_files_raise_data_file_error_naming_the_path(tmp_path, content, message):
+    path = tmp_path / "suspect.json"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataFileError, match=message) as info:
+        tjs.load(path)
+    assert "suspect.json" in str(info.value)
+
+
+def test_loading_a_file_as_the_wrong_type_says_how_to_read_it(tmp_path):
+    make_result().save_json(tmp_path / "r.json")
+    tjs.ScopeBatch([make_result()]).save_json(tmp_path / "b.json")
+    with pytest.raises(DataFileError, match="tjs.load"):
+        tjs.ScopeBatch.load_json(tmp_path / "r.json")
+    with pytest.raises(DataFileError, match="tjs.load"):
+        tjs.ScopeResult.load_json(tmp_path / "b.json")
+
+
+def test_batch_is_a_list_with_a_combined_dataframe_and_views():
+    items = [make_result(), make_result(["x", " y", " z"], scope="fisher"), make_result(position=2)]
+    batch = tjs.ScopeBatch(items)
+    assert isinstance(batch, list) and batch == items and len(batch) == 3 and batch[1] is items[1]
+    assert list(batch) == items and batch[-1] is items[2] and batch[:2] == items[:2]
+    df = batch.to_dataframe()
+    expected = pd.concat([r.to_dataframe().assign(prompt_index=i) for i, r in enumerate(items)], ignore_index=True)
+    pd.testing.assert_frame_equal(df, expected[["prompt_index", *items[0].to_dataframe().columns]])
+    assert batch.top(2) == [r.top(2) for r in items]
+    text = repr(batch)
+    assert text.startswith("ScopeBatch(3 ScopeResult, one per prompt)") and "[2] ScopeResult(" in text
+    page = batch.show()._repr_html_()  # tokens differ: each prompt's own view, no comparison
+    assert page.count("<h3>Prompt ") == 3 and "Comparison" not in page
+    same = tjs.ScopeBatch([make_result(), make_result(scope="fisher")])
+    assert "Comparison" in same.show()._repr_html_() and "prompt 1" in same.show()._repr_html_()
+    matrices = tjs.ScopeBatch([tjs.ScopeMatrix([make_result(position=p) for p in (1, 3)])])
+    assert set(matrices.to_dataframe()["prompt_index"]) == {0} and len(matrices.to_dataframe()) == 12
+    with pytest.raises(ScopeError, match=r"batch\[i\]\[j\].top"):
+        matrices.top(2)
+
+
+def test_escaped_prompt_headings_in_batch_views():
+    batch = tjs.ScopeBatch([make_result(["<script>", "x"]), make_result(["a", "b", "c"])])
+    page = batch.show()._repr_html_()
+    assert "<h3>Prompt 0: &lt;script&gt;x</h3>" in page

@@ -26,7 +26,7 @@ from .errors import (
     UnknownScopeError,
 )
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
-from .results import CellScore, HeadScore, ScopeMatrix, ScopeResult, TokenScore
+from .results import CellScore, HeadScore, ScopeBatch, ScopeMatrix, ScopeResult, TokenScore, load
 from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, save_html
 from .evaluation import (
@@ -70,6 +70,7 @@ __all__ = [
     "SCOPES",
     "ScopeError",
     "ScopeMemoryError",
+    "ScopeBatch",
     "ScopeMatrix",
     "ScopeResult",
     "ScopeView",
@@ -82,6 +83,7 @@ __all__ = [
     "gradient_x_input",
     "integrated_gradients",
     "leave_one_out",
+    "load",
     "movable_cells",
     "PatchOutcome",
     "PatchingCell",

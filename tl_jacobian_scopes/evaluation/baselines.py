@@ -137,6 +137,7 @@ def _path(plan: Plan, objective: str) -> list[JobOutput]:
         scores = a.norm(dim=-1) if reduce == "l2" else a.sum(dim=-1)
         params = {"steps": steps, "objective": objective, "reduce": reduce, "baseline": "zero"}
         outputs.append(JobOutput(scores.cpu(), probs, target, params))
+        plan.bar.advance(1)
     return outputs
 
 
@@ -238,6 +239,7 @@ def _leave_one_out(plan: Plan) -> list[JobOutput]:
                 log_abl = torch.log_softmax(logits, dim=-1)
             kl = (p_orig * (log_orig - log_abl)).sum(dim=-1)  # [abl, jobs]
             scores[:, ablated] = kl.T.float().cpu()
+            plan.bar.advance(len(row_jobs) * len(ablated) / (max(positions) + 1))
         for i, (j, pos) in enumerate(zip(row_jobs, positions)):
             scores[i, pos + 1 :] = 0  # causality: later tokens cannot move this prediction
             params = {"replacement": replacement if not isinstance(replacement, Tensor) else "vector"}

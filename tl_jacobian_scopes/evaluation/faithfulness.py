@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import DataFileError, OptionError, OutputPathError, PromptError, UnknownScopeError
 from ..environment import describe, environment
 from ..jsonl import jsonl_objects
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
+from ..progress import Progress
 from ..scopes.api import SCOPES, jacobian_scope
 from .aopc import FRACTIONS, aopc, candidates, deletion_deltas, loo_percentile
 from .baselines import _integrated, final_distribution
@@ -417,8 +417,9 @@ def run(
     keys = [record_key(text, params, seed + idx) for idx, (_, text) in enumerate(texts)]
     done = _load_records(records_path, keys, params, data)
     todo = texts[:n]
-    with records_path.open("a", encoding="utf-8") as sink:
-        for idx, (lineno, text) in enumerate(tqdm(todo, desc=stem, unit="prompt", initial=0)):
+    with records_path.open("a", encoding="utf-8") as sink, Progress(f"faithfulness {stem}", len(todo), "texts") as bar:
+        for idx, (lineno, text) in enumerate(todo):
+            bar.set(idx)
             if idx in done:
                 continue
             head = {"id": idx, "line": lineno, "key": keys[idx], "params": params}
@@ -429,6 +430,7 @@ def run(
             sink.write(json.dumps(record) + "\n")
             sink.flush()
             done[idx] = record
+        bar.set(len(todo))
     records = [done[i] for i in sorted(done) if i < n]
     summary = summarize(records)
     if not summary["n_prompts"]:

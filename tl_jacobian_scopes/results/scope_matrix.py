@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
+from .files import file_header, strip_header
 from .scope_result import ScopeResult, dump_strict_json, read_json_file, write_output
 
 
@@ -83,16 +84,17 @@ class ScopeMatrix:
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``{"kind": "scope_matrix", "results": [ScopeResult.to_dict(), ...]}``."""
-        return {"kind": "scope_matrix", "results": [r.to_dict() for r in self.results]}
+        """A JSON-ready dict: the file header (``"kind": "ScopeMatrix"``), then ``"results"``."""
+        return {**file_header("ScopeMatrix"), "results": [r.to_dict() for r in self.results]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeMatrix":
-        """Inverse of :meth:`to_dict`."""
-        rows = data.get("results") if isinstance(data, dict) and data.get("kind") == "scope_matrix" else None
+        """Inverse of :meth:`to_dict` (also reads files of older versions, ``"kind": "scope_matrix"``)."""
+        is_matrix = isinstance(data, dict) and data.get("kind") in ("ScopeMatrix", "scope_matrix")
+        rows = strip_header(data, "ScopeMatrix", accepted=("scope_matrix",)).get("results") if is_matrix else None
         if not isinstance(rows, list):
             raise DataFileError(
-                "A ScopeMatrix dict has kind 'scope_matrix' and a list of results; "
+                "A ScopeMatrix dict has kind 'ScopeMatrix' and a list of results; "
                 "write it with ScopeMatrix.save_json() (a single result loads with ScopeResult.load_json())."
             )
         return cls([ScopeResult.from_dict(r) for r in rows])

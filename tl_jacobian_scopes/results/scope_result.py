@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
+from .files import file_header, strip_header
 
 class TokenScore(NamedTuple):
     """One row of :meth:`ScopeResult.top`."""
@@ -107,11 +108,15 @@ def read_json_file(path: Union[str, Path]) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DataFileError(f"Cannot read results file {str(path)!r}: {exc}. Check the path.") from exc
+    except UnicodeDecodeError as exc:  # a binary file (a pickle, an image, ...)
+        raise DataFileError(f"{str(path)!r} is not a JSON results file (not UTF-8 text): "
+                            "pass a file written by save_json().") from exc
     try:
         return json.loads(text)  # also accepts the NaN that files written by older versions hold
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, a 5000-digit integer, nesting beyond recursion
         raise DataFileError(
-            f"{str(path)!r} is not valid JSON ({exc}); write it with save_json() and do not edit its structure."
+            f"{str(path)!r} is not valid JSON ({str(exc)[:200]}); write it with save_json() "
+            "and do not edit its structure."
         ) from exc
 
 
@@ -400,6 +405,7 @@ class ScopeResult:
         """
         data: dict[str, Any] = strict_json_value(
             {
+                **file_header("ScopeResult"),
                 "scope": self.scope,
                 "score_kind": self.score_kind,
                 "model_name": self.model_name,
@@ -438,7 +444,7 @@ class ScopeResult:
 
     @classmethod
     def load_json(cls, path: Union[str, Path]) -> "ScopeResult":
-        """Read a file written by :meth:`save_json`."""
+        """Read a file written by :meth:`save_json` (``tjs.load(path)`` reads any result file)."""
         return cls.from_dict(read_json_file(path))
 
     @classmethod
@@ -448,8 +454,7 @@ class ScopeResult:
         Raises:
             DataFileError: A field is missing, unknown, or of the wrong type or length.
         """
-        _require(isinstance(data, dict), f"A ScopeResult dict is expected, got {type(data).__name__}.")
-        data = dict(data)
+        data = strip_header(data, "ScopeResult")
         data.pop("score_kind", None)  # derived from the scope
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -493,6 +498,13 @@ class ScopeResult:
         data["internal_norms"] = {k: _float_tensor(v, f"internal_norms.{k}") for k, v in norms.items()}
         if data.get("stderr") is not None:
             data["stderr"] = _float_tensor(data["stderr"], "stderr")
+        # Every map has one entry per token (a hand-edited file must not break the views later).
+        shaped = {f"{site}_scores": data.get(f"{site}_scores") for site in SITES}
+        shaped.update({f"internal_norms.{k}": v for k, v in data["internal_norms"].items()})
+        for name, tensor in {**shaped, "stderr": data.get("stderr")}.items():
+            ndim = 1 if name == "stderr" else 3 if name.endswith("head") or name == "head_scores" else 2
+            _require(tensor is None or (tensor.ndim == ndim and tensor.shape[-1] == n),
+                     f"Field {name!r} must have {ndim} dimension(s), the last with one entry per token ({n}).")
         return cls(**data)
 
     # ---- views ---------------------------------------------------------------------------

@@ -7,9 +7,9 @@ Every method is called the same way (as in Captum)::
                     padding_side="right", batch_size=16, progress=None, **options)
 
 and returns the same types (as in inseq), decided by the driver from the call's shape:
-a :class:`ScopeResult` for one prompt, a list for a batch, a :class:`ScopeMatrix` (or a
-list of them) with ``positions=``. Arguments a method does not take (``target`` for
-Temperature, ``internals`` for baselines) are refused with a clear error.
+a :class:`ScopeResult` for one prompt, a :class:`ScopeBatch` (a list) for a batch, a
+:class:`ScopeMatrix` (or a ScopeBatch of them) with ``positions=``. Arguments a method does
+not take (``target`` for Temperature, ``internals`` for baselines) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..errors import UnknownScopeError
+from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
 from ..results.scope_result import ScopeResult
 from .declarations import FISHER, SEMANTIC, TEMPERATURE, Method
@@ -57,11 +58,12 @@ _COMMON_DOC = """
         padding_side: ``"right"`` or ``"left"``: how a batch of unequal prompts is padded
             (results do not depend on it).
         batch_size: Prompts per forward pass for long lists.
-        progress: Progress bars (default: shown when there are many steps).
+        progress: A progress line (``None``: shown once the call has run 2 s, in a notebook
+            or a terminal; ``True``: at once; ``False``: never; ``TQDM_DISABLE=1`` silences all).
 
     Returns:
-        A :class:`ScopeResult` for one prompt, a list of them for a batch, a
-        :class:`ScopeMatrix` with ``positions=`` (a list of them for a batch).
+        A :class:`ScopeResult` for one prompt, a :class:`ScopeBatch` (a list) of them for a
+        batch, a :class:`ScopeMatrix` with ``positions=`` (a ScopeBatch of them for a batch).
 """
 
 
@@ -92,16 +94,16 @@ class Scope:
 
     @overload
     def __call__(self, model: Any, prompt: BatchPrompt, target: Union[Token, Sequence[Token]] = None, *,
-                 positions: None = None, **kwargs: Any) -> list[ScopeResult]: ...
+                 positions: None = None, **kwargs: Any) -> ScopeBatch[ScopeResult]: ...
 
     @overload
     def __call__(self, model: Any, prompt: BatchPrompt, target: Union[Token, Sequence[Token]] = None, *,
-                 positions: Positions, **kwargs: Any) -> list[ScopeMatrix]: ...
+                 positions: Positions, **kwargs: Any) -> ScopeBatch[ScopeMatrix]: ...
 
     @overload
     def __call__(self, model: Any, prompt: TokenTensor, target: Union[Token, Sequence[Token]] = None, *,
                  positions: Optional[Positions] = None, **kwargs: Any
-                 ) -> Union[ScopeResult, ScopeMatrix, list[ScopeResult], list[ScopeMatrix]]: ...
+                 ) -> Union[ScopeResult, ScopeMatrix, ScopeBatch[ScopeResult], ScopeBatch[ScopeMatrix]]: ...
 
     def __call__(self, model: Any, prompt: Any, target: Any = None, **kwargs: Any) -> Any:
         if target is not None:

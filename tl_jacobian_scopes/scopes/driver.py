@@ -9,7 +9,7 @@ returns them in the caller's shape. That shape is decided here and nowhere else:
 prompt                        ``positions=None``        ``positions=[...]|"all"``
 ============================  ========================  =========================
 one prompt (str, ids)         ``ScopeResult``           ``ScopeMatrix``
-a batch (list, ``[b, pos]``)  ``list[ScopeResult]``     ``list[ScopeMatrix]``
+a batch (list, ``[b, pos]``)  ``ScopeBatch`` of results  ``ScopeBatch`` of matrices
 ============================  ========================  =========================
 """
 
@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Un
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError, OptionError, PositionError, PromptError, TargetError
 from ..models.access import ModelAccess, first_non_finite_parameter
 from ..models.hook_names import internal_hook_names
 from ..models.inputs import prepare_tokens, resolve_position, resolve_token
+from ..progress import Progress, silent_progress
+from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
 from ..results.scope_result import ScopeResult
 from .engine import check_memory
@@ -90,6 +91,8 @@ class Plan:
     internals: bool = False
     padding_side: str = "right"
     progress: Optional[bool] = None
+    #: The call's progress line; strategies advance it by explained predictions (fractions allowed).
+    bar: Progress = field(default_factory=silent_progress)
 
     def target_for(self, job: int, probs: Tensor) -> int:
         """The explained token of a job, once its distribution is known."""
@@ -346,14 +349,14 @@ def make_result(method: "Method", plan: Plan, job: int, out: JobOutput) -> Scope
 
 
 def shape_output(plan: Plan, results: list[ScopeResult]) -> Any:
-    """Results in the caller's shape: one, a list, a ScopeMatrix, or a list of those."""
+    """Results in the caller's shape: one, a ScopeBatch (a list), a ScopeMatrix, or a ScopeBatch of those."""
     if not plan.multi:
-        return results if plan.batch else results[0]
+        return ScopeBatch(results) if plan.batch else results[0]
     per_row: dict[int, list[ScopeResult]] = {}
     for (r, _), res in zip(plan.jobs, results):
         per_row.setdefault(r, []).append(res)
     matrices = [ScopeMatrix(per_row[r]) for r in range(len(plan.rows))]
-    return matrices if plan.batch else matrices[0]
+    return ScopeBatch(matrices) if plan.batch else matrices[0]
 
 
 def run(
@@ -381,13 +384,15 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
     chunks = [list(range(s, min(s + batch_size, len(plan.rows)))) for s in range(0, len(plan.rows), batch_size)]
     check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]))
     outputs: list[JobOutput] = []
-    for rows in tqdm(chunks, desc="prompts", unit="batch", leave=False,
-                     disable=plan.progress is False or len(chunks) == 1):
-        sub = plan.rows_subset(rows) if len(chunks) > 1 else plan
-        got = method.strategy(sub)
-        for out in got:
-            check_finite(sub, out.scores, f"{method.name} score")
-        outputs += got
+    unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"
+    with Progress(method.label, len(plan.jobs), unit, plan.progress) as plan.bar:
+        for rows in chunks:
+            sub = plan.rows_subset(rows) if len(chunks) > 1 else plan
+            got = method.strategy(sub)
+            for out in got:
+                check_finite(sub, out.scores, f"{method.name} score")
+            outputs += got
+            plan.bar.set(len(outputs))  # exact at each sub-batch's end, whatever the strategy reported
     return shape_output(plan, [make_result(method, plan, j, out) for j, out in enumerate(outputs)])
 
 

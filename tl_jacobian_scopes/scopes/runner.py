@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, internal_hook_names
@@ -94,7 +93,7 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
     model; ``"left"`` passes an attention mask and offset positions).
     """
     access, rows, jobs = plan.access, plan.rows, plan.jobs
-    internals, progress = plan.internals, plan.progress
+    internals = plan.internals
     tokens, offsets, forward_kwargs, job_rows, job_cols = _padded_jobs(plan)
     leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
     # Group g of a job = how many earlier jobs share its row: one VJP can serve one job per row.
@@ -112,7 +111,11 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
         device = state.y.device
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
         probs = _distributions(plan, Y).to(device)
-        probes = [make_probes(plan, i, Y[i], probs[i]) for i in range(len(jobs))]
+        # Progress: making a job's probes counts as half of the job, its backward passes as the other half.
+        probes = []
+        for i in range(len(jobs)):
+            probes.append(make_probes(plan, i, Y[i], probs[i]))
+            plan.bar.advance(0.5)
         k = probes[0].vectors.shape[0]
         assert all(p.vectors.shape[0] == k for p in probes), "a method must use one probe count per call"
         vectors = torch.stack([p.vectors.to(device) for p in probes], dim=1)  # [k, jobs, d]
@@ -128,31 +131,27 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
         leaves = [state.leaves[n] for n in leaf_names]
         totals: dict[str, Tensor] = {}
         moments: dict[str, list[Tensor]] = {}
-        n_chunks = -(-(n_groups * k) // chunk)
-        bar = tqdm(total=n_groups * k, desc="backward passes", unit="vjp", leave=False,
-                   disable=not (progress if progress is not None else n_chunks > 4))
-        with bar:
-            for sl, grads in batched_vjp(Y, leaves, grad_outputs, chunk):
-                # Weight of VJP c for job i: its probe's weight if the job is in its group.
-                member = in_group[vjp_group[sl]].float()  # [c, jobs]
-                w = weights[vjp_probe[sl]] * member
-                for name, grad in zip(leaf_names, grads):
-                    if times_input and name == EMBED_HOOK:
-                        grad = grad * state.activations[EMBED_HOOK]
-                    sq = grad.float().pow(2).sum(dim=-1)[:, job_rows.to(grad.device)]  # [c, jobs, pos, ...]
-                    part = torch.einsum("cj,cj...->j...", w.to(sq.device), sq)
-                    totals[name] = totals[name] + part if name in totals else part
-                    if stochastic_from is not None and name == EMBED_HOOK:
-                        s = member * (vjp_probe[sl] >= stochastic_from).float()[:, None]
-                        s = s.to(sq.device)
-                        m1 = torch.einsum("cj,cj...->j...", s, sq)
-                        m2 = torch.einsum("cj,cj...->j...", s, sq.pow(2))
-                        if name in moments:
-                            moments[name][0] += m1
-                            moments[name][1] += m2
-                        else:
-                            moments[name] = [m1, m2]
-                bar.update(sl.stop - sl.start)
+        for sl, grads in batched_vjp(Y, leaves, grad_outputs, chunk):
+            # Weight of VJP c for job i: its probe's weight if the job is in its group.
+            member = in_group[vjp_group[sl]].float()  # [c, jobs]
+            w = weights[vjp_probe[sl]] * member
+            for name, grad in zip(leaf_names, grads):
+                if times_input and name == EMBED_HOOK:
+                    grad = grad * state.activations[EMBED_HOOK]
+                sq = grad.float().pow(2).sum(dim=-1)[:, job_rows.to(grad.device)]  # [c, jobs, pos, ...]
+                part = torch.einsum("cj,cj...->j...", w.to(sq.device), sq)
+                totals[name] = totals[name] + part if name in totals else part
+                if stochastic_from is not None and name == EMBED_HOOK:
+                    s = member * (vjp_probe[sl] >= stochastic_from).float()[:, None]
+                    s = s.to(sq.device)
+                    m1 = torch.einsum("cj,cj...->j...", s, sq)
+                    m2 = torch.einsum("cj,cj...->j...", s, sq.pow(2))
+                    if name in moments:
+                        moments[name][0] += m1
+                        moments[name][1] += m2
+                    else:
+                        moments[name] = [m1, m2]
+            plan.bar.advance(0.5 * len(jobs) * (sl.stop - sl.start) / (n_groups * k))
 
     outputs = []
     for i, ((r, _), probe) in enumerate(zip(jobs, probes)):

@@ -682,9 +682,9 @@ def forecast_scope(
         )
     fn = resolve_scope(scope)
     if steps is None:
-        raw = [fn(model, ids, position=positions[0], batch_size=batch_size, progress=False, **scope_options)]
+        raw = [fn(model, ids, position=positions[0], batch_size=batch_size, **scope_options)]
     else:
-        raw = list(fn(model, ids, positions=positions, batch_size=batch_size, progress=False, **scope_options))
+        raw = list(fn(model, ids, positions=positions, batch_size=batch_size, **scope_options))
     forecasts: list[Optional[Forecast]] = [None] * len(wanted)
     if distribution and paths is not None:
         context = context or _context_pass(access, ids)

@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import DataFileError, OptionError, ScopeError
+from ..progress import Progress
 from ..results.scope_result import strict_json_value
 from .forecast import FORECAST_SCOPES, ForecastMatrix, candidate_paths, forecast_distributions, forecast_scope, token_map
 from .generators import FAMILIES
@@ -294,7 +295,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if other:
             print(f"{len(other)} records in {path} were made with other inputs or parameters: ignored.", file=sys.stderr)
         if not args.summary_only:
-            with path.open("a", encoding="utf-8") as fh:
+            # The per-series lines below are the study's progress; a silent outer line keeps the scopes' own out.
+            with path.open("a", encoding="utf-8") as fh, Progress("study", len(planned), enabled=False):
                 for key, fam, seed, inputs in planned:
                     if key in done:
                         continue

@@ -1,0 +1,127 @@
+"""Result files: one header for every JSON file the library writes, and ``tjs.load``.
+
+Every ``save_json`` writes a dict that starts with a header naming its type::
+
+    {"format": "tl_jacobian_scopes", "kind": "ScopeResult", "version": 1, ...}
+
+:func:`load` reads the header and hands the dict to the reader registered for that kind
+(:func:`register_kind`); a result type added later registers itself the same way. Files
+written before the header existed are recognised by their keys. Files are parsed as JSON
+only: nothing is unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from ..errors import DataFileError
+
+FORMAT = "tl_jacobian_scopes"
+#: The newest file version this library reads (and the one it writes).
+VERSION = 1
+
+#: kind -> reader of the dict (the header included).
+_READERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
+#: (test on a headerless dict, kind): how files written before the header are recognised.
+_LEGACY: list[tuple[Callable[[dict[str, Any]], bool], str]] = []
+#: Older spellings of a kind -> the kind.
+_OLD_KINDS: dict[str, str] = {}
+
+
+def file_header(kind: str) -> dict[str, Any]:
+    """The header that starts every saved dict of ``kind`` (e.g. ``"ScopeResult"``)."""
+    return {"format": FORMAT, "kind": kind, "version": VERSION}
+
+
+def strip_header(data: Any, kind: str, accepted: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``data`` without its header, after checking that the header (if any) names ``kind``.
+
+    ``accepted`` lists other ``kind`` values that mean the same (older spellings).
+
+    Raises:
+        DataFileError: ``data`` is not a dict, or its header names another format, kind or
+            a newer version.
+    """
+    if not isinstance(data, dict):
+        raise DataFileError(f"A {kind} dict is expected, got {type(data).__name__}.")
+    fields: dict[str, Any] = dict(data)
+    fmt, found, version = fields.pop("format", None), fields.pop("kind", None), fields.pop("version", None)
+    if fmt is not None and fmt != FORMAT:
+        raise DataFileError(f"This is a {fmt!r} file, not a {FORMAT} file: it cannot be read as a {kind}.")
+    if found is not None and found != kind and found not in accepted:
+        raise DataFileError(
+            f"This file holds a {found!r}, not a {kind}: read it with tjs.load(path), which picks the right type."
+        )
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise DataFileError(f"The file's 'version' must be an integer, got {version!r}.")
+    if version is not None and version > VERSION:
+        raise DataFileError(
+            f"File version {version} is newer than this library reads (up to {VERSION}): "
+            "upgrade tl_jacobian_scopes to read it."
+        )
+    return fields
+
+
+def register_kind(kind: str, reader: Callable[[dict[str, Any]], Any],
+                  legacy: Optional[Callable[[dict[str, Any]], bool]] = None, old_kinds: tuple[str, ...] = ()) -> None:
+    """Make :func:`load` read files whose header has ``"kind": kind`` with ``reader``.
+
+    Args:
+        kind: The type's name as written in its files (its class name).
+        reader: Builds the object from the parsed dict (usually ``Class.from_dict``); raises
+            :class:`DataFileError` on a malformed dict.
+        legacy: For types that were saved before the header existed: recognises such a dict.
+        old_kinds: Other ``"kind"`` values that older versions wrote for this type.
+
+    Example:
+        >>> register_kind("PatchingResult", PatchingResult.from_dict)  # doctest: +SKIP
+    """
+    _READERS[kind] = reader
+    _OLD_KINDS.update({old: kind for old in old_kinds})
+    if legacy is not None:
+        _LEGACY.append((legacy, kind))
+
+
+def from_dict(data: Any, where: str = "The data") -> Any:
+    """The result object a saved dict describes, whatever its kind.
+
+    Raises:
+        DataFileError: ``data`` is not a dict of a known kind, or is malformed.
+    """
+    known = ", ".join(sorted(_READERS))
+    if not isinstance(data, dict):
+        raise DataFileError(f"{where} holds a JSON {type(data).__name__}; a saved result (one of {known}) "
+                            "is a JSON object written by save_json().")
+    fmt, kind = data.get("format"), data.get("kind")
+    if fmt is not None and fmt != FORMAT:
+        raise DataFileError(f"{where} is a {str(fmt)[:80]!r} file, not a {FORMAT} result (one of {known}).")
+    if kind is None and fmt is None:
+        kind = next((k for test, k in _LEGACY if test(data)), None)
+    kind = _OLD_KINDS.get(kind, kind) if isinstance(kind, str) else kind
+    if not isinstance(kind, str) or kind not in _READERS:
+        raise DataFileError(f"{where} is not a saved result: expected one of {known} "
+                            f"(a JSON object written by save_json()), found kind {str(kind)[:80]!r}.")
+    try:
+        return _READERS[kind](data)
+    except DataFileError as exc:
+        raise DataFileError(f"{where} is not a valid {kind}: {exc}") from exc
+
+
+def load(path: Union[str, Path]) -> Any:
+    """Read any JSON file the library writes (``save_json``) back into its object.
+
+    Returns a :class:`ScopeResult`, :class:`ScopeMatrix`, :class:`ScopeBatch`, or any other
+    registered result type, as the file's header says.
+
+    Raises:
+        DataFileError: The file is missing, not JSON, or not a saved result; the message
+            names the path and what was expected.
+
+    Example:
+        >>> r.save_json("r.json")  # doctest: +SKIP
+        >>> tjs.load("r.json")  # doctest: +SKIP
+    """
+    from .scope_result import read_json_file
+
+    return from_dict(read_json_file(path), where=repr(str(path)))
