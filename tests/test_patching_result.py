@@ -114,6 +114,14 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     for name in ("metric", "method", "site", "row_labels", "col_labels", "clean_str_tokens", "corrupted_str_tokens",
                  "answer_str", "wrong_str", "ld_clean", "ld_corrupted", "model_name"):
         assert getattr(back, name) == getattr(result, name), name
+    # tjs.load reads the header and returns the right type; files of the first, headerless
+    # format (kind "patching") still load.
+    loaded = tjs.load(path)
+    assert isinstance(loaded, tjs.PatchingResult) and torch.equal(loaded.values, result.values)
+    old = {k: v for k, v in result.to_dict().items() if k not in ("format", "version")}
+    old["kind"] = "patching"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert torch.equal(tjs.load(tmp_path / "old.json").values, result.values)
     # Strict JSON: NaN is written as null and read back as NaN.
     nan = _hand_made(torch.tensor([[float("nan"), 1.0]]))
     text = nan.save_json(tmp_path / "nan.json").read_text()

@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError
+from ..results.files import file_header, register_kind, strip_header
 from ..results.scope_result import (
     _float_tensor,
     _require,
@@ -180,7 +181,7 @@ class PatchingResult:
         """A JSON-ready dict (tensors as lists, non-finite floats as None)."""
         data: dict[str, Any] = strict_json_value(
             {
-                "kind": "patching",
+                **file_header("PatchingResult"),
                 "values": self.values.detach().float().cpu(),
                 **{name: getattr(self, name) for name in _FIELDS if name != "values"},
             }
@@ -194,9 +195,7 @@ class PatchingResult:
         Raises:
             DataFileError: A field is missing, unknown or of the wrong type.
         """
-        _require(isinstance(data, dict), f"A PatchingResult dict is expected, got {type(data).__name__}.")
-        data = dict(data)
-        _require(data.pop("kind", "patching") == "patching", "This is not a PatchingResult file.")
+        data = strip_header(data, "PatchingResult", accepted=("patching",))
         unknown, missing = sorted(set(data) - set(_FIELDS)), [n for n in _FIELDS[:-2] if n not in data]
         _require(not unknown and not missing, f"Unknown PatchingResult field(s) {unknown}, missing {missing}.")
         for name in ("metric", "method", "site", "answer_str", "wrong_str", "model_name"):
@@ -307,3 +306,6 @@ _FIELDS = ("values", "metric", "method", "site", "row_labels", "col_labels", "cl
 def as_values(value: Any) -> Any:
     """The tensor of a :class:`PatchingResult`, anything else unchanged (for functions taking either)."""
     return value.values if isinstance(value, PatchingResult) else value
+
+
+register_kind("PatchingResult", PatchingResult.from_dict, old_kinds=("patching",))
