@@ -23,6 +23,8 @@ from .errors import (
     ScopeError,
     ScopeMemoryError,
     TargetError,
+    TargetWarning,
+    TokenizationWarning,
     UnknownScopeError,
 )
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
@@ -73,6 +75,8 @@ __all__ = [
     "ScopeResult",
     "ScopeView",
     "TargetError",
+    "TargetWarning",
+    "TokenizationWarning",
     "TokenScore",
     "UnknownScopeError",
     "ablate_positions",
