@@ -31,6 +31,8 @@ from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import CellScore, HeadScore, ScopeMatrix, ScopeResult, TokenScore
 from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, save_html
+from .results.generation import GenerationResult
+from .scopes.generation import explain_generation
 from .evaluation import (
     ablate_positions,
     attribution_patching_map,
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "DataFileError",
     "DeviceError",
+    "GenerationResult",
     "Method",
     "ModelLoadError",
     "NonFiniteError",
@@ -82,6 +85,7 @@ __all__ = [
     "ablate_positions",
     "attribution_patching_map",
     "compare",
+    "explain_generation",
     "gradient_x_input",
     "integrated_gradients",
     "leave_one_out",
