@@ -8,7 +8,8 @@ import torch
 
 import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result
-from test_page_safety import IMG, SCRIPT, TOKENS, assert_inert
+from test_page_safety import IMG, MARKERS, SCRIPT, TOKENS, assert_inert
+from test_views import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText
 from tiny_models import BACKENDS, assert_close, tiny_model
 from tl_jacobian_scopes.models.access import hook_count
 
@@ -111,6 +112,24 @@ def test_generation_view_is_inert_with_hostile_tokens(tmp_path):
     assert_inert(g._repr_html_())
     with pytest.raises(tjs.ScopeError, match="explain_generation"):
         tjs.GenerationResult(matrix, prompt_length, [7, 8])
+
+
+@pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED, reason="needs Chromium (apt-get install chromium)")
+def test_generation_view_renders_in_a_real_browser(generation, tmp_path):
+    assert CHROMIUM, "Chromium is required here (TJS_BROWSER_REQUIRED=1)"
+    prompt_length = 7
+    hostile = tjs.GenerationResult(
+        tjs.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG) for p in (6, 7, 8)]), prompt_length, [7, 8, 9])
+    view = generation.show()
+    view.sections += hostile.show().sections
+    path = view.save(tmp_path / "generation.html")
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()).stdout
+    assert "tjs-generation" in dom and not any(marker in dom for marker in MARKERS)
+    parser = _RenderedText()
+    parser.feed(dom)
+    assert len(parser.texts) == 2  # both CircuitsVis mounts were filled
+    assert "capital" in parser.texts[0].replace("\xa0", " ") and "Paris" in parser.texts[0]
+    assert "</script><script>document" in parser.texts[1]  # the hostile token, shown as text
 
 
 def test_generated_text_fed_back_warns_where_it_can(default_model):

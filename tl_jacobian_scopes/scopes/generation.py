@@ -104,7 +104,7 @@ def explain_generation(
     settings = {"stop_at_eos": stop_at_eos, "use_past_kv_cache": True, "verbose": False, **settings}
     with access.frozen(), torch.no_grad():
         out = model.generate(tokens, max_new_tokens=max_new_tokens, return_type="tokens", **settings)
-    sequence = out[0].detach().to(tokens.device)
+    sequence = out[0].detach().to(tokens.device).clone()  # HookedTransformer.generate returns inference tensors
     generated = [int(t) for t in sequence[n_prompt:]]
     if not generated or not torch.equal(sequence[:n_prompt], tokens[0]):
         raise RuntimeError("model.generate returned no continuation of the prompt's ids")  # a broken generate()
