@@ -56,3 +56,14 @@ def test_misspelled_contrast_warns(default_model):
         warnings.simplefilter("error")
         warnings.simplefilter("ignore", tjs.TargetWarning)  # the documented way to silence it (takes precedence)
         tjs.semantic_scope(default_model, PROMPT, target=" Paris", contrast="Rome")
+
+
+def test_unknown_words_are_no_alternative():
+    """A word-level tokenizer maps unknown spellings ("paris") to <unk>: never suggested."""
+    from tiny_models import tiny_model
+    from tl_jacobian_scopes.models.access import ModelAccess
+    from tl_jacobian_scopes.models.inputs import near_variants
+
+    access = ModelAccess(tiny_model("gpt2", "bridge")[0])
+    assert near_variants(access, "paris") == {access.to_tokens("Paris", prepend_bos=False)[0, 0].item(): "Paris"}
+    assert near_variants(access, "Paris") == {}  # "paris", "PARIS" are <unk>; " Paris" is "Paris" itself

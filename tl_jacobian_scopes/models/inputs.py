@@ -164,7 +164,8 @@ def near_variants(access: ModelAccess, text: str) -> dict[int, str]:
             if candidate == text:
                 continue
             ids = access.to_tokens(candidate, prepend_bos=False)[0].tolist()
-            if len(ids) == 1 and ids != own:
+            # The token must read back as the spelling: an unknown word's <unk> is no alternative.
+            if len(ids) == 1 and ids != own and access.token_str(ids[0]).strip() == spelling:
                 found.setdefault(int(ids[0]), candidate)
     return found
 
