@@ -23,12 +23,16 @@ from .errors import (
     ScopeError,
     ScopeMemoryError,
     TargetError,
+    TargetWarning,
+    TokenizationWarning,
     UnknownScopeError,
 )
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import CellScore, HeadScore, ScopeBatch, ScopeMatrix, ScopeResult, TokenScore, load
 from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, save_html
+from .results.generation import GenerationResult
+from .scopes.generation import explain_generation
 from .evaluation import (
     ablate_positions,
     attribution_patching_map,
@@ -55,6 +59,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "DataFileError",
     "DeviceError",
+    "GenerationResult",
     "Method",
     "ModelLoadError",
     "NonFiniteError",
@@ -75,11 +80,14 @@ __all__ = [
     "ScopeResult",
     "ScopeView",
     "TargetError",
+    "TargetWarning",
+    "TokenizationWarning",
     "TokenScore",
     "UnknownScopeError",
     "ablate_positions",
     "attribution_patching_map",
     "compare",
+    "explain_generation",
     "gradient_x_input",
     "integrated_gradients",
     "leave_one_out",

@@ -70,3 +70,13 @@ class ScopeMemoryError(ScopeError, MemoryError):
 
 class ProcessedWeightsWarning(UserWarning):
     """The model's weights were processed in a way that changes (but does not break) a scope."""
+
+
+class TargetWarning(UserWarning):
+    """A target (or contrast) given as text is far less likely than a near spelling of it
+    (e.g. ``"Paris"`` where ``" Paris"`` is the prediction): probably the wrong token."""
+
+
+class TokenizationWarning(UserWarning):
+    """A text prompt does not survive tokenization unchanged, so its token ids may differ from
+    the ids it was decoded from: pass token ids instead."""

@@ -144,3 +144,52 @@ def resolve_token(access: ModelAccess, token: Target, role: str = "target") -> O
             )
         return int(ids[0])
     raise TargetError(f"{role} must be a token string or a token id, got {type(token).__name__}.")
+
+
+def near_variants(access: ModelAccess, text: str) -> dict[int, str]:
+    """Single tokens whose text nearly equals ``text``: with or without a leading space, in
+    lower, upper, title or first-capital case (``"Paris"`` → ``" Paris"``, ``"paris"``, ...).
+
+    Returns ``{token id: token text}``, without the id of ``text`` itself. Only these spellings
+    are tried (a handful of tokenizations, no vocabulary scan), so the check stays cheap.
+    """
+    core = text.strip()
+    if not core:
+        return {}
+    spellings = {core, core.lower(), core.upper(), core.title(), core[:1].upper() + core[1:]}
+    found: dict[int, str] = {}
+    own = access.to_tokens(text, prepend_bos=False)[0].tolist()
+    for spelling in sorted(spellings):
+        for candidate in (spelling, " " + spelling):
+            if candidate == text:
+                continue
+            ids = access.to_tokens(candidate, prepend_bos=False)[0].tolist()
+            # The token must read back as the spelling: an unknown word's <unk> is no alternative.
+            if len(ids) == 1 and ids != own and access.token_str(ids[0]).strip() == spelling:
+                found.setdefault(int(ids[0]), candidate)
+    return found
+
+
+def tokenization_problem(access: ModelAccess, text: str) -> Optional[str]:
+    """Why ``text`` cannot be the decoding of the ids it tokenizes to, or ``None``.
+
+    Text decoded from a model's ids (``model.to_string(ids)``) re-tokenizes to the *canonical*
+    ids of that text, which may differ from the ids the model produced (18 generated ``"-"``
+    tokens come back as 3 tokens). In general that cannot be seen from the text alone; two
+    cheap signs are certain, and these are what this reports: the text holds U+FFFD (bytes
+    that did not decode, e.g. a character split across tokens), or its ids do not decode back
+    to it. Pass token ids to explain exactly what the model produced.
+    """
+    if "\ufffd" in text:
+        return "holds U+FFFD ('\ufffd'), the mark of bytes that did not decode (a character split across tokens)"
+    tokenizer = access.tokenizer
+    if tokenizer is None:
+        return None
+    ids = access.to_tokens(text, prepend_bos=False)[0].tolist()
+    try:
+        decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    except TypeError:  # a tokenizer without that option
+        decoded = tokenizer.decode(ids)
+    if decoded != text:
+        return f"tokenizes to ids that decode to {decoded[:60]!r}, not to itself"
+    return None

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import NonFiniteError, OptionError, PositionError, PromptError, TargetError
+from ..errors import (NonFiniteError, OptionError, PositionError, PromptError, TargetError, TargetWarning,
+                      TokenizationWarning)
 from ..models.access import ModelAccess, first_non_finite_parameter
 from ..models.hook_names import internal_hook_names
-from ..models.inputs import prepare_tokens, resolve_position, resolve_token
+from ..models.inputs import near_variants, prepare_tokens, resolve_position, resolve_token, tokenization_problem
 from ..progress import Progress, silent_progress
 from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
@@ -78,6 +79,9 @@ class Plan:
         targets: Per job: a token id, ``None`` (the model's top prediction) or ``"next"``.
         contrasts: Per job: a token id or ``None``.
         options: The method's own options, validated, defaults filled in.
+        target_texts: Per job: the target as the caller spelled it, when given as text
+            (else ``None``); empty when unknown. Used only to warn about likely misspellings.
+        contrast_texts: The same for ``contrast=``.
     """
 
     access: ModelAccess
@@ -93,6 +97,8 @@ class Plan:
     progress: Optional[bool] = None
     #: The call's progress line; strategies advance it by explained predictions (fractions allowed).
     bar: Progress = field(default_factory=silent_progress)
+    target_texts: list[Optional[str]] = field(default_factory=list)
+    contrast_texts: list[Optional[str]] = field(default_factory=list)
 
     def target_for(self, job: int, probs: Tensor) -> int:
         """The explained token of a job, once its distribution is known."""
@@ -114,6 +120,8 @@ class Plan:
             jobs=[(index[self.jobs[j][0]], self.jobs[j][1]) for j in keep],
             targets=[self.targets[j] for j in keep],
             contrasts=[self.contrasts[j] for j in keep],
+            target_texts=[self.target_texts[j] for j in keep] if self.target_texts else [],
+            contrast_texts=[self.contrast_texts[j] for j in keep] if self.contrast_texts else [],
         )
 
 
@@ -260,7 +268,9 @@ def plan_call(
         raise PositionError("Pass either position= (one prediction) or positions= (many), not both.")
 
     batch = is_batch(prompt)
-    rows = [prepare_tokens(access, p, prepend_bos)[0] for p in _as_prompts(access, prompt, batch)]
+    prompts = _as_prompts(access, prompt, batch)
+    rows = [prepare_tokens(access, p, prepend_bos)[0] for p in prompts]
+    warn_tokenization(access, prompts, batch)
     multi = positions is not None
     if batch and isinstance(position, (list, tuple)) and len(position) != len(rows):
         raise PositionError(f"{len(position)} positions for {len(rows)} prompts: pass one per prompt.")
@@ -276,11 +286,14 @@ def plan_call(
 
     raw_targets = _per_job(target, "target", len(rows), jobs, batch, multi)
     targets = [t if isinstance(t, str) and t == NEXT else resolve_token(access, t, "target") for t in raw_targets]
-    contrasts = [resolve_token(access, c, "contrast") for c in _per_job(contrast, "contrast", len(rows), jobs, batch, multi)]
+    raw_contrasts = _per_job(contrast, "contrast", len(rows), jobs, batch, multi)
+    contrasts = [resolve_token(access, c, "contrast") for c in raw_contrasts]
     for t, c in zip(targets, contrasts):
         if c is not None and c == t:
             raise TargetError("target and contrast are the same token: their logit difference is 0.")
-    return Plan(access, rows, jobs, batch, multi, targets, contrasts, merged, internals, padding_side, progress)
+    return Plan(access, rows, jobs, batch, multi, targets, contrasts, merged, internals, padding_side, progress,
+                target_texts=[t if isinstance(t, str) and t != NEXT else None for t in raw_targets],
+                contrast_texts=[c if isinstance(c, str) else None for c in raw_contrasts])
 
 
 def job_seed(plan: Plan, job: int, seed: int) -> int:
@@ -297,6 +310,74 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("tl_jacobian_scopes"):
         frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     warnings.warn(message, category, stacklevel=level)
+
+
+def warn_tokenization(access: ModelAccess, prompts: Sequence[Any], batch: bool) -> None:
+    """One :class:`TokenizationWarning` for the text prompts that cannot re-tokenize to the ids
+    they were decoded from (:func:`~..models.inputs.tokenization_problem`)."""
+    found = [(i, p, problem) for i, p in enumerate(prompts)
+             if isinstance(p, str) and (problem := tokenization_problem(access, p)) is not None]
+    if not found:
+        return
+    i, text, problem = found[0]
+    which = f"Prompt {i} of the batch" if batch else "The prompt"
+    more = f" ({len(found) - 1} more prompt(s) likewise)" if len(found) > 1 else ""
+    warn_at_caller(
+        f"{which} ({text[:40]!r}{'...' if len(text) > 40 else ''}) {problem}{more}: if it was decoded from a "
+        "model's token ids, it does not tokenize back to them, and the scope explains other tokens. Pass the "
+        "token ids themselves (e.g. model.generate(..., return_type='tokens'), or tjs.explain_generation), or "
+        "silence this with warnings.filterwarnings('ignore', category=tjs.TokenizationWarning).",
+        TokenizationWarning,
+    )
+
+
+#: A target (or contrast) given as text draws a :class:`TargetWarning` when its probability is
+#: below the top prediction's divided by this ratio, and a near spelling of it (leading space,
+#: other case) is one token more than this ratio times likelier: ``"Paris"`` (p=0.002) when
+#: ``" Paris"`` has p=0.75. Token ids never draw it.
+UNLIKELY_RATIO = 10.0
+
+
+def warn_unlikely_tokens(plan: Plan, outputs: Sequence[JobOutput]) -> None:
+    """Warn, once per misspelling, when a target or contrast given as text looks like the wrong
+    token (see :data:`UNLIKELY_RATIO`); reuses each job's distribution (no forward pass)."""
+    access = plan.access
+    variants: dict[str, dict[int, str]] = {}
+    problems: dict[tuple[str, str, int], list[tuple[int, int, float, float]]] = {}
+    for role, texts, tokens in (("target", plan.target_texts, plan.targets), ("contrast", plan.contrast_texts, plan.contrasts)):
+        for job, (text, token) in enumerate(zip(texts, tokens)):
+            if text is None or not isinstance(token, int):
+                continue
+            probs = outputs[job].probs.float()
+            p = float(probs[token])
+            if not p * UNLIKELY_RATIO < float(probs.max()):
+                continue
+            if text not in variants:
+                variants[text] = near_variants(access, text)
+            alternatives = list(variants[text])
+            if not alternatives:
+                continue
+            alt_probs = probs[torch.tensor(alternatives, device=probs.device)]
+            best = int(alt_probs.argmax())
+            if float(alt_probs[best]) > UNLIKELY_RATIO * p:
+                problems.setdefault((role, text, alternatives[best]), []).append(
+                    (job, token, p, float(alt_probs[best])))
+    for (role, text, alt), hits in problems.items():
+        job, token, p, q = hits[0]
+        row, pos = plan.jobs[job]
+        probs = outputs[job].probs.float()
+        top = int(probs.argmax())
+        where = f"prompt {row}, position {pos}" if plan.batch else f"position {pos}"
+        more = f" The same holds at {len(hits) - 1} more explained prediction(s)." if len(hits) > 1 else ""
+        spelled = variants[text][alt]
+        warn_at_caller(
+            f"{role}={text!r} (token {token}) has p={p:.2g} at {where}, far below the top prediction "
+            f"{access.token_str(top)!r} (p={float(probs[top]):.2g}), while {spelled!r} is one token (id {alt}) "
+            f"with p={q:.2g}: did you mean {role}={spelled!r}? (Most tokens carry their leading space.){more} "
+            f"To explain {text!r} anyway, pass its id ({role}={token}), or silence this with "
+            "warnings.filterwarnings('ignore', category=tjs.TargetWarning).",
+            TargetWarning,
+        )
 
 
 # ---- running and shaping ----------------------------------------------------------------------
@@ -393,6 +474,7 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
                 check_finite(sub, out.scores, f"{method.name} score")
             outputs += got
             plan.bar.set(len(outputs))  # exact at each sub-batch's end, whatever the strategy reported
+    warn_unlikely_tokens(plan, outputs)
     return shape_output(plan, [make_result(method, plan, j, out) for j, out in enumerate(outputs)])
 
 

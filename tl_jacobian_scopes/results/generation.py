@@ -1,0 +1,194 @@
+"""`GenerationResult`: a scope explaining every token a model generated, prompt and continuation apart."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Union
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..views.html import ScopeView
+
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import DataFileError, ScopeError
+from .scope_matrix import ScopeMatrix
+from .scope_result import ScopeResult, TokenScore, dump_strict_json, read_json_file, write_output
+
+
+@dataclass
+class GenerationResult:
+    """One scope explaining each generated token, built by :func:`tl_jacobian_scopes.explain_generation`.
+
+    Row ``i`` of ``matrix`` explains generated token ``i``: the prediction at position
+    ``prompt_length - 1 + i`` of the whole sequence (prompt + continuation), scored over
+    every token up to it. The ids are the ones the model generated, never re-tokenized.
+
+    Attributes:
+        matrix: The scope at each explained position (:class:`ScopeMatrix`).
+        prompt_length: Number of prompt tokens (BOS included); the continuation follows.
+        generated: The generated token ids, in order.
+        generation: The ``generate()`` settings used (``do_sample``, ``max_new_tokens``, ...).
+
+    Example:
+        >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=4)  # doctest: +SKIP
+        >>> g.generated_str_tokens, g.top(3)[0]  # doctest: +SKIP
+    """
+
+    matrix: ScopeMatrix
+    prompt_length: int
+    generated: list[int]
+    generation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, start = len(self.generated), self.prompt_length - 1
+        tokens = self.matrix[0].tokens.tolist() if len(self.matrix) else []
+        if not (self.prompt_length >= 1 and n == len(self.matrix) and len(tokens) == self.prompt_length + n
+                and self.matrix.positions == list(range(start, start + n))
+                and tokens[self.prompt_length:] == list(self.generated)):
+            raise ScopeError(
+                "A GenerationResult needs one matrix row per generated token, explaining positions "
+                "prompt_length - 1 onwards of the prompt + generated ids: build it with tjs.explain_generation()."
+            )
+
+    # ---- reading ------------------------------------------------------------------------
+
+    @property
+    def scope(self) -> str:
+        return self.matrix.scope
+
+    @property
+    def str_tokens(self) -> list[str]:
+        """Every token: prompt, then continuation."""
+        return self.matrix.str_tokens
+
+    @property
+    def prompt_str_tokens(self) -> list[str]:
+        return self.str_tokens[: self.prompt_length]
+
+    @property
+    def generated_str_tokens(self) -> list[str]:
+        return self.str_tokens[self.prompt_length :]
+
+    @property
+    def scores(self) -> Float[Tensor, "n_generated pos"]:
+        """``[n_generated, n_tokens]``: row ``i`` explains generated token ``i``."""
+        return self.matrix.scores
+
+    def __len__(self) -> int:
+        return len(self.generated)
+
+    def __getitem__(self, i: int) -> ScopeResult:
+        """The :class:`ScopeResult` explaining generated token ``i``."""
+        return self.matrix[i]
+
+    def __iter__(self) -> Iterator[ScopeResult]:
+        return iter(self.matrix)
+
+    def top(self, k: int = 5) -> list[list[TokenScore]]:
+        """For each generated token, the ``k`` highest-scoring tokens before it, best first."""
+        return [r.top(k) for r in self.matrix]
+
+    def to_dataframe(self) -> "pd.DataFrame":
+        """Long format: :meth:`ScopeMatrix.to_dataframe` plus ``step`` (which generated token),
+        ``generated`` (its text) and ``in_prompt`` (whether the scored token is in the prompt)."""
+        frame = self.matrix.to_dataframe()
+        step = frame["explained"] - (self.prompt_length - 1)
+        frame.insert(1, "step", step)
+        frame.insert(2, "generated", [self.generated_str_tokens[s] for s in step])
+        frame["in_prompt"] = frame["position"] < self.prompt_length
+        return frame
+
+    # ---- files --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict holding the matrix (:meth:`ScopeMatrix.to_dict`) and the generation."""
+        return {"kind": "generation", "prompt_length": self.prompt_length, "generated": list(self.generated),
+                "generation": dict(self.generation), "matrix": self.matrix.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationResult":
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            DataFileError: The dict is not one :meth:`to_dict` wrote, or its parts disagree.
+        """
+        fix = "write it with GenerationResult.save_json() and do not edit its structure"
+        if not isinstance(data, dict) or data.get("kind") != "generation":
+            raise DataFileError(f"A GenerationResult dict has kind 'generation': {fix}.")
+        length, generated, generation = data.get("prompt_length"), data.get("generated"), data.get("generation", {})
+        if (not isinstance(length, int) or isinstance(length, bool) or not isinstance(generated, list)
+                or not all(isinstance(t, int) and not isinstance(t, bool) for t in generated)
+                or not isinstance(generation, dict)):
+            raise DataFileError(f"'prompt_length' must be an int, 'generated' a list of token ids: {fix}.")
+        matrix = ScopeMatrix.from_dict(data.get("matrix"))  # type: ignore[arg-type]
+        try:
+            return cls(matrix, length, generated, generation)
+        except ScopeError as exc:
+            raise DataFileError(f"The generation and its matrix disagree ({exc}): {fix}.") from exc
+
+    def save_json(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`to_dict` to ``path`` as standard JSON."""
+        text = dump_strict_json(self.to_dict())
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load_json(cls, path: Union[str, Path]) -> "GenerationResult":
+        """Read a file written by :meth:`save_json`."""
+        return cls.from_dict(read_json_file(path))
+
+    # ---- views --------------------------------------------------------------------------
+
+    def show(self) -> "ScopeView":
+        """The prompt and the continuation (set apart), a generated-token × token heatmap, and
+        each generated token's explanation as token colouring (offline HTML)."""
+        return generation_view(self)
+
+    def _repr_html_(self) -> str:
+        return self.show()._repr_html_()
+
+    def save_html(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`show` as one self-contained HTML file."""
+        return self.show().save(path)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(t) for t in self.generated_str_tokens[:6]) + (", ..." if len(self) > 6 else "")
+        return (f"GenerationResult(scope={self.scope!r}, prompt_tokens={self.prompt_length}, "
+                f"generated={len(self)} [{shown}])")
+
+
+def generation_view(result: GenerationResult) -> "ScopeView":
+    """The HTML view of a :class:`GenerationResult` (built from the shared view helpers)."""
+    from ..views.html import SCOPE_COLORS, ScopeView, _cv, _heatmap
+
+    r, first = result, result.matrix[0]
+    color = SCOPE_COLORS.get(r.scope, "#444444")
+    settings = ", ".join(f"{k}={v!r}" for k, v in r.generation.items())
+    prompt = "".join(f'<span class="tjs-prompt">{html.escape(t)}</span>' for t in r.prompt_str_tokens)
+    continuation = "".join(f"<b>{html.escape(t)}</b>" for t in r.generated_str_tokens)
+    header = (
+        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{html.escape(r.scope)}</b> scope '
+        f"({html.escape(first.score_kind)} scores) explaining {len(r)} generated token(s) · "
+        f"{html.escape(first.model_name)}<br><span class=\"tjs-params\">{html.escape(settings)}</span></div>"
+        f'<div class="tjs-generation" style="white-space:pre-wrap;font-family:monospace;padding:4px 10px">'
+        f'<span style="color:#666">{prompt}</span><span style="background:#ffe9a8">{continuation}</span></div>'
+    )
+    rows = [f"+{i}: {t}" for i, t in enumerate(r.generated_str_tokens)]
+    cols = [f"{i}:{t}" if i < r.prompt_length else f"{i}:{t} ◂" for i, t in enumerate(r.str_tokens)]
+    values = r.scores.T  # [tokens, generated]
+    peak = values.max(dim=0).values.clamp_min(1e-30)
+    return ScopeView(
+        [
+            header,
+            _heatmap(r.scores, rows, cols, color,
+                     f"Generated token (row) × token it depends on; columns marked ◂ are generated "
+                     f"(prompt: tokens 0–{r.prompt_length - 1})"),
+            "<h4>Tokens coloured per generated token (each divided by its own maximum)</h4>",
+            _cv("ColoredTokensMulti", tokens=r.str_tokens, values=(values / peak).tolist(), labels=rows),
+        ],
+        f"{r.scope} scope of a generation",
+    )
