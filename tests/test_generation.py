@@ -66,6 +66,8 @@ def test_views_tables_and_files(generation, tmp_path):
     back = tjs.GenerationResult.load_json(generation.save_json(tmp_path / "g.json"))
     assert back.generated == generation.generated and back.prompt_length == generation.prompt_length
     assert torch.equal(back.scores, generation.scores) and back.generation == generation.generation
+    loaded = tjs.load(tmp_path / "g.json")  # the header names the type
+    assert isinstance(loaded, tjs.GenerationResult) and loaded.generated == generation.generated
     data = json.loads((tmp_path / "g.json").read_text())
     data["generated"] = data["generated"][:-1]
     with pytest.raises(tjs.DataFileError, match="save_json"):

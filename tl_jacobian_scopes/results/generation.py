@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
+from .files import file_header, strip_header
 from .scope_matrix import ScopeMatrix
 from .scope_result import ScopeResult, TokenScore, dump_strict_json, read_json_file, write_output
 
@@ -107,7 +108,7 @@ class GenerationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict holding the matrix (:meth:`ScopeMatrix.to_dict`) and the generation."""
-        return {"kind": "generation", "prompt_length": self.prompt_length, "generated": list(self.generated),
+        return {**file_header("GenerationResult"), "prompt_length": self.prompt_length, "generated": list(self.generated),
                 "generation": dict(self.generation), "matrix": self.matrix.to_dict()}
 
     @classmethod
@@ -118,8 +119,7 @@ class GenerationResult:
             DataFileError: The dict is not one :meth:`to_dict` wrote, or its parts disagree.
         """
         fix = "write it with GenerationResult.save_json() and do not edit its structure"
-        if not isinstance(data, dict) or data.get("kind") != "generation":
-            raise DataFileError(f"A GenerationResult dict has kind 'generation': {fix}.")
+        data = strip_header(data, "GenerationResult", accepted=("generation",))
         length, generated, generation = data.get("prompt_length"), data.get("generated"), data.get("generation", {})
         if (not isinstance(length, int) or isinstance(length, bool) or not isinstance(generated, list)
                 or not all(isinstance(t, int) and not isinstance(t, bool) for t in generated)
