@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Optional, Union
 
 import torch
@@ -102,7 +103,10 @@ def explain_generation(
         )
     settings.setdefault("do_sample", any(k in settings for k in _SAMPLING))
     settings = {"stop_at_eos": stop_at_eos, "use_past_kv_cache": True, "verbose": False, **settings}
-    with access.frozen(), torch.no_grad():
+    with access.frozen(), torch.no_grad(), warnings.catch_warnings():
+        # The bridge's generate passes HF's deprecated `past_key_values`: its FutureWarning is
+        # about TransformerLens's code, not the user's, and would fill every notebook cell.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
         out = model.generate(tokens, max_new_tokens=max_new_tokens, return_type="tokens", **settings)
     sequence = out[0].detach().to(tokens.device).clone()  # HookedTransformer.generate returns inference tensors
     generated = [int(t) for t in sequence[n_prompt:]]
