@@ -28,7 +28,7 @@ from .errors import (
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import CellScore, HeadScore, ScopeMatrix, ScopeResult, TokenScore
 from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
-from .views import ScopeView, compare, save_html
+from .views import ScopeView, compare, init_notebook, save_html
 from .evaluation import (
     ablate_positions,
     attribution_patching_map,
@@ -79,6 +79,7 @@ __all__ = [
     "attribution_patching_map",
     "compare",
     "gradient_x_input",
+    "init_notebook",
     "integrated_gradients",
     "leave_one_out",
     "movable_cells",
