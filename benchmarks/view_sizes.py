@@ -59,6 +59,7 @@ def main() -> None:
     model = tjs.load_default_model(device="cpu")
     p100, p134 = prompt(model, 100), prompt(model, 134)
     token_view = tjs.semantic_scope(model, p100, target=" the")
+    views_html._notebook["bundle_sent"] = False  # as in a fresh kernel
     first = len(token_view._repr_html_().encode("utf-8"))
     rows = [("first display (token view, 100 tokens)", first)]
     rows.append(("second display (token view, 100 tokens)", later_display(token_view)))
@@ -71,13 +72,14 @@ def main() -> None:
         token_view, tjs.fisher_scope(model, p100), tjs.temperature_scope(model, p100)))))
     rows.append(("matrix view, positions='all', 100 tokens",
                  later_display(tjs.semantic_scope(model, p100, positions="all", target="next"))))
-    rows.append(("matrix view, positions='all', 134 tokens",
-                 later_display(tjs.semantic_scope(model, p134, positions="all", target="next"))))
+    matrix134 = tjs.semantic_scope(model, p134, positions="all", target="next")
+    rows.append(("matrix view, positions='all', 134 tokens", later_display(matrix134)))
     bundle = len(views_html.circuitsvis_bundle().encode("utf-8"))
     rows.append(("standalone file, token view (ScopeView.to_html)", len(token_view.show().to_html().encode("utf-8"))))
-    rows.append(("  of which the CircuitsVis bundle", bundle))
+    rows.append(("standalone file, matrix view at 134 tokens", len(matrix134.show().to_html().encode("utf-8"))))
+    rows.append(("  each holds one CircuitsVis bundle of", bundle))
     for name, size in rows:
-        print(f"{name:<52} {size / 1000:>9.1f} KB")
+        print(f"{name:<60} {size / 1000:>9.1f} KB")
 
 
 if __name__ == "__main__":
