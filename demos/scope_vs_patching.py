@@ -17,13 +17,10 @@ Usage: python demos/scope_vs_patching.py
 import warnings
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # a bare Figure draws itself: no pyplot, no backend switch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import tl_jacobian_scopes as tjs  # noqa: E402
-from tl_jacobian_scopes.evaluation.patching import movable_cells, residual_patching_map, spearman  # noqa: E402
+import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes.evaluation.patching import movable_cells, residual_patching_map, spearman
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "scope_vs_patching.png"
 PAIRS = [
@@ -35,7 +32,7 @@ PAIRS = [
 
 def main() -> None:
     model = tjs.load_default_model(device="cpu")
-    fig = plt.figure(figsize=(16, 4.6 * len(PAIRS)), layout="constrained")
+    fig = Figure(figsize=(16, 4.6 * len(PAIRS)), layout="constrained")
     for subfig, (clean, corrupted, answer, wrong) in zip(fig.subfigures(len(PAIRS), 1), PAIRS):
         scope = tjs.semantic_scope(model, clean, target=answer, contrast=wrong, internals=True)
         patched = residual_patching_map(model, clean, corrupted, answer, wrong)

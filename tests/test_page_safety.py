@@ -13,9 +13,10 @@ from html.parser import HTMLParser
 import pytest
 
 import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes.views import html as views_html
 from scope_fixtures import make_result
 from test_views import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText
-from tl_jacobian_scopes.views.html import ScopeView, circuitsvis_bundle
+from tl_jacobian_scopes.views.html import LOADER, ScopeView, circuitsvis_bundle
 
 # Each payload, if it ever ran, would set an attribute on <html> that --dump-dom shows; the
 # value is built at run time ('h'+'it') so the payload's own text never contains the marker.
@@ -32,7 +33,9 @@ LABELS = [SCRIPT, IMG + COMMENT]
 
 ALLOWED_TAGS = {"html", "head", "meta", "title", "body", "div", "style", "script", "b", "br", "span", "h4",
                 "figure", "figcaption", "table", "thead", "tbody", "tr", "th", "td"}
-RENDER_CALL = re.compile(r'CircuitsVis\.render\("tjs-cv-[0-9a-f]{12}", CircuitsVis\["(\w+)"\], (\{.*\})\);', re.S)
+# The only scripts a page holds besides the bundle and the loader: one call per view element.
+RENDER_CALL = re.compile(
+    r'(tjsCV|tjsHeatmap|tjsMatrix)\(((?:"tjs-cv-[0-9a-f]{12}", ){1,2})(?:"(\w+)", )?(\{.*\})\);', re.S)
 
 
 def hostile_results():
@@ -73,28 +76,39 @@ class _Page(HTMLParser):
         self.comments.append(data)
 
 
-def assert_inert(page: str, tokens=TOKENS, labels=None) -> str:
-    """Every tag is one we write, every script is one of our render calls, all data is text."""
-    bundle = circuitsvis_bundle()
-    assert page.count(bundle) == 1
-    rest = page.replace(bundle, "")
+def assert_inert(page: str, tokens=TOKENS, labels=None, bundle=True, props_seen=None) -> str:
+    """Every tag is one we write, every script is the bundle, the loader or one of our render
+    calls, all data is text. ``bundle``: the page must hold one copy of CircuitsVis (else none)."""
+    copies = circuitsvis_bundle()
+    assert page.count(copies) == (1 if bundle else 0)
+    rest = page.replace(copies, "")
     parser = _Page()
     parser.feed(rest)
     parser.close()
     assert set(parser.tags) <= ALLOWED_TAGS, set(parser.tags) - ALLOWED_TAGS
     assert not [a for a in parser.attrs if a.startswith("on")] and not parser.comments
     assert "<img" not in rest.lower() and "<!--" not in rest
-    mounts = rest.count('class="tjs-cv"')
-    assert mounts >= 1 and len(parser.scripts) == mounts + 1 and parser.scripts[0] == ""  # bundle, then one per mount
-    seen_labels = []
-    for script in parser.scripts[1:]:
+    scripts = parser.scripts
+    if bundle:
+        assert scripts[0] == ""  # where the bundle was
+        scripts = scripts[1:]
+    assert "<script>" + scripts[0] + "</script>" == LOADER.strip()
+    mounts = re.findall(r'id="(tjs-cv-[0-9a-f]{12})"', rest)
+    assert mounts and rest.count('class="tjs-cv"') >= 1
+    seen_labels, rendered = [], []
+    for script in scripts[1:]:
         match = RENDER_CALL.fullmatch(script)
         assert match, script[:300]
         assert not set("<>&\u2028\u2029") & set(script)
-        props = json.loads(match.group(2))
-        # CircuitsVis inserts tokens with innerHTML, so they arrive HTML-escaped and render literally.
-        assert props["tokens"] == [html.escape(t, quote=False) for t in tokens]
+        rendered += re.findall(r'tjs-cv-[0-9a-f]{12}', match.group(2))
+        props = json.loads(match.group(4))
+        if "tokens" in props:
+            # CircuitsVis inserts tokens with innerHTML, so they arrive HTML-escaped and render literally.
+            assert props["tokens"] == [html.escape(t, quote=False) for t in tokens]
         seen_labels.append(props.get("labels"))
+        if props_seen is not None:
+            props_seen.append(props)
+    assert sorted(rendered) == sorted(mounts)  # every mount is rendered by exactly one call
     if labels is not None:
         assert labels in seen_labels
     return "".join(parser.text)
@@ -106,15 +120,17 @@ def test_hostile_strings_stay_text_in_every_view(tmp_path):
         text = assert_inert(r.show().to_html())
         assert SCRIPT in text and IMG + SCRIPT in text  # shown, as text (target, model name)
         assert "data-pw-img" in text and "note=" in text  # the params line
-        assert_inert(r._repr_html_())
+        first_display = not views_html._notebook["bundle_sent"]
+        assert_inert(r._repr_html_(), bundle=first_display)
         assert_inert(r.save_html(tmp_path / "r.html").read_text(encoding="utf-8"))
     text = assert_inert(weird_scope.show().to_html())
     assert re.search(r"<title>[^<]*&lt;/script&gt;", weird_scope.show().to_html())  # scope in the page title
     assert SCRIPT + IMG in text
     assert_inert(tjs.compare(semantic, weird_scope, labels=LABELS).to_html(), labels=LABELS)
-    assert_inert(tjs.save_html([semantic, reloaded], tmp_path / "c.html").read_text(encoding="utf-8"))
-    text = assert_inert(matrix.show().to_html())
-    assert IMG + SCRIPT in text  # row labels name the targets
+    assert_inert(tjs.save_html(semantic, reloaded, path=tmp_path / "c.html").read_text(encoding="utf-8"))
+    specs = []
+    assert_inert(matrix.show().to_html(), props_seen=specs)
+    assert [IMG + SCRIPT in row for row in specs[0]["rows"]] == [True, True]  # row labels name the targets
     assert_inert(ScopeView(semantic.show().sections, title=SCRIPT).to_html())
 
 
@@ -147,3 +163,6 @@ def test_hostile_page_runs_no_injected_code_in_a_real_browser(tmp_path):
         assert "cat" in flat and "dog" in flat and "mat" in flat, flat[:200]
         assert "</script><script>document" in flat and "<img src=x" in flat and TOKEN_IMG in flat, flat[:400]
         assert "&amp;" in flat and "<!--<script>" in flat
+    # Heatmap labels (drawn by the page's script) are text too: a row label of the matrix view.
+    row = html.escape(f"9:{TOKENS[9]}→{IMG + SCRIPT}", quote=False)
+    assert f"<th>{row}</th>" in dom, dom[dom.find("tjs-hm"):][:500]

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from scope_fixtures import make_result
 
@@ -71,3 +73,36 @@ def test_a_figure_displays_itself_in_a_notebook_without_pyplot():
     fig = make_result().plot()
     png = fig._repr_png_()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def _deep_result(n_layers=30, n_heads=9, n_tokens=12):
+    """SmolLM2-135M's shape (30 layers x 9 heads), distinct values per (layer, head)."""
+    from scope_fixtures import result_dict
+
+    import tl_jacobian_scopes as tjs
+
+    grid = lambda *shape: (torch.arange(1, 1 + torch.Size(shape).numel()).reshape(shape) / 10.0).tolist()  # noqa: E731
+    maps = {"layer": grid(n_layers + 1, n_tokens), "attn": grid(n_layers, n_tokens), "mlp": grid(n_layers, n_tokens),
+            "head": grid(n_layers, n_heads, n_tokens)}
+    return tjs.ScopeResult.from_dict(result_dict([f" t{i}" for i in range(n_tokens)], scope="fisher",
+                                                 **{f"{k}_scores": v for k, v in maps.items()}, internal_norms=maps))
+
+
+def test_layer_by_head_panel_has_layers_as_rows_and_readable_layer_labels():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = _deep_result()
+    fig = r.plot()
+    FigureCanvasAgg(fig).draw()
+    _, layers_ax, heads_ax = fig.axes[:3]
+    heads = heads_ax.images[0].get_array()
+    assert heads.shape == (30, 9)  # rows = layers, columns = heads, as in the HTML view
+    expected = r.aggregate(r.internal("head", "scaled")).numpy()
+    assert np.allclose(heads, expected)
+    assert heads_ax.get_ylabel() == "layer" and heads_ax.get_xlabel() == "head"
+    renderer = fig.canvas.get_renderer()
+    for ax, n_rows in ((layers_ax, 31), (heads_ax, 30)):
+        labels = [t for t in ax.get_yticklabels() if t.get_text()]
+        assert len(labels) >= n_rows // 2  # at most every other layer left unlabelled
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.y0)
+        assert all(low.y1 <= high.y0 + 0.5 for low, high in zip(boxes, boxes[1:])), "layer labels overlap"

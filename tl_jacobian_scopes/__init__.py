@@ -30,7 +30,7 @@ from .errors import (
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
 from .results import CellScore, HeadScore, ScopeBatch, ScopeMatrix, ScopeResult, TokenScore, load
 from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
-from .views import ScopeView, compare, save_html
+from .views import ScopeView, compare, init_notebook, save_html
 from .results.generation import GenerationResult
 from .scopes.generation import explain_generation
 from .evaluation import (
@@ -89,6 +89,7 @@ __all__ = [
     "compare",
     "explain_generation",
     "gradient_x_input",
+    "init_notebook",
     "integrated_gradients",
     "leave_one_out",
     "load",

@@ -509,22 +509,31 @@ class ScopeResult:
 
     # ---- views ---------------------------------------------------------------------------
 
-    def show(self, normalization: str = "scaled") -> "ScopeView":
-        """A CircuitsVis view (tokens coloured by score; layer and head views with internals).
+    def show(self, *parts: str, normalization: str = "scaled") -> "ScopeView":
+        """A CircuitsVis view: the token colouring (``"tokens"``) and, with internals, the
+        layer view (``"layers"``) and head view (``"heads"``); name parts to show only those.
 
         In a notebook, ``r.show()`` as a cell's last line displays it (no network needed);
         the result itself also displays this way. ``normalization`` applies to internal maps.
+
+        Example:
+            >>> r.show("heads")  # only the layer x head view  # doctest: +SKIP
+            >>> r.show("tokens", "layers", normalization="raw").save("view.html")  # doctest: +SKIP
+
+        Raises:
+            OptionError: An unknown part or normalization.
+            ScopeError: ``"layers"``/``"heads"`` of a result computed without ``internals=True``.
         """
         from ..views.html import show
 
-        return show(self, normalization)
+        return show(self, normalization, parts or None)
 
     def _repr_html_(self) -> str:
         return self.show()._repr_html_()
 
     def save_html(self, path: Union[str, Path], normalization: str = "scaled") -> Path:
         """Write one self-contained HTML file (all JavaScript inlined, nothing fetched)."""
-        return self.show(normalization).save(path)
+        return self.show(normalization=normalization).save(path)
 
     def plot(self, normalization: str = "scaled") -> "Figure":
         """A static matplotlib figure for papers (needs the ``plot`` extra)."""

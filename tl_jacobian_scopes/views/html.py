@@ -2,8 +2,18 @@
 
 CircuitsVis's own ``RenderedHTML`` picks between its inlined bundle and a CDN by probing
 the internet (a blocking request, slow or hanging without a network). Here the bundled
-JavaScript that ships inside the ``circuitsvis`` wheel is always inlined, once per page, so
-a view renders in a notebook or a saved file with no network at all.
+JavaScript that ships inside the ``circuitsvis`` wheel (1.3 MB) is inlined instead, so a view
+renders in a notebook or a saved file with no network at all:
+
+* a saved page (:meth:`ScopeView.save`, :func:`save_html`) holds exactly one copy;
+* in a notebook, only the first view displayed by this Python process (or
+  :func:`init_notebook`) carries it; later views wait for ``window.CircuitsVis`` and render.
+  The copy is saved with that first output, so an exported notebook renders offline in page
+  order. If that output is cleared or its cell re-run, call :func:`init_notebook` again.
+
+View data is compact: numbers travel as integers of 1/10000 of their array's largest
+magnitude (runs of zeros collapsed), decoded and rounded to 4 significant digits in the page;
+heatmaps are drawn by a few lines of JavaScript from that data instead of one HTML cell each.
 
 Everything that reaches the page is escaped, because token strings, targets, labels, model
 names and parameters are data (a prompt, a word-level tokenizer, an edited JSON file) and may
@@ -20,6 +30,7 @@ import functools
 import html
 import json
 import math
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
@@ -30,7 +41,7 @@ if TYPE_CHECKING:
 import torch
 from torch import Tensor
 
-from ..errors import OptionError, ScopeError
+from ..errors import MissingPackageError, OptionError, ScopeError
 from ..results.scope_result import ScopeResult, check_normalization, write_output
 
 #: The colour of each scope; scopes never share a colour scale.
@@ -68,13 +79,52 @@ def script_json(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return _pack(value)
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return value.tolist()
+        return _pack(torch.as_tensor(value))
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return _round(value)
     return value
+
+
+#: Packed arrays hold integers of 1/LEVELS of the array's largest magnitude.
+LEVELS = 9999
+
+
+def _round(value: float) -> float:
+    """4 significant digits (what a page shows; NaN and infinities kept)."""
+    return float(f"{value:.4g}") if math.isfinite(value) else value
+
+
+def _pack(values: Tensor) -> dict[str, Any]:
+    """A numeric array as ``{"$tjs": [step, shape, data]}``, decoded by the page's loader.
+
+    ``data`` lists ``round(value / step)`` in row-major order, ``step`` being 1/9999 of the
+    largest finite magnitude, and writes a run of ``k > 1`` zeros as ``[k]`` (scores are
+    zero after the explained position). NaN and infinities pass through as themselves.
+    """
+    x = values.detach().float().cpu()
+    finite = x[torch.isfinite(x)]
+    peak = float(finite.abs().max()) if finite.numel() else 0.0
+    step = float(f"{peak / LEVELS:.6g}") if peak > 0 else 1.0
+    data: list[Any] = []
+    zeros = 0
+    for v in torch.round(x / step).flatten().tolist():
+        if v == 0:
+            zeros += 1
+            continue
+        if zeros:
+            data.append(0 if zeros == 1 else [zeros])
+            zeros = 0
+        data.append(int(v) if math.isfinite(v) else v)
+    if zeros:
+        data.append(0 if zeros == 1 else [zeros])
+    return {"$tjs": [step, list(x.shape), data]}
 
 
 def _token_html(tokens: Sequence[str]) -> list[str]:
@@ -82,16 +132,19 @@ def _token_html(tokens: Sequence[str]) -> list[str]:
     return [html.escape(t, quote=False) for t in tokens]
 
 
+def _mount_id() -> str:
+    return f"tjs-cv-{uuid.uuid4().hex[:12]}"
+
+
 def _cv(element: str, **props: Any) -> str:
-    """A div and the call that renders a CircuitsVis element into it (bundle loaded once per page)."""
-    div = f"tjs-cv-{uuid.uuid4().hex[:12]}"
+    """A div and the call that renders a CircuitsVis element into it once the bundle is there."""
+    div = _mount_id()
     props = {k: v for k, v in props.items() if v is not None}
     if "tokens" in props:
         props["tokens"] = _token_html(props["tokens"])
     return (
         f'<div id="{div}" class="tjs-cv" data-element="{html.escape(element)}"></div>\n'
-        f"<script>CircuitsVis.render({script_json(div)}, CircuitsVis[{script_json(element)}], "
-        f"{script_json(props)});</script>"
+        f"<script>tjsCV({script_json(div)}, {script_json(element)}, {script_json(props)});</script>"
     )
 
 
@@ -100,17 +153,8 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _color(value: float, peak: float, hex_color: str) -> str:
-    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
-    alpha = 0.0 if peak <= 0 else max(0.0, min(1.0, value / peak))
-    return f"rgba({r},{g},{b},{alpha:.3f})"
-
-
-def _heatmap(
-    grid: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], color: str, caption: str,
-    marked_col: Optional[int] = None,
-) -> str:
-    """A plain HTML/CSS heatmap table (no JavaScript): rows x columns, one colour scale.
+def _heatmap_spec(grid: Tensor, color: str) -> tuple[dict[str, Any], str]:
+    """The colour scale of a heatmap (``top``) and its caption text.
 
     The scale tops out at the 99th percentile of the cells (stated in the caption), so that a
     handful of extreme cells (e.g. the final residual at the explained position) does not
@@ -122,23 +166,25 @@ def _heatmap(
         top = float(torch.quantile(grid.float().flatten(), 0.99))
         top = top if top > 0 else peak
     scale_text = f"max {peak:.4g}" + (f"; colour saturates at the 99th percentile, {top:.4g}" if top < peak else "")
-    marked_col = marked_col if isinstance(marked_col, int) else None
-    head = "".join(
-        f'<th class="col{" marked" if j == marked_col else ""}"><span>{html.escape(c)}</span></th>'
-        for j, c in enumerate(col_labels)
-    )
-    body = []
-    for i, label in enumerate(row_labels):
-        cells = "".join(
-            f'<td style="background:{_color(float(v), top, color)}" title="{html.escape(label)}, '
-            f'{html.escape(col_labels[j])}: {float(v):.4g}"></td>'
-            for j, v in enumerate(grid[i].tolist())
-        )
-        body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
-    return (
-        f'<figure class="tjs-heatmap"><figcaption>{html.escape(caption)} ({html.escape(scale_text)})</figcaption>'
-        f'<table><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></figure>'
-    )
+    return {"values": grid, "color": color, "top": top}, scale_text
+
+
+def _heatmap_figure(div: str, caption: str, scale_text: str) -> str:
+    return (f'<figure class="tjs-heatmap"><figcaption>{html.escape(caption)} ({html.escape(scale_text)})'
+            f'</figcaption><div id="{div}" class="tjs-hm"></div></figure>')
+
+
+def _heatmap(
+    grid: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], color: str, caption: str,
+    marked_col: Optional[int] = None,
+) -> str:
+    """A heatmap table (rows x columns, one colour scale) that the page draws from packed data;
+    labels are set as text, each column's in full (vertical) and as its tooltip."""
+    spec, scale_text = _heatmap_spec(grid, color)
+    marked = marked_col if isinstance(marked_col, int) and not isinstance(marked_col, bool) else None
+    spec.update(rows=list(row_labels), cols=list(col_labels), marked=marked)
+    div = _mount_id()
+    return _heatmap_figure(div, caption, scale_text) + f"<script>tjsHeatmap({script_json(div)}, {script_json(spec)});</script>"
 
 
 def _prob(p: Optional[float]) -> str:
@@ -183,7 +229,10 @@ PARTS = ("tokens", "layers", "heads")
 
 def _check_parts(parts: Sequence[str]) -> None:
     if isinstance(parts, str) or not all(p in PARTS for p in parts):
-        raise OptionError(f"parts must be a list of names among {PARTS}, got {parts!r}.")
+        hint = ""
+        if any(p in ("raw", "scaled") for p in ([parts] if isinstance(parts, str) else parts)):
+            hint = " (for the normalization, pass normalization='raw' or 'scaled' by keyword)"
+        raise OptionError(f"parts must be names among {PARTS}, got {parts!r}{hint}.")
 
 
 def result_sections(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> list[str]:
@@ -202,8 +251,8 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
         sections += [
             f"<h4>Tokens coloured by {_esc(r.scope)} score (0 … {float(r.scores.max()):.4g}); "
             f"explained position {_esc(r.position)}</h4>",
-            _cv("ColoredTokens", tokens=r.str_tokens, values=r.scores.tolist(), minValue=0.0,
-                maxValue=float(r.scores.max()), positiveColor=color),
+            _cv("ColoredTokens", tokens=r.str_tokens, values=r.scores, minValue=0.0,
+                maxValue=float(r.scores.max()), positiveColor=color, paddingBottom=0),
         ]
     if not r.has_internals:
         return sections
@@ -223,7 +272,7 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
         sites[:, 2, :n_layers] = r.internal("mlp", normalization).T
         sections.append(f"<h4>Tokens by site and layer ({html.escape(norm_text)})</h4>")
         sections.append(
-            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=sites.tolist(),
+            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=sites,
                 firstDimensionName="Site", secondDimensionName="Layer",
                 firstDimensionLabels=["resid_pre", "attn_out", "mlp_out"],
                 secondDimensionLabels=[str(i) for i in range(n_layers)] + ["final"])
@@ -237,7 +286,7 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
         )
         sections.append(f"<h4>Tokens by head ({html.escape(norm_text)})</h4>")
         sections.append(
-            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=heads.permute(2, 0, 1).tolist(),
+            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=heads.permute(2, 0, 1),
                 firstDimensionName="Layer", secondDimensionName="Head")
         )
     return sections
@@ -280,7 +329,7 @@ def comparison_sections(results: Sequence[ScopeResult], labels: Optional[Sequenc
         '<div class="tjs-header" style="border-left:4px solid #444"><b>Comparison</b> · each column is divided '
         "by its own maximum (scopes are never on one colour scale: Fisher scores are quadratic, "
         f"Semantic and Temperature are norms)<br>{html.escape(kinds)}</div>",
-        _cv("ColoredTokensMulti", tokens=tokens, values=values.tolist(), labels=labels),
+        _cv("ColoredTokensMulti", tokens=tokens, values=values, labels=labels),
     ]
 
 
@@ -291,55 +340,166 @@ STYLE = """
 .tjs-view h4{margin:14px 0 4px 0;font-weight:600}
 .tjs-heatmap{margin:10px 0;overflow-x:auto}
 .tjs-heatmap table{border-collapse:collapse;font-size:10px}
-.tjs-heatmap td{width:14px;height:12px;border:1px solid #fff}
-.tjs-heatmap th{font-weight:normal;padding:0 3px;text-align:right}
-.tjs-heatmap th.col{height:70px;vertical-align:bottom}
-.tjs-heatmap th.col span{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap}
+.tjs-heatmap td{width:14px;height:12px;border:1px solid #fff;padding:0}
+.tjs-heatmap th{font-weight:normal;padding:0 3px;text-align:right;white-space:nowrap}
+.tjs-heatmap th.col{vertical-align:bottom;padding:2px 0}
+.tjs-heatmap th.col span{display:inline-block;writing-mode:vertical-rl;transform:rotate(180deg);white-space:pre}
 .tjs-heatmap th.marked{background:#ffe9a8}
 .tjs-params{color:#555;font-size:11px}
+.tjs-cv[data-element="ColoredTokensMulti"]>div{padding-bottom:4px!important}
+.tjs-cv .colored-tokens{padding-bottom:2px!important}
+.tjs-missing{color:#a33}
 </style>
 """
 
+#: Renders every view of a page; defined by each display (a few hundred bytes), so a view
+#: shown before the bundle's script has run waits for ``window.CircuitsVis`` (polling for
+#: 20 s, then it says what to do). Only ``textContent``/attributes take data: never HTML,
+#: except the tokens CircuitsVis itself inserts, which Python has escaped.
+LOADER = r"""<script>
+(function(w){
+function decode(p){var s=p[0],shape=p[1],flat=[];p[2].forEach(function(d){
+ if(Array.isArray(d)){for(var i=0;i<d[0];i++)flat.push(0);}else flat.push(d===0?0:+(d*s).toPrecision(4));});
+ function build(k,off){if(k===shape.length)return flat[off];var n=1,out=[];
+  for(var j=k+1;j<shape.length;j++)n*=shape[j];for(var i=0;i<shape[k];i++)out.push(build(k+1,off+i*n));return out;}
+ return build(0,0);}
+function unpack(v){if(Array.isArray(v))return v.map(unpack);
+ if(v&&typeof v==="object"){if(Object.prototype.hasOwnProperty.call(v,"$tjs"))return decode(v["$tjs"]);
+  var o={};for(var k in v)o[k]=unpack(v[k]);return o;}return v;}
+w.tjsUnpack=unpack;
+w.tjsCV=function(id,element,props){var tries=0;props=unpack(props);(function attempt(){
+ var el=document.getElementById(id);if(!el)return;
+ if(w.CircuitsVis){w.CircuitsVis.render(id,w.CircuitsVis[element],props);return;}
+ if(++tries<200){setTimeout(attempt,100);return;}
+ el.className+=" tjs-missing";el.textContent="CircuitsVis's script is not in this page (it travels with the first "
+  +"Jacobian Scopes view of a kernel session, whose output was cleared or not saved): run "
+  +"tl_jacobian_scopes.init_notebook() in a cell above, then re-run this one.";})();};
+w.tjsHeatmap=function(id,spec){var el=document.getElementById(id);if(!el)return;spec=unpack(spec);
+ var c=spec.color,r=parseInt(c.slice(1,3),16),g=parseInt(c.slice(3,5),16),b=parseInt(c.slice(5,7),16);
+ var t=document.createElement("table"),head=t.createTHead().insertRow(),body=t.createTBody();
+ head.appendChild(document.createElement("th"));
+ spec.cols.forEach(function(label,j){var th=document.createElement("th"),span=document.createElement("span");
+  th.className="col"+(j===spec.marked?" marked":"");span.textContent=label;th.title=label;th.appendChild(span);
+  head.appendChild(th);});
+ spec.rows.forEach(function(label,i){var tr=body.insertRow(),th=document.createElement("th");
+  th.textContent=label;tr.appendChild(th);spec.values[i].forEach(function(v,j){var td=tr.insertCell(),
+   a=spec.top>0?Math.max(0,Math.min(1,v/spec.top)):0;td.style.background="rgba("+r+","+g+","+b+","+a.toFixed(3)+")";
+   td.title=label+", "+spec.cols[j]+": "+v;});});
+ el.appendChild(t);};
+function unescapeHTML(t){return t.replace(/&lt;/g,"<").replace(/&gt;/g,">").replace(/&amp;/g,"&");}
+w.tjsMatrix=function(heatmapId,tokensId,spec){spec=unpack(spec);
+ w.tjsHeatmap(heatmapId,{rows:spec.rows,values:spec.values,color:spec.color,top:spec.top,marked:null,
+  cols:spec.tokens.map(function(t,i){return i+":"+unescapeHTML(t);})});
+ var perToken=spec.tokens.map(function(_,j){return spec.values.map(function(row){
+  var peak=Math.max.apply(null,row);return peak>0?+(row[j]/peak).toPrecision(4):0;});});
+ w.tjsCV(tokensId,"ColoredTokensMulti",{tokens:spec.tokens,values:perToken,labels:spec.rows});};
+})(window);
+</script>
+"""
 
-def page(sections: Sequence[str], title: str = "Jacobian Scopes") -> str:
-    """One HTML fragment: style, the CircuitsVis bundle (inlined once), then the sections."""
+#: Whether this Python process has already sent the bundle to its notebook page.
+_notebook = {"bundle_sent": False}
+
+
+def _bundle_script() -> str:
+    return f"<script>{circuitsvis_bundle()}</script>\n"
+
+
+def _separate_page_per_output() -> bool:
+    """Colab shows each output in its own frame, where an earlier output's script is not visible."""
+    return "google.colab" in sys.modules
+
+
+def page(sections: Sequence[str], title: str = "Jacobian Scopes", bundle: bool = True) -> str:
+    """One HTML fragment: style, the CircuitsVis bundle (when ``bundle``), the loader, then the sections."""
     return (
-        f'<div class="tjs-view">{STYLE}<script>{circuitsvis_bundle()}</script>\n'
+        f'<div class="tjs-view">{STYLE}{_bundle_script() if bundle else ""}{LOADER}'
         + "\n".join(sections)
         + "</div>"
     )
 
 
-class ScopeView:
-    """A rendered view: displays itself in a notebook, and saves as one offline HTML file."""
+def init_notebook() -> None:
+    """Load the views' JavaScript (CircuitsVis, 1.3 MB, offline) into this notebook page now.
 
-    def __init__(self, sections: Sequence[str], title: str = "Jacobian Scopes"):
+    The first view a Python process displays does this by itself, and later views reuse it,
+    so a notebook holds one copy. Call this after clearing that first output or re-running
+    its cell (the copy goes with the output), or to load it before any view.
+
+    Example:
+        >>> import tl_jacobian_scopes as tjs
+        >>> tjs.init_notebook()  # doctest: +SKIP
+
+    Raises:
+        MissingPackageError: IPython is not installed (no notebook to display into).
+    """
+    try:
+        from IPython.display import display
+    except ImportError as exc:
+        raise MissingPackageError("init_notebook() displays into a Jupyter notebook: pip install ipykernel") from exc
+    display({"text/html": f'<div class="tjs-init">{_bundle_script()}{LOADER}</div>',
+             "text/plain": "Jacobian Scopes views: CircuitsVis loaded"}, raw=True)  # type: ignore[no-untyped-call]
+    _notebook["bundle_sent"] = True
+
+
+def notebook_html(sections: Sequence[str], title: str = "Jacobian Scopes") -> str:
+    """The HTML a notebook displays: with the bundle only the first time in this Python process."""
+    bundle = not _notebook["bundle_sent"] or _separate_page_per_output()
+    _notebook["bundle_sent"] = True
+    return page(sections, title, bundle=bundle)
+
+
+class ScopeView:
+    """A rendered view: displays itself in a notebook, and saves as one offline HTML file.
+
+    Example:
+        >>> view = r.show("tokens", "heads")  # doctest: +SKIP
+        >>> view  # a cell's last line: displays it  # doctest: +SKIP
+        >>> view.save("scope.html")  # doctest: +SKIP
+    """
+
+    def __init__(self, sections: Sequence[str], title: str = "Jacobian Scopes", parts: Sequence[str] = ()):
         self.sections = list(sections)  # HTML fragments, already escaped by whoever built them
         self.title = str(title)  # plain text: escaped when the page is written
+        self.parts = [str(p) for p in parts]  # what it shows, for the text summary
 
     def _repr_html_(self) -> str:
-        return page(self.sections, self.title)
+        return notebook_html(self.sections, self.title)
+
+    def __repr__(self) -> str:
+        shows = ", ".join(self.parts) if self.parts else f"{len(self.sections)} sections"
+        return (f"<ScopeView {self.title!r}: {shows}. Display it as a notebook cell's last line; "
+                f"save one offline page with .save('view.html').>")
 
     def to_html(self) -> str:
-        """A complete standalone HTML document (all JavaScript inlined)."""
+        """A complete standalone HTML document (all JavaScript inlined, one copy of CircuitsVis)."""
         return (
             f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
             f"</head><body>{page(self.sections, self.title)}</body></html>"
         )
 
     def save(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`to_html` to ``path``."""
         text = self.to_html()
         return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def show(result: ScopeResult, normalization: str = "scaled", parts: Sequence[str] = PARTS) -> ScopeView:
+def show(result: ScopeResult, normalization: str = "scaled", parts: Optional[Sequence[str]] = None) -> ScopeView:
     """The view of one result: ``parts`` among ``"tokens"``, ``"layers"``, ``"heads"``
-    (the last two need a result computed with ``internals=True``).
+    (all it has by default; the last two need a result computed with ``internals=True``).
 
     Raises:
         OptionError: ``normalization`` is not one of ``"raw"``, ``"scaled"``, or ``parts`` is unknown.
+        ScopeError: ``parts`` asks for ``"layers"``/``"heads"`` of a result without internal maps.
     """
-    return ScopeView(result_sections(result, normalization, parts), f"{result.scope} scope")
+    if parts is None:
+        parts = PARTS if result.has_internals else ("tokens",)
+    else:
+        _check_parts(parts)
+        missing = [p for p in parts if p != "tokens" and not result.has_internals]
+        if missing:
+            raise ScopeError(f"This result has no internal maps for {missing}: rerun the scope with internals=True.")
+    return ScopeView(result_sections(result, normalization, parts), f"{result.scope} scope", parts)
 
 
 def compare(*results: ScopeResult, labels: Optional[Sequence[str]] = None) -> ScopeView:
@@ -353,34 +513,63 @@ def compare(*results: ScopeResult, labels: Optional[Sequence[str]] = None) -> Sc
     sections = comparison_sections(results, labels)
     for r in results:
         sections += result_sections(r)
-    return ScopeView(sections, "Jacobian Scopes comparison")
+    return ScopeView(sections, "Jacobian Scopes comparison", [f"comparison of {len(results)} results"])
 
 
-def save_html(results: Union[ScopeResult, Sequence[ScopeResult]], path: Union[str, Path]) -> Path:
-    """Write one self-contained HTML file (no CDN, no network) showing one or several results."""
-    if isinstance(results, ScopeResult):
-        return show(results).save(path)
-    return compare(*results).save(path)
+def save_html(*results: Any, path: Union[str, Path, None] = None, labels: Optional[Sequence[str]] = None) -> Path:
+    """Write one self-contained HTML file (no CDN, no network) showing one or several results.
+
+    Takes results as :func:`compare` does; the file goes to ``path``. The older form with a
+    list and the path last, ``save_html([r1, r2], "view.html")``, still works.
+
+    Example:
+        >>> tjs.save_html(r1, r2, path="comparison.html")  # doctest: +SKIP
+        >>> tjs.save_html(r, path="one.html")  # doctest: +SKIP
+
+    Raises:
+        OptionError: No path, or two of them.
+    """
+    items = list(results)
+    if items and isinstance(items[-1], (str, Path)):
+        if path is not None:
+            raise OptionError("save_html() got two paths: pass it once, e.g. save_html(r1, r2, path='view.html').")
+        path = items.pop()
+    if path is None:
+        raise OptionError("save_html() needs a path: save_html(r1, r2, path='view.html').")
+    if len(items) == 1 and isinstance(items[0], (list, tuple)):
+        items = list(items[0])
+    if len(items) == 1 and isinstance(items[0], ScopeResult) and labels is None:
+        return show(items[0]).save(path)
+    if len(items) == 1 and hasattr(items[0], "show") and not isinstance(items[0], ScopeResult):
+        view: ScopeView = items[0].show()  # a ScopeMatrix (or any result with a view)
+        return view.save(path)
+    return compare(*items, labels=labels).save(path)
 
 
 def matrix_view(matrix: "ScopeMatrix") -> ScopeView:
-    """A :class:`ScopeMatrix`: explained positions x tokens heatmap, then per-position colouring."""
+    """A :class:`ScopeMatrix`: explained positions x tokens heatmap, then per-position colouring.
+
+    Both are drawn in the page from one copy of the scores and tokens (the token colouring
+    divides each row by its own maximum).
+    """
     first = matrix[0]
     color = SCOPE_COLORS.get(matrix.scope, "#444444")
     rows = [f"{r.position}:{r.str_tokens[r.position]}→{r.target_str}" for r in matrix]
-    labels = [f"{i}:{t}" for i, t in enumerate(matrix.str_tokens)]
     header = (
         f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{_esc(matrix.scope)}</b> scope '
         f"({_esc(matrix.score_kind)} scores) at {len(matrix)} positions · {_esc(first.model_name)}</div>"
     )
-    values = matrix.scores.T  # [tokens, positions]
-    peak = values.max(dim=0).values.clamp_min(1e-30)
+    spec, scale_text = _heatmap_spec(matrix.scores, color)
+    spec.update(rows=rows, tokens=_token_html(matrix.str_tokens))
+    heatmap_id, tokens_id = _mount_id(), _mount_id()
     return ScopeView(
         [
             header,
-            _heatmap(matrix.scores, rows, labels, color, "Explained position (row, → its target) × input token"),
+            _heatmap_figure(heatmap_id, "Explained position (row, → its target) × input token", scale_text),
             "<h4>Tokens coloured per explained position (each divided by its own maximum)</h4>",
-            _cv("ColoredTokensMulti", tokens=matrix.str_tokens, values=(values / peak).tolist(), labels=rows),
+            f'<div id="{tokens_id}" class="tjs-cv" data-element="ColoredTokensMulti"></div>\n'
+            f"<script>tjsMatrix({script_json(heatmap_id)}, {script_json(tokens_id)}, {script_json(spec)});</script>",
         ],
         f"{matrix.scope} scope matrix",
+        [f"{len(matrix)} positions x {len(matrix.str_tokens)} tokens"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -51,14 +52,30 @@ def _notebook_figure_class() -> type:
 _TEXT = {"parse_math": False}
 
 
+#: Height of one layer row in the heatmaps (inches), and the least a tick label needs (points).
+ROW_INCHES, LABEL_POINTS = 0.16, 9.0
+
+
+def _layer_ticks(ax: Any, labels: list[str], row_inches: float) -> None:
+    """Label every layer row, or every k-th when rows are too thin for a label each."""
+    step = max(1, math.ceil(LABEL_POINTS / (row_inches * 72)))
+    rows = list(range(0, len(labels), step))
+    ax.set_yticks(rows, [labels[i] for i in rows], fontsize=7)
+
+
 def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
     """A figure: token scores as bars (explained position marked), and with internals the
-    layer × position and layer × head heatmaps.
+    layer × position and layer × head heatmaps (rows are layers, as in the HTML view; the
+    figure grows with the number of layers so that their labels do not overlap).
 
     Returns:
         A :class:`matplotlib.figure.Figure`, not registered with pyplot: a notebook displays
-        it when it is a cell's value; save it with ``fig.savefig(path)``. Token strings are
-        drawn literally (no mathtext), whatever ``$``, ``^`` or ``_`` they hold.
+        it (once) when it is a cell's value; save it with ``fig.savefig(path)``. Token strings
+        are drawn literally (no mathtext), whatever ``$``, ``^`` or ``_`` they hold.
+
+    Example:
+        >>> fig = r.plot()  # doctest: +SKIP
+        >>> fig  # a cell's last line: shows it once  # doctest: +SKIP
 
     Raises:
         OptionError: ``normalization`` is not ``"raw"`` or ``"scaled"``.
@@ -69,10 +86,17 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
     r = result
     color = SCOPE_COLORS.get(r.scope, "#444444")
     cmap = LinearSegmentedColormap.from_list("scope", ["#ffffff", color])
-    n_panels = 3 if r.has_internals else 1
     width = max(6.0, 0.32 * r.n_tokens + 2)
-    fig = _figure(figsize=(width, 2.6 + (6.0 if r.has_internals else 0)))
-    axes = fig.subplots(n_panels, 1, squeeze=False, gridspec_kw={"height_ratios": [1, 2, 1.4][:n_panels]})
+    heights = [2.6]
+    n_layers = 0
+    row_inches = ROW_INCHES
+    if r.has_internals:
+        assert r.attn_scores is not None  # has_internals
+        n_layers = r.attn_scores.shape[0]
+        row_inches = min(ROW_INCHES, 14.0 / (n_layers + 1))  # very deep models: thinner rows, fewer labels
+        heights += [max(2.0, row_inches * (n_layers + 1)) + 1.4, max(1.4, row_inches * n_layers) + 0.9]
+    fig = _figure(figsize=(width, sum(heights)))
+    axes = fig.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     labels = [repr(t)[1:-1] for t in r.str_tokens]
     ax = axes[0, 0]
     bars = ax.bar(range(r.n_tokens), r.scores.detach().float().cpu().tolist(), color=color)
@@ -87,11 +111,12 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         f"{r.scope} scope · position {r.position} ({r.str_tokens[r.position]!r}) · {what}", fontsize=10, **_TEXT
     )
     if r.has_internals:
+        layer_names = [str(i) for i in range(n_layers)]
         resid = r.internal("layer", normalization).detach().float().cpu().numpy()
         ax = axes[1, 0]
         vmax = float(np.quantile(resid, 0.99)) or None  # as in the HTML view: a few cells would wash out the rest
         im = ax.imshow(resid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
-        ax.set_yticks(range(resid.shape[0]), [str(i) for i in range(resid.shape[0] - 1)] + ["final"], fontsize=6)
+        _layer_ticks(ax, layer_names + ["final"], row_inches)
         ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **_TEXT)
         ax.axvline(r.position, color="black", lw=0.8, ls=":")
         ax.set_ylabel("layer (resid_pre)")
@@ -102,9 +127,11 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         fig.colorbar(im, ax=ax, fraction=0.02)
         heads = r.aggregate(r.internal("head", normalization)).detach().float().cpu().numpy()
         ax = axes[2, 0]
-        im = ax.imshow(heads.T, aspect="auto", cmap=cmap, interpolation="nearest")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("head")
+        im = ax.imshow(heads, aspect="auto", cmap=cmap, interpolation="nearest")  # rows = layers, as in HTML
+        _layer_ticks(ax, layer_names, row_inches)
+        ax.set_xticks(range(heads.shape[1]), [f"H{h}" for h in range(heads.shape[1])], fontsize=7)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
         ax.set_title("layer × head, all positions combined", fontsize=8, **_TEXT)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
