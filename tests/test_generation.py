@@ -111,7 +111,9 @@ def test_generation_view_is_inert_with_hostile_tokens(tmp_path):
     g = tjs.GenerationResult(matrix, prompt_length, [7, 8, 9], {"note": SCRIPT})
     text = assert_inert(g.show().to_html())
     assert SCRIPT in text  # the generation settings and tokens are shown as text
-    assert_inert(g._repr_html_())
+    from tl_jacobian_scopes.views import html as views_html
+
+    assert_inert(g._repr_html_(), bundle=not views_html._notebook["bundle_sent"])  # later displays: no bundle
     with pytest.raises(tjs.ScopeError, match="explain_generation"):
         tjs.GenerationResult(matrix, prompt_length, [7, 8])
 

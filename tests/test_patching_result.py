@@ -19,7 +19,7 @@ from tiny_models import BACKENDS, tiny_model
 from tl_jacobian_scopes import errors as E
 from tl_jacobian_scopes.evaluation.patching import logit_difference, spearman
 from tl_jacobian_scopes.evaluation.patching_result import ESTIMATED, RESTORED
-from tl_jacobian_scopes.views.html import circuitsvis_bundle
+from tl_jacobian_scopes.views.html import LOADER, circuitsvis_bundle
 
 CLEAN, CORRUPTED = "the cat sat on the mat", "the dog sat on the red"
 
@@ -148,18 +148,24 @@ def _hostile():
 
 def test_hostile_strings_stay_text_in_the_view(tmp_path):
     result = _hostile()
+    # The first display of a kernel and saved pages carry the bundle; later displays only a loader.
     for page in (result.show().to_html(), result._repr_html_(), result.save_html(tmp_path / "p.html").read_text()):
-        assert page.count(circuitsvis_bundle()) == 1
+        assert page.count(circuitsvis_bundle()) <= 1
         rest = page.replace(circuitsvis_bundle(), "")
         parser = _Page()
         parser.feed(rest)
         parser.close()
         assert set(parser.tags) <= ALLOWED_TAGS, set(parser.tags) - ALLOWED_TAGS
         assert not [a for a in parser.attrs if a.startswith("on")] and not parser.comments
-        assert "<img" not in rest.lower() and parser.scripts == [""]  # only the bundle
+        assert "<img" not in rest.lower()
+        # Heatmap labels travel as data inside scripts: no script can hold a character that ends it.
+        data_scripts = [s for s in parser.scripts if s and "<script>" + s + "</script>" != LOADER.strip()]
+        assert data_scripts and all(not set("<>&\u2028\u2029") & set(script) for script in data_scripts)
         text = "".join(parser.text)
-        assert SCRIPT in text and IMG in text and COMMENT + IMG in text  # shown, as text
-    assert "tjs-heatmap" in result.show().to_html() and result.show().to_html().count("<table>") == 2  # +/- parts
+        assert SCRIPT in text and IMG in text and COMMENT + IMG in text  # header: shown as text
+        data = "".join(parser.scripts)
+        assert json.dumps(SCRIPT).replace("<", "\\u003c").replace(">", "\\u003e")[1:-1] in data
+    assert result.show().to_html().count("tjs-heatmap") >= 2  # restores and harms parts
 
 
 @pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED, reason="needs Chromium (apt-get install chromium)")
