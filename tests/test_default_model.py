@@ -94,3 +94,16 @@ def test_temperature_runtime_guard_catches_unflagged_folding(model, monkeypatch)
     scale_free = tjs.models.bridge_from_hf(hf, tokenizer, tjs.DEFAULT_MODEL_NAME, device="cpu")
     with pytest.raises(tjs.ProcessedWeightsError, match="√d_model"):
         tjs.temperature_scope(scale_free, PROMPT)
+
+
+def test_loading_is_quiet_and_keeps_transformers_progress_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    for enabled in (True, False):
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        try:
+            tjs.load_default_model(device="cpu")
+            assert hf_logging.is_progress_bar_enabled() is enabled  # the user's setting survives
+        finally:
+            hf_logging.enable_progress_bar()
+    assert "Loading weights" not in capfd.readouterr().err

@@ -38,9 +38,13 @@ def generation(default_model):
 def test_generated_ids_are_the_models_own(default_model, generation):
     ids = default_model.to_tokens(PROMPT)
     with torch.no_grad():
-        own = default_model.generate(ids, max_new_tokens=4, do_sample=False, return_type="tokens", verbose=False)
+        own = default_model.generate(ids, max_new_tokens=4, do_sample=False, return_type="tokens", verbose=False,
+                                     use_past_kv_cache=False)
+        # Greedy means each generated token is the argmax of one plain forward pass over the sequence.
+        sequence = torch.cat([ids[0], torch.tensor(generation.generated)]).unsqueeze(0)
+        greedy = default_model(sequence)[0, ids.shape[1] - 1:-1].argmax(-1)
     assert generation.prompt_length == ids.shape[1]
-    assert generation.generated == own[0, ids.shape[1]:].tolist()
+    assert generation.generated == own[0, ids.shape[1]:].tolist() == greedy.tolist()
     assert generation.prompt_str_tokens == default_model.to_str_tokens(ids[0])
     assert len(generation) == 4 and generation.scores.shape == (4, ids.shape[1] + 4)
 
@@ -113,7 +117,8 @@ def test_generation_view_is_inert_with_hostile_tokens(tmp_path):
     assert SCRIPT in text  # the generation settings and tokens are shown as text
     from tl_jacobian_scopes.views import html as views_html
 
-    assert_inert(g._repr_html_(), bundle=not views_html._notebook["bundle_sent"])  # later displays: no bundle
+    first_display = not views_html._notebook["bundle_sent"]  # later displays carry no bundle
+    assert_inert(g._repr_html_(), bundle=first_display)
     with pytest.raises(tjs.ScopeError, match="explain_generation"):
         tjs.GenerationResult(matrix, prompt_length, [7, 8])
 

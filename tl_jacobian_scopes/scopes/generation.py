@@ -102,7 +102,11 @@ def explain_generation(
             f"max_new_tokens ≤ {access.n_ctx - n_prompt}, or a shorter prompt."
         )
     settings.setdefault("do_sample", any(k in settings for k in _SAMPLING))
-    settings = {"stop_at_eos": stop_at_eos, "use_past_kv_cache": True, "verbose": False, **settings}
+    # TransformerLens 4.3's bridge generates wrong tokens with its KV cache on the default model
+    # (" Paris-------" where a full forward pass gives " Paris.\n\n"), so the bridge recomputes
+    # the prefix at every step; HookedTransformer's cache is exact.
+    use_cache = access.backend != "bridge"
+    settings = {"stop_at_eos": stop_at_eos, "use_past_kv_cache": use_cache, "verbose": False, **settings}
     with access.frozen(), torch.no_grad(), warnings.catch_warnings():
         # The bridge's generate passes HF's deprecated `past_key_values`: its FutureWarning is
         # about TransformerLens's code, not the user's, and would fill every notebook cell.
