@@ -30,6 +30,7 @@ import functools
 import html
 import json
 import math
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -134,6 +135,20 @@ def _token_html(tokens: Sequence[str]) -> list[str]:
 
 def _mount_id() -> str:
     return f"tjs-cv-{uuid.uuid4().hex[:12]}"
+
+
+_MOUNT_ID = re.compile(r'id="(tjs-cv-[0-9a-f]{12})"')
+
+
+def _fresh_mount_ids(sections: Sequence[str]) -> list[str]:
+    """``sections`` with new element ids: a view displayed twice in one page (``display(v)``
+    in two cells) must not mount into the first display's elements, leaving the second blank."""
+    old = dict.fromkeys(m for s in sections for m in _MOUNT_ID.findall(s))
+    if not old:
+        return list(sections)
+    new = {o: _mount_id() for o in old}
+    pattern = re.compile("|".join(map(re.escape, new)))
+    return [pattern.sub(lambda m: new[m.group(0)], s) for s in sections]
 
 
 def _cv(element: str, **props: Any) -> str:
@@ -464,7 +479,7 @@ class ScopeView:
         self.parts = [str(p) for p in parts]  # what it shows, for the text summary
 
     def _repr_html_(self) -> str:
-        return notebook_html(self.sections, self.title)
+        return notebook_html(_fresh_mount_ids(self.sections), self.title)
 
     def __repr__(self) -> str:
         shows = ", ".join(self.parts) if self.parts else f"{len(self.sections)} sections"

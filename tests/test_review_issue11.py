@@ -1,0 +1,35 @@
+"""Regression tests for defects found reviewing issue 11's new features (views, files, batches,
+generation, patching results)."""
+
+import re
+
+import pytest
+import torch
+
+import tl_jacobian_scopes as tjs
+from scope_fixtures import make_result
+from test_notebook_views import _measure, _notebook_page, fresh_kernel, needs_browser  # noqa: F401
+
+MOUNT = re.compile(r'id="(tjs-cv-[0-9a-f]{12})"')
+
+
+# ---- a view displayed twice ------------------------------------------------------------------
+
+def test_a_view_displayed_twice_gets_its_own_element_ids(fresh_kernel):
+    view = make_result().show()
+    first, second = view._repr_html_(), view._repr_html_()
+    ids_first, ids_second = MOUNT.findall(first), MOUNT.findall(second)
+    assert len(ids_first) == len(ids_second) == 5  # 3 CircuitsVis mounts + 2 heatmaps
+    assert not set(ids_first) & set(ids_second)
+    # Each id is still referenced by the script that renders into it.
+    for mount in ids_second:
+        assert second.count(mount) == 2
+
+
+@needs_browser
+def test_a_view_displayed_twice_renders_twice(fresh_kernel, tmp_path):
+    view = make_result().show()
+    seen, _ = _measure(_notebook_page([view._repr_html_(), view._repr_html_()]), tmp_path)
+    assert seen["missing"] == 0
+    assert len(seen["mounts"]) == 6 and all("cat" in m["text"] for m in seen["mounts"]), seen["mounts"]
+    assert seen["heatmaps"] == [3, 2, 3, 2]  # not [6, 4, 0, 0]: each display draws its own
