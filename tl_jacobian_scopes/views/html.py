@@ -551,13 +551,14 @@ def save_html(*results: Any, path: Union[str, Path, None] = None, labels: Option
         path = items.pop()
     if path is None:
         raise OptionError("save_html() needs a path: save_html(r1, r2, path='view.html').")
+    if len(items) == 1 and hasattr(items[0], "show") and not isinstance(items[0], ScopeResult) and labels is None:
+        # A ScopeMatrix, ScopeBatch (a list, but of any prompts), GenerationResult, PatchingResult: its own view.
+        view: ScopeView = items[0].show()
+        return view.save(path)
     if len(items) == 1 and isinstance(items[0], (list, tuple)):
         items = list(items[0])
     if len(items) == 1 and isinstance(items[0], ScopeResult) and labels is None:
         return show(items[0]).save(path)
-    if len(items) == 1 and hasattr(items[0], "show") and not isinstance(items[0], ScopeResult):
-        view: ScopeView = items[0].show()  # a ScopeMatrix (or any result with a view)
-        return view.save(path)
     return compare(*items, labels=labels).save(path)
 
 
