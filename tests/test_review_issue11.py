@@ -51,3 +51,38 @@ def test_save_html_of_a_batch_over_different_prompts_or_of_matrices(tmp_path):
     assert text.count("tjsMatrix(") == 2
     # A list of results on one prompt is still a comparison.
     assert "Comparison" in tjs.save_html([make_result(), make_result()], path=tmp_path / "c.html").read_text()
+
+
+# ---- PatchingResult: NaN cells and tampered files --------------------------------------------
+
+def _patching(values, site="head", clean=("a", " b", " c"), corrupted=None):
+    rows, cols = values.shape
+    col_labels = [f"H{h}" for h in range(cols)] if site == "head" else [f"{i}:{t}" for i, t in enumerate(clean)][:cols]
+    return tjs.PatchingResult(
+        values=values, metric="m", method="activation patching", site=site,
+        row_labels=[f"L{i}" for i in range(rows)], col_labels=col_labels, clean_str_tokens=list(clean),
+        corrupted_str_tokens=list(corrupted if corrupted is not None else clean), answer_str=" x", wrong_str=" y",
+        ld_clean=2.0, ld_corrupted=-1.0)
+
+
+def test_patching_top_ranks_nan_cells_last():
+    values = torch.tensor([[float("nan"), 0.2], [0.9, -0.5]])
+    result = _patching(values)
+    assert [c.label for c in result.top(3)] == ["L1H0", "L0H1", "L1H1"]
+    assert [c.label for c in result.top(3, absolute=True)] == ["L1H0", "L1H1", "L0H1"]
+    assert result.top(4)[-1].label == "L0H0" and str(result.top(4)[-1].value) == "nan"
+
+
+def test_patching_files_with_token_lists_that_do_not_fit_the_map_are_refused(tmp_path):
+    import json
+
+    good = _patching(torch.rand(2, 3), site="resid_pre")
+    path = good.save_json(tmp_path / "p.json")
+    assert len(tjs.load(path).to_dataframe()) == 6
+    for change in ({"clean_str_tokens": ["a"]}, {"corrupted_str_tokens": ["a", " b"]},
+                   {"values": [[], []], "col_labels": []}):
+        data = json.loads(path.read_text())
+        data.update(change)
+        (tmp_path / "t.json").write_text(json.dumps(data))
+        with pytest.raises(tjs.DataFileError):
+            tjs.load(tmp_path / "t.json")  # it loaded, then to_dataframe()/plot() raised IndexError/ValueError
