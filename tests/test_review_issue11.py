@@ -86,3 +86,19 @@ def test_patching_files_with_token_lists_that_do_not_fit_the_map_are_refused(tmp
         (tmp_path / "t.json").write_text(json.dumps(data))
         with pytest.raises(tjs.DataFileError):
             tjs.load(tmp_path / "t.json")  # it loaded, then to_dataframe()/plot() raised IndexError/ValueError
+
+
+# ---- packed view data ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peak", [1e-42, 1e-30, 1.0, 3e38])
+def test_packed_data_keeps_tiny_and_huge_scores(peak):
+    """Scores below ~1e-41 packed as infinity: the step (peak / 9999) underflowed in float32."""
+    from tl_jacobian_scopes.views.html import _pack
+
+    values = torch.tensor([1.0, 0.5, 0.0, 0.25]) * peak
+    step, shape, data = _pack(values)["$tjs"]
+    assert shape == [4] and all(isinstance(d, int) for d in data), data
+    decoded = [d * step for d in data]
+    expected = values.double().tolist()
+    for got, want in zip(decoded, expected):
+        assert abs(got - want) <= 1e-4 * peak

@@ -109,7 +109,7 @@ def _pack(values: Tensor) -> dict[str, Any]:
     largest finite magnitude, and writes a run of ``k > 1`` zeros as ``[k]`` (scores are
     zero after the explained position). NaN and infinities pass through as themselves.
     """
-    x = values.detach().float().cpu()
+    x = values.detach().double().cpu()  # float64: a step below float32's range (tiny scores) would be 0
     finite = x[torch.isfinite(x)]
     peak = float(finite.abs().max()) if finite.numel() else 0.0
     step = float(f"{peak / LEVELS:.6g}") if peak > 0 else 1.0
