@@ -102,3 +102,42 @@ def test_packed_data_keeps_tiny_and_huge_scores(peak):
     expected = values.double().tolist()
     for got, want in zip(decoded, expected):
         assert abs(got - want) <= 1e-4 * peak
+
+
+# ---- re-running the cell that carries the bundle ---------------------------------------------
+
+class _FakeKernel:
+    def __init__(self):
+        self.parent = {}
+
+    def get_parent(self, channel="shell"):
+        return self.parent
+
+
+class _FakeShell:
+    def __init__(self):
+        self.kernel = _FakeKernel()
+
+
+def test_rerunning_the_cell_that_carried_the_bundle_carries_it_again(fresh_kernel, monkeypatch):
+    """'Run All' (or re-running the first view's cell) in the same kernel replaced the only output
+    holding CircuitsVis by one without it: the saved notebook then rendered no view offline."""
+    IPython = pytest.importorskip("IPython")
+    from tl_jacobian_scopes.views import html as views_html
+
+    monkeypatch.setitem(views_html._notebook, "carrier", None)
+    shell = _FakeShell()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    mark = "var CircuitsVis"
+
+    def run(cell, request):
+        shell.kernel.parent = {"header": {"msg_id": request}, "metadata": {"cellId": cell}}
+        return make_result()._repr_html_().count(mark)
+
+    assert run("cell-a", "req-1") == 1  # the first view
+    assert run("cell-a", "req-1") == 0  # a second view in the same execution
+    assert run("cell-b", "req-2") == 0  # a later cell
+    assert run("cell-a", "req-3") == 1  # cell a re-run: its old output (and bundle) is replaced
+    assert run("cell-b", "req-4") == 0
+    shell.kernel.parent = {"header": {"msg_id": "req-5"}}  # a front end without cell ids
+    assert make_result()._repr_html_().count(mark) == 0

@@ -9,7 +9,8 @@ renders in a notebook or a saved file with no network at all:
 * in a notebook, only the first view displayed by this Python process (or
   :func:`init_notebook`) carries it; later views wait for ``window.CircuitsVis`` and render.
   The copy is saved with that first output, so an exported notebook renders offline in page
-  order. If that output is cleared or its cell re-run, call :func:`init_notebook` again.
+  order. Re-running that cell carries it again (where the front end sends cell ids:
+  JupyterLab, Notebook 7, VS Code); if that output is cleared, call :func:`init_notebook`.
 
 View data is compact: numbers travel as integers of 1/10000 of their array's largest
 magnitude (runs of zeros collapsed), decoded and rounded to 4 significant digits in the page;
@@ -412,8 +413,29 @@ w.tjsMatrix=function(heatmapId,tokensId,spec){spec=unpack(spec);
 </script>
 """
 
-#: Whether this Python process has already sent the bundle to its notebook page.
-_notebook = {"bundle_sent": False}
+#: Whether this Python process has already sent the bundle to its notebook page, and the
+#: (cell id, execute request id) of the output that carries it, where the front end says.
+_notebook: dict[str, Any] = {"bundle_sent": False, "carrier": None}
+
+
+def _current_cell() -> Optional[tuple[str, str]]:
+    """``(cell id, execute request id)`` of the notebook cell running now, or None.
+
+    JupyterLab, Notebook 7 and VS Code send the cell's id with each execution; IPython is
+    looked up only if already imported (a kernel has it).
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    if get_parent is None:
+        return None
+    try:
+        parent = get_parent("shell")
+    except Exception:  # an older or foreign kernel: no cell ids, the documented init_notebook() applies
+        return None
+    cell = (parent.get("metadata") or {}).get("cellId") if isinstance(parent, dict) else None
+    request = (parent.get("header") or {}).get("msg_id") if isinstance(parent, dict) else None
+    return (str(cell), str(request)) if cell and request else None
 
 
 def _bundle_script() -> str:
@@ -438,8 +460,9 @@ def init_notebook() -> None:
     """Load the views' JavaScript (CircuitsVis, 1.3 MB, offline) into this notebook page now.
 
     The first view a Python process displays does this by itself, and later views reuse it,
-    so a notebook holds one copy. Call this after clearing that first output or re-running
-    its cell (the copy goes with the output), or to load it before any view.
+    so a notebook holds one copy (re-running that cell sends it again where the front end
+    sends cell ids). Call this after clearing that first output (the copy goes with the
+    output), or to load it before any view.
 
     Example:
         >>> import tl_jacobian_scopes as tjs
@@ -454,13 +477,17 @@ def init_notebook() -> None:
         raise MissingPackageError("init_notebook() displays into a Jupyter notebook: pip install ipykernel") from exc
     display({"text/html": f'<div class="tjs-init">{_bundle_script()}{LOADER}</div>',
              "text/plain": "Jacobian Scopes views: CircuitsVis loaded"}, raw=True)  # type: ignore[no-untyped-call]
-    _notebook["bundle_sent"] = True
+    _notebook.update(bundle_sent=True, carrier=_current_cell())
 
 
 def notebook_html(sections: Sequence[str], title: str = "Jacobian Scopes") -> str:
     """The HTML a notebook displays: with the bundle only the first time in this Python process."""
-    bundle = not _notebook["bundle_sent"] or _separate_page_per_output()
-    _notebook["bundle_sent"] = True
+    here, carrier = _current_cell(), _notebook.get("carrier")
+    # Re-running the cell whose output carries the bundle replaces that output: carry it again.
+    rerun = here is not None and carrier is not None and here[0] == carrier[0] and here[1] != carrier[1]
+    bundle = not _notebook["bundle_sent"] or rerun or _separate_page_per_output()
+    if bundle:
+        _notebook.update(bundle_sent=True, carrier=here)
     return page(sections, title, bundle=bundle)
 
 
