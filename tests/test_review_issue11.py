@@ -141,3 +141,25 @@ def test_rerunning_the_cell_that_carried_the_bundle_carries_it_again(fresh_kerne
     assert run("cell-b", "req-4") == 0
     shell.kernel.parent = {"header": {"msg_id": "req-5"}}  # a front end without cell ids
     assert make_result()._repr_html_().count(mark) == 0
+
+
+# ---- equality --------------------------------------------------------------------------------
+
+def test_results_compare_equal_by_content_and_batches_like_lists(tmp_path):
+    """`==` on two results (or batches, as lists) raised 'Boolean value of Tensor ... ambiguous'."""
+    import copy
+
+    r = make_result()
+    r.scores[0] = float("nan")
+    assert r == copy.deepcopy(r) and not r != copy.deepcopy(r)
+    assert tjs.load(r.save_json(tmp_path / "r.json")) == r  # a round trip, NaN included
+    changed = copy.deepcopy(r)
+    changed.scores[1] += 1e-3
+    assert r != changed and r != "r"
+    batch = tjs.ScopeBatch([r, make_result(position=3)])
+    assert batch == copy.deepcopy(batch) and batch != tjs.ScopeBatch([r, changed])
+    assert tjs.load(batch.save_json(tmp_path / "b.json")) == batch
+    matrix = tjs.ScopeMatrix([make_result(position=p) for p in (3, 4)])
+    assert matrix == copy.deepcopy(matrix) and matrix != tjs.ScopeMatrix([make_result(position=3)])
+    patching = _patching(torch.tensor([[0.5, float("nan")]]))
+    assert patching == copy.deepcopy(patching) and tjs.load(patching.save_json(tmp_path / "p.json")) == patching

@@ -197,6 +197,13 @@ class PatchingResult:
         )
         return data
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
+        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(self.to_dict() == other.to_dict())
+
     @classmethod
     def from_dict(cls, data: Any) -> "PatchingResult":
         """Inverse of :meth:`to_dict`.

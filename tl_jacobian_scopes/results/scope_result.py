@@ -434,6 +434,13 @@ class ScopeResult:
         )
         return data
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
+        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(self.to_dict() == other.to_dict())
+
     def save_json(self, path: Union[str, Path]) -> Path:
         """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null).
 
