@@ -163,3 +163,11 @@ def test_results_compare_equal_by_content_and_batches_like_lists(tmp_path):
     assert matrix == copy.deepcopy(matrix) and matrix != tjs.ScopeMatrix([make_result(position=3)])
     patching = _patching(torch.tensor([[0.5, float("nan")]]))
     assert patching == copy.deepcopy(patching) and tjs.load(patching.save_json(tmp_path / "p.json")) == patching
+
+
+def test_an_empty_batch_displays_as_text():
+    """Displaying an empty batch (e.g. a filtered one) raised ScopeError in the HTML formatter."""
+    empty = tjs.ScopeBatch([])
+    assert empty._repr_html_() is None and repr(empty).startswith("ScopeBatch(0")
+    with pytest.raises(tjs.ScopeError, match="empty"):
+        empty.show()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar, Union
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,8 +64,9 @@ class ScopeBatch(List[Item]):
             sections += matrix_view(item).sections if isinstance(item, ScopeMatrix) else result_sections(item)
         return ScopeView(sections, "Jacobian Scopes batch")
 
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
+    def _repr_html_(self) -> Optional[str]:
+        # An empty batch has no view: None lets the notebook show its text repr, not a traceback.
+        return self.show()._repr_html_() if self else None
 
     def save_html(self, path: Union[str, Path]) -> Path:
         """Write :meth:`show` as one self-contained HTML file."""
