@@ -171,3 +171,26 @@ def test_an_empty_batch_displays_as_text():
     assert empty._repr_html_() is None and repr(empty).startswith("ScopeBatch(0")
     with pytest.raises(tjs.ScopeError, match="empty"):
         empty.show()
+
+
+# ---- tampered files --------------------------------------------------------------------------
+
+def test_tampered_internal_maps_and_batch_kinds_are_refused(tmp_path):
+    """A file with some internal maps null loaded, then show() failed on an assert; a batch item
+    whose kind is a list raised TypeError (unhashable) instead of DataFileError."""
+    import json
+
+    path = make_result().save_json(tmp_path / "r.json")
+    assert tjs.load(path).show().to_html()  # the untouched file has internals and shows them
+    for change in ({"attn_scores": None}, {"head_scores": None},
+                   {"mlp_scores": json.loads(path.read_text())["mlp_scores"][:1]}):
+        data = json.loads(path.read_text())
+        data.update(change)
+        (tmp_path / "t.json").write_text(json.dumps(data))
+        with pytest.raises(tjs.DataFileError):
+            tjs.load(tmp_path / "t.json")
+    batch = tjs.ScopeBatch([make_result()]).to_dict()
+    batch["items"][0]["kind"] = []
+    (tmp_path / "b.json").write_text(json.dumps(batch))
+    with pytest.raises(tjs.DataFileError):
+        tjs.load(tmp_path / "b.json")

@@ -86,6 +86,7 @@ class ScopeBatch(List[Item]):
         readers: dict[str, Callable[[Any], Any]] = {"ScopeResult": ScopeResult.from_dict, "ScopeMatrix": ScopeMatrix.from_dict,
                    "scope_matrix": ScopeMatrix.from_dict}
         kinds = [item.get("kind", "ScopeResult") if isinstance(item, dict) else None for item in items]
+        kinds = [kind if isinstance(kind, str) else repr(kind) for kind in kinds]  # a list would be unhashable
         unknown = sorted({str(k) for k in kinds if k not in readers})
         if unknown:
             raise DataFileError(f"A ScopeBatch holds ScopeResults or ScopeMatrices, found {unknown}.")
