@@ -117,8 +117,8 @@ def test_generation_view_is_inert_with_hostile_tokens(tmp_path):
     assert SCRIPT in text  # the generation settings and tokens are shown as text
     from tl_jacobian_scopes.views import html as views_html
 
-    first_display = not views_html._notebook["bundle_sent"]  # later displays carry no bundle
-    assert_inert(g._repr_html_(), bundle=first_display)
+    first_display = not views_html._notebook["bundle_sent"]  # read before displaying: the display sets it
+    assert_inert(g._repr_html_(), bundle=first_display)  # later displays: no bundle
     with pytest.raises(tjs.ScopeError, match="explain_generation"):
         tjs.GenerationResult(matrix, prompt_length, [7, 8])
 

@@ -106,6 +106,13 @@ class PatchingResult:
                 f"values of shape {tuple(self.values.shape)} need {self.values.shape[0]} row labels and "
                 f"{self.values.shape[-1]} column labels, got {len(self.row_labels)} and {len(self.col_labels)}."
             )
+        if self.values.numel() == 0:
+            raise OptionError(f"values of shape {tuple(self.values.shape)} hold no cells: a map has a layer and a column.")
+        if self.site == "resid_pre" and not len(self.clean_str_tokens) == len(self.corrupted_str_tokens) == len(self.col_labels):
+            raise OptionError(
+                f"A resid_pre map has one column per token of the clean and of the corrupted prompt: got "
+                f"{len(self.col_labels)} columns, {len(self.clean_str_tokens)} and {len(self.corrupted_str_tokens)} tokens."
+            )
 
     # ---- tensor access -------------------------------------------------------------------
 
@@ -151,7 +158,9 @@ class PatchingResult:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise OptionError(f"k must be a positive integer (how many cells to return), got {k!r}.")
         flat = self.values.detach().float().cpu().flatten()
-        order = torch.argsort(flat.abs() if absolute else flat, descending=True, stable=True)[:k].tolist()
+        key = flat.abs() if absolute else flat
+        key = torch.where(torch.isnan(key), -math.inf, key)  # a NaN cell (a file's null) ranks last, not first
+        order = torch.argsort(key, descending=True, stable=True)[:k].tolist()
         width = self.values.shape[1]
         return [self._cell(i // width, i % width) for i in order]
 
@@ -187,6 +196,13 @@ class PatchingResult:
             }
         )
         return data
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
+        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(self.to_dict() == other.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> "PatchingResult":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar, Union
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,8 +64,9 @@ class ScopeBatch(List[Item]):
             sections += matrix_view(item).sections if isinstance(item, ScopeMatrix) else result_sections(item)
         return ScopeView(sections, "Jacobian Scopes batch")
 
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
+    def _repr_html_(self) -> Optional[str]:
+        # An empty batch has no view: None lets the notebook show its text repr, not a traceback.
+        return self.show()._repr_html_() if self else None
 
     def save_html(self, path: Union[str, Path]) -> Path:
         """Write :meth:`show` as one self-contained HTML file."""
@@ -85,6 +86,7 @@ class ScopeBatch(List[Item]):
         readers: dict[str, Callable[[Any], Any]] = {"ScopeResult": ScopeResult.from_dict, "ScopeMatrix": ScopeMatrix.from_dict,
                    "scope_matrix": ScopeMatrix.from_dict}
         kinds = [item.get("kind", "ScopeResult") if isinstance(item, dict) else None for item in items]
+        kinds = [kind if isinstance(kind, str) else repr(kind) for kind in kinds]  # a list would be unhashable
         unknown = sorted({str(k) for k in kinds if k not in readers})
         if unknown:
             raise DataFileError(f"A ScopeBatch holds ScopeResults or ScopeMatrices, found {unknown}.")

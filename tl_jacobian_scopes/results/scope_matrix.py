@@ -87,6 +87,13 @@ class ScopeMatrix:
         """A JSON-ready dict: the file header (``"kind": "ScopeMatrix"``), then ``"results"``."""
         return {**file_header("ScopeMatrix"), "results": [r.to_dict() for r in self.results]}
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
+        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(self.to_dict() == other.to_dict())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeMatrix":
         """Inverse of :meth:`to_dict` (also reads files of older versions, ``"kind": "scope_matrix"``)."""

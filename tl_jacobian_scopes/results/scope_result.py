@@ -434,6 +434,13 @@ class ScopeResult:
         )
         return data
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
+        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(self.to_dict() == other.to_dict())
+
     def save_json(self, path: Union[str, Path]) -> Path:
         """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null).
 
@@ -505,6 +512,11 @@ class ScopeResult:
             ndim = 1 if name == "stderr" else 3 if name.endswith("head") or name == "head_scores" else 2
             _require(tensor is None or (tensor.ndim == ndim and tensor.shape[-1] == n),
                      f"Field {name!r} must have {ndim} dimension(s), the last with one entry per token ({n}).")
+        # The internal maps come together, over one stack of layers (the views read all four).
+        rows = [None if data.get(f"{site}_scores") is None else int(data[f"{site}_scores"].shape[0]) for site in SITES]
+        _require(rows == [None] * 4 or (None not in rows and rows[0] == rows[1] + 1 == rows[2] + 1 == rows[3] + 1),  # type: ignore[operator]
+                 "Fields 'layer_scores' (n_layers + 1 rows), 'attn_scores', 'mlp_scores' and "
+                 "'head_scores' (n_layers rows each) are all present or all absent.")
         return cls(**data)
 
     # ---- views ---------------------------------------------------------------------------

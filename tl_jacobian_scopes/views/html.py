@@ -9,7 +9,8 @@ renders in a notebook or a saved file with no network at all:
 * in a notebook, only the first view displayed by this Python process (or
   :func:`init_notebook`) carries it; later views wait for ``window.CircuitsVis`` and render.
   The copy is saved with that first output, so an exported notebook renders offline in page
-  order. If that output is cleared or its cell re-run, call :func:`init_notebook` again.
+  order. Re-running that cell carries it again (where the front end sends cell ids:
+  JupyterLab, Notebook 7, VS Code); if that output is cleared, call :func:`init_notebook`.
 
 View data is compact: numbers travel as integers of 1/10000 of their array's largest
 magnitude (runs of zeros collapsed), decoded and rounded to 4 significant digits in the page;
@@ -30,6 +31,7 @@ import functools
 import html
 import json
 import math
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -108,7 +110,7 @@ def _pack(values: Tensor) -> dict[str, Any]:
     largest finite magnitude, and writes a run of ``k > 1`` zeros as ``[k]`` (scores are
     zero after the explained position). NaN and infinities pass through as themselves.
     """
-    x = values.detach().float().cpu()
+    x = values.detach().double().cpu()  # float64: a step below float32's range (tiny scores) would be 0
     finite = x[torch.isfinite(x)]
     peak = float(finite.abs().max()) if finite.numel() else 0.0
     step = float(f"{peak / LEVELS:.6g}") if peak > 0 else 1.0
@@ -134,6 +136,20 @@ def _token_html(tokens: Sequence[str]) -> list[str]:
 
 def _mount_id() -> str:
     return f"tjs-cv-{uuid.uuid4().hex[:12]}"
+
+
+_MOUNT_ID = re.compile(r'id="(tjs-cv-[0-9a-f]{12})"')
+
+
+def _fresh_mount_ids(sections: Sequence[str]) -> list[str]:
+    """``sections`` with new element ids: a view displayed twice in one page (``display(v)``
+    in two cells) must not mount into the first display's elements, leaving the second blank."""
+    old = dict.fromkeys(m for s in sections for m in _MOUNT_ID.findall(s))
+    if not old:
+        return list(sections)
+    new = {o: _mount_id() for o in old}
+    pattern = re.compile("|".join(map(re.escape, new)))
+    return [pattern.sub(lambda m: new[m.group(0)], s) for s in sections]
 
 
 def _cv(element: str, **props: Any) -> str:
@@ -397,8 +413,29 @@ w.tjsMatrix=function(heatmapId,tokensId,spec){spec=unpack(spec);
 </script>
 """
 
-#: Whether this Python process has already sent the bundle to its notebook page.
-_notebook = {"bundle_sent": False}
+#: Whether this Python process has already sent the bundle to its notebook page, and the
+#: (cell id, execute request id) of the output that carries it, where the front end says.
+_notebook: dict[str, Any] = {"bundle_sent": False, "carrier": None}
+
+
+def _current_cell() -> Optional[tuple[str, str]]:
+    """``(cell id, execute request id)`` of the notebook cell running now, or None.
+
+    JupyterLab, Notebook 7 and VS Code send the cell's id with each execution; IPython is
+    looked up only if already imported (a kernel has it).
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    if get_parent is None:
+        return None
+    try:
+        parent = get_parent("shell")
+    except Exception:  # an older or foreign kernel: no cell ids, the documented init_notebook() applies
+        return None
+    cell = (parent.get("metadata") or {}).get("cellId") if isinstance(parent, dict) else None
+    request = (parent.get("header") or {}).get("msg_id") if isinstance(parent, dict) else None
+    return (str(cell), str(request)) if cell and request else None
 
 
 def _bundle_script() -> str:
@@ -423,8 +460,9 @@ def init_notebook() -> None:
     """Load the views' JavaScript (CircuitsVis, 1.3 MB, offline) into this notebook page now.
 
     The first view a Python process displays does this by itself, and later views reuse it,
-    so a notebook holds one copy. Call this after clearing that first output or re-running
-    its cell (the copy goes with the output), or to load it before any view.
+    so a notebook holds one copy (re-running that cell sends it again where the front end
+    sends cell ids). Call this after clearing that first output (the copy goes with the
+    output), or to load it before any view.
 
     Example:
         >>> import tl_jacobian_scopes as tjs
@@ -439,13 +477,17 @@ def init_notebook() -> None:
         raise MissingPackageError("init_notebook() displays into a Jupyter notebook: pip install ipykernel") from exc
     display({"text/html": f'<div class="tjs-init">{_bundle_script()}{LOADER}</div>',
              "text/plain": "Jacobian Scopes views: CircuitsVis loaded"}, raw=True)  # type: ignore[no-untyped-call]
-    _notebook["bundle_sent"] = True
+    _notebook.update(bundle_sent=True, carrier=_current_cell())
 
 
 def notebook_html(sections: Sequence[str], title: str = "Jacobian Scopes") -> str:
     """The HTML a notebook displays: with the bundle only the first time in this Python process."""
-    bundle = not _notebook["bundle_sent"] or _separate_page_per_output()
-    _notebook["bundle_sent"] = True
+    here, carrier = _current_cell(), _notebook.get("carrier")
+    # Re-running the cell whose output carries the bundle replaces that output: carry it again.
+    rerun = here is not None and carrier is not None and here[0] == carrier[0] and here[1] != carrier[1]
+    bundle = not _notebook["bundle_sent"] or rerun or _separate_page_per_output()
+    if bundle:
+        _notebook.update(bundle_sent=True, carrier=here)
     return page(sections, title, bundle=bundle)
 
 
@@ -464,7 +506,7 @@ class ScopeView:
         self.parts = [str(p) for p in parts]  # what it shows, for the text summary
 
     def _repr_html_(self) -> str:
-        return notebook_html(self.sections, self.title)
+        return notebook_html(_fresh_mount_ids(self.sections), self.title)
 
     def __repr__(self) -> str:
         shows = ", ".join(self.parts) if self.parts else f"{len(self.sections)} sections"
@@ -536,13 +578,14 @@ def save_html(*results: Any, path: Union[str, Path, None] = None, labels: Option
         path = items.pop()
     if path is None:
         raise OptionError("save_html() needs a path: save_html(r1, r2, path='view.html').")
+    if len(items) == 1 and hasattr(items[0], "show") and not isinstance(items[0], ScopeResult) and labels is None:
+        # A ScopeMatrix, ScopeBatch (a list, but of any prompts), GenerationResult, PatchingResult: its own view.
+        view: ScopeView = items[0].show()
+        return view.save(path)
     if len(items) == 1 and isinstance(items[0], (list, tuple)):
         items = list(items[0])
     if len(items) == 1 and isinstance(items[0], ScopeResult) and labels is None:
         return show(items[0]).save(path)
-    if len(items) == 1 and hasattr(items[0], "show") and not isinstance(items[0], ScopeResult):
-        view: ScopeView = items[0].show()  # a ScopeMatrix (or any result with a view)
-        return view.save(path)
     return compare(*items, labels=labels).save(path)
 
 
