@@ -289,9 +289,9 @@ def load_default_model(device: Device = None, backend: Optional[str] = None) -> 
         >>> model = tjs.load_default_model()  # doctest: +SKIP
         >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
     """
-    backend = _resolve_backend(backend)
-    check_device(device)
     with _quiet_local_loading():
+        backend = _resolve_backend(backend)
+        check_device(device)
         hf_model, tokenizer = load_default_hf_model()
         hf_model.config.name_or_path = DEFAULT_MODEL_NAME
         if backend == "bridge":
@@ -305,17 +305,17 @@ def _quiet_local_loading() -> Iterator[None]:
     transformers draws for it ("Loading weights: 100%") and tqdm's "IProgress not found"
     warning in a kernel without ipywidgets would be the first thing in every notebook.
     Transformers' own setting is put back afterwards."""
-    from transformers.utils import logging as hf_logging
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="IProgress not found")
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
             yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _resolve_backend(backend: Optional[str]) -> str:
