@@ -20,15 +20,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError
-from ..results.files import file_header, register_kind, strip_header
-from ..results.scope_result import (
-    _float_tensor,
-    _require,
-    dump_strict_json,
-    read_json_file,
-    strict_json_value,
-    write_output,
-)
+from ..results.files import SavedAsJson, file_header, register_kind, strict_json_value, strip_header
+from ..results.scope_result import _float_tensor, _require
 
 #: What the cells of each site are: residual stream (``blocks.L.hook_resid_pre``) cells at
 #: one position, or one head's output (``blocks.L.attn.hook_z``) at every position.
@@ -53,8 +46,8 @@ def cell_label(row_label: str, col_label: str, site: str) -> str:
     return f"{row_label}{col_label}" if site == "head" else f"{row_label} {col_label}"
 
 
-@dataclass
-class PatchingResult:
+@dataclass(eq=False)  # == compares saved content (SavedAsJson)
+class PatchingResult(SavedAsJson):
     """A layer x position or layer x head patching map with everything needed to read it.
 
     Returned by :func:`~tl_jacobian_scopes.patching_map`,
@@ -197,13 +190,6 @@ class PatchingResult:
         )
         return data
 
-    def __eq__(self, other: object) -> bool:
-        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
-        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
-        if type(other) is not type(self):
-            return NotImplemented
-        return bool(self.to_dict() == other.to_dict())
-
     @classmethod
     def from_dict(cls, data: Any) -> "PatchingResult":
         """Inverse of :meth:`to_dict`.
@@ -232,16 +218,6 @@ class PatchingResult:
             return cls(**data)
         except OptionError as exc:
             raise DataFileError(f"{exc} Write results with save_json() and do not edit their structure.") from exc
-
-    def save_json(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_dict` as standard JSON; read it back with :meth:`load_json`."""
-        text = dump_strict_json(self.to_dict())
-        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-    @classmethod
-    def load_json(cls, path: Union[str, Path]) -> "PatchingResult":
-        """Read a file written by :meth:`save_json` (plain JSON; nothing is executed)."""
-        return cls.from_dict(read_json_file(path))
 
     # ---- views ---------------------------------------------------------------------------
 

@@ -12,15 +12,15 @@ if TYPE_CHECKING:
     from ..views.html import ScopeView
 
 from ..errors import DataFileError, ScopeError
-from .files import file_header, strip_header
+from .files import SavedAsJson, file_header, strip_header
 from .scope_matrix import ScopeMatrix
-from .scope_result import ScopeResult, TokenScore, dump_strict_json, read_json_file, write_output
+from .scope_result import ScopeResult, TokenScore
 
 #: A batch holds ScopeResults (one prediction per prompt) or ScopeMatrices (``positions=``).
 Item = TypeVar("Item", bound=Union[ScopeResult, ScopeMatrix])
 
 
-class ScopeBatch(List[Item]):
+class ScopeBatch(List[Item], SavedAsJson):
     """One result per prompt, in prompt order: a ``list`` with batch-wide tables and views.
 
     Indexing, ``len``, iteration and equality are those of a list; on top of them:
@@ -91,16 +91,6 @@ class ScopeBatch(List[Item]):
         if unknown:
             raise DataFileError(f"A ScopeBatch holds ScopeResults or ScopeMatrices, found {unknown}.")
         return cls(readers[str(kind)](item) for kind, item in zip(kinds, items))
-
-    def save_json(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null)."""
-        text = dump_strict_json(self.to_dict())
-        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-    @classmethod
-    def load_json(cls, path: Union[str, Path]) -> "ScopeBatch[Any]":
-        """Read a file written by :meth:`save_json`."""
-        return cls.from_dict(read_json_file(path))
 
     def __repr__(self) -> str:
         kinds = sorted({type(item).__name__ for item in self}) or ["items"]

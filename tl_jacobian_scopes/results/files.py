@@ -12,10 +12,12 @@ only: nothing is unpickled or evaluated.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
-from ..errors import DataFileError
+from ..errors import DataFileError, OutputPathError
 
 FORMAT = "tl_jacobian_scopes"
 #: The newest file version this library reads (and the one it writes).
@@ -27,6 +29,100 @@ _READERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 _LEGACY: list[tuple[Callable[[dict[str, Any]], bool], str]] = []
 #: Older spellings of a kind -> the kind.
 _OLD_KINDS: dict[str, str] = {}
+
+
+def strict_json_value(obj: Any) -> Any:
+    """``obj`` with tensors and arrays as lists and every non-finite float as None.
+
+    JSON has no NaN or infinity (Python's ``json`` writes the non-standard ``NaN``, which
+    strict parsers such as JavaScript's ``JSON.parse`` reject), so they are written as null
+    and read back as NaN where a float is expected.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if hasattr(obj, "tolist"):  # tensors, numpy arrays and numpy scalars
+        return strict_json_value(obj.tolist())
+    return obj
+
+
+def dump_strict_json(data: Any) -> str:
+    """``data`` as standard JSON text (non-finite floats as null, never ``NaN``)."""
+    return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def write_output(path: Union[str, Path], write: Callable[[Path], Any]) -> Path:
+    """Call ``write(path)``, turning an OS failure into :class:`OutputPathError` that names the fix."""
+    path = Path(path)
+    try:
+        write(path)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot write {str(path)!r}: {exc.strerror or exc}. Check that its folder exists and is writable."
+        ) from exc
+    return path
+
+
+def read_json_file(path: Union[str, Path]) -> Any:
+    """Parse a JSON file, raising :class:`DataFileError` when it is missing or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataFileError(f"Cannot read results file {str(path)!r}: {exc}. Check the path.") from exc
+    except UnicodeDecodeError as exc:  # a binary file (a pickle, an image, ...)
+        raise DataFileError(f"{str(path)!r} is not a JSON results file (not UTF-8 text): "
+                            "pass a file written by save_json().") from exc
+    try:
+        return json.loads(text)  # also accepts the NaN that files written by older versions hold
+    except (ValueError, RecursionError) as exc:  # bad JSON, a 5000-digit integer, nesting beyond recursion
+        raise DataFileError(
+            f"{str(path)!r} is not valid JSON ({str(exc)[:200]}); write it with save_json() "
+            "and do not edit its structure."
+        ) from exc
+
+
+_Saved = TypeVar("_Saved", bound="SavedAsJson")
+
+
+class SavedAsJson:
+    """``save_json``, ``load_json`` and ``==`` for a result type that has ``to_dict`` and
+    ``from_dict``: one way to write, read and compare every result file."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[_Saved], data: dict[str, Any]) -> _Saved:
+        raise NotImplementedError
+
+    def save_json(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null).
+
+        Read it back with :func:`tl_jacobian_scopes.load` (any result file) or ``load_json``.
+        """
+        text = dump_strict_json(self.to_dict())
+        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load_json(cls: type[_Saved], path: Union[str, Path]) -> _Saved:
+        """Read a file written by :meth:`save_json` (plain JSON: nothing is unpickled or run)."""
+        return cls.from_dict(read_json_file(path))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
+        values, NaN equal to NaN (tensor fields make a field-by-field ``==`` raise)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, SavedAsJson)
+        return bool(self.to_dict() == other.to_dict())
+
+    __hash__ = None  # type: ignore[assignment]  # mutable results: equal by content, so unhashable
 
 
 def file_header(kind: str) -> dict[str, Any]:
@@ -122,6 +218,5 @@ def load(path: Union[str, Path]) -> Any:
         >>> r.save_json("r.json")  # doctest: +SKIP
         >>> tjs.load("r.json")  # doctest: +SKIP
     """
-    from .scope_result import read_json_file
 
     return from_dict(read_json_file(path), where=repr(str(path)))

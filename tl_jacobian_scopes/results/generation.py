@@ -16,13 +16,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
-from .files import file_header, strip_header
+from .files import SavedAsJson, file_header, strip_header
 from .scope_matrix import ScopeMatrix
-from .scope_result import ScopeResult, TokenScore, dump_strict_json, read_json_file, write_output
+from .scope_result import ScopeResult, TokenScore
 
 
-@dataclass
-class GenerationResult:
+@dataclass(eq=False)  # == compares saved content (SavedAsJson)
+class GenerationResult(SavedAsJson):
     """One scope explaining each generated token, built by :func:`tl_jacobian_scopes.explain_generation`.
 
     Row ``i`` of ``matrix`` explains generated token ``i``: the prediction at position
@@ -130,16 +130,6 @@ class GenerationResult:
             return cls(matrix, length, generated, generation)
         except ScopeError as exc:
             raise DataFileError(f"The generation and its matrix disagree ({exc}): {fix}.") from exc
-
-    def save_json(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_dict` to ``path`` as standard JSON."""
-        text = dump_strict_json(self.to_dict())
-        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-    @classmethod
-    def load_json(cls, path: Union[str, Path]) -> "GenerationResult":
-        """Read a file written by :meth:`save_json`."""
-        return cls.from_dict(read_json_file(path))
 
     # ---- views --------------------------------------------------------------------------
 

@@ -15,11 +15,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
-from .files import file_header, strip_header
-from .scope_result import ScopeResult, dump_strict_json, read_json_file, write_output
+from .files import SavedAsJson, file_header, strip_header
+from .scope_result import ScopeResult
 
 
-class ScopeMatrix:
+class ScopeMatrix(SavedAsJson):
     """Many explained positions of one prompt, computed with one shared forward pass.
 
     Row ``i`` is the :class:`ScopeResult` of ``positions[i]``; ``scores`` stacks them into a
@@ -87,13 +87,6 @@ class ScopeMatrix:
         """A JSON-ready dict: the file header (``"kind": "ScopeMatrix"``), then ``"results"``."""
         return {**file_header("ScopeMatrix"), "results": [r.to_dict() for r in self.results]}
 
-    def __eq__(self, other: object) -> bool:
-        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
-        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
-        if type(other) is not type(self):
-            return NotImplemented
-        return bool(self.to_dict() == other.to_dict())
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeMatrix":
         """Inverse of :meth:`to_dict` (also reads files of older versions, ``"kind": "scope_matrix"``)."""
@@ -105,16 +98,6 @@ class ScopeMatrix:
                 "write it with ScopeMatrix.save_json() (a single result loads with ScopeResult.load_json())."
             )
         return cls([ScopeResult.from_dict(r) for r in rows])
-
-    def save_json(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null)."""
-        text = dump_strict_json(self.to_dict())
-        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-    @classmethod
-    def load_json(cls, path: Union[str, Path]) -> "ScopeMatrix":
-        """Read a file written by :meth:`save_json`."""
-        return cls.from_dict(read_json_file(path))
 
     def show(self) -> "ScopeView":
         """A positions x tokens heatmap and the per-position token colouring (offline)."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -19,8 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
-from .files import file_header, strip_header
+from ..errors import DataFileError, OptionError, PositionError, ScopeError
+from .files import SavedAsJson, file_header, strict_json_value, strip_header
 
 class TokenScore(NamedTuple):
     """One row of :meth:`ScopeResult.top`."""
@@ -64,62 +62,6 @@ def _check_k(k: int) -> None:
         raise OptionError(f"k must be a positive integer (how many entries to return), got {k!r}.")
 
 
-def strict_json_value(obj: Any) -> Any:
-    """``obj`` with tensors and arrays as lists and every non-finite float as None.
-
-    JSON has no NaN or infinity (Python's ``json`` writes the non-standard ``NaN``, which
-    strict parsers such as JavaScript's ``JSON.parse`` reject), so they are written as null
-    and read back as NaN where a float is expected.
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): strict_json_value(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json_value(v) for v in obj]
-    if hasattr(obj, "tolist"):  # tensors, numpy arrays and numpy scalars
-        return strict_json_value(obj.tolist())
-    return obj
-
-
-def dump_strict_json(data: Any) -> str:
-    """``data`` as standard JSON text (non-finite floats as null, never ``NaN``)."""
-    return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
-
-
-def write_output(path: Union[str, Path], write: Callable[[Path], Any]) -> Path:
-    """Call ``write(path)``, turning an OS failure into :class:`OutputPathError` that names the fix."""
-    path = Path(path)
-    try:
-        write(path)
-    except OSError as exc:
-        raise OutputPathError(
-            f"Cannot write {str(path)!r}: {exc.strerror or exc}. Check that its folder exists and is writable."
-        ) from exc
-    return path
-
-
-def read_json_file(path: Union[str, Path]) -> Any:
-    """Parse a JSON file, raising :class:`DataFileError` when it is missing or malformed."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataFileError(f"Cannot read results file {str(path)!r}: {exc}. Check the path.") from exc
-    except UnicodeDecodeError as exc:  # a binary file (a pickle, an image, ...)
-        raise DataFileError(f"{str(path)!r} is not a JSON results file (not UTF-8 text): "
-                            "pass a file written by save_json().") from exc
-    try:
-        return json.loads(text)  # also accepts the NaN that files written by older versions hold
-    except (ValueError, RecursionError) as exc:  # bad JSON, a 5000-digit integer, nesting beyond recursion
-        raise DataFileError(
-            f"{str(path)!r} is not valid JSON ({str(exc)[:200]}); write it with save_json() "
-            "and do not edit its structure."
-        ) from exc
-
-
 def _float_tensor(values: Any, name: str) -> Tensor:
     """A float32 tensor from (nested) lists in which None stands for NaN (strict JSON)."""
     try:
@@ -141,8 +83,8 @@ def _require(condition: bool, message: str) -> None:
         raise DataFileError(message + " Write results with save_json() and do not edit their structure.")
 
 
-@dataclass
-class ScopeResult:
+@dataclass(eq=False)  # == compares saved content (SavedAsJson)
+class ScopeResult(SavedAsJson):
     """Token-level attributions of one Jacobian scope for one explained prediction.
 
     Attributes:
@@ -433,26 +375,6 @@ class ScopeResult:
             }
         )
         return data
-
-    def __eq__(self, other: object) -> bool:
-        """Equal when of the same type with the same saved content (:meth:`to_dict`): exact
-        values, NaN equal to NaN (tensor fields make the generated ``==`` raise)."""
-        if type(other) is not type(self):
-            return NotImplemented
-        return bool(self.to_dict() == other.to_dict())
-
-    def save_json(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_dict` to ``path`` as standard JSON (NaN and infinity as null).
-
-        Read it back with :meth:`load_json`.
-        """
-        text = dump_strict_json(self.to_dict())
-        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-    @classmethod
-    def load_json(cls, path: Union[str, Path]) -> "ScopeResult":
-        """Read a file written by :meth:`save_json` (``tjs.load(path)`` reads any result file)."""
-        return cls.from_dict(read_json_file(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeResult":

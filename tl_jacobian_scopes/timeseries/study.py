@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataFileError, OptionError, ScopeError
 from ..progress import Progress
-from ..results.scope_result import strict_json_value
+from ..results.files import strict_json_value
 from .forecast import FORECAST_SCOPES, ForecastMatrix, candidate_paths, forecast_distributions, forecast_scope, token_map
 from .generators import FAMILIES
 from .mechanism import spearman

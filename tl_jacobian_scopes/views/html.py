@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from ..errors import MissingPackageError, OptionError, ScopeError
-from ..results.scope_result import ScopeResult, check_normalization, write_output
+from ..results.scope_result import ScopeResult, check_normalization
+from ..results.files import write_output
 
 #: The colour of each scope; scopes never share a colour scale.
 SCOPE_COLORS = {"semantic": "#1f77b4", "temperature": "#d62728", "fisher": "#2ca02c"}

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 import numpy as np
 
 from ..errors import MissingPackageError
-from ..results.scope_result import ScopeResult, check_normalization, write_output
+from ..results.scope_result import ScopeResult, check_normalization
+from ..results.files import write_output
 from .html import NORMALIZATION_TEXT, SCOPE_COLORS
 
 
