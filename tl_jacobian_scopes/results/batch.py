@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, SupportsIndex, TypeVar, Union, overload
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,7 +23,8 @@ Item = TypeVar("Item", bound=Union[ScopeResult, ScopeMatrix])
 class ScopeBatch(List[Item], SavedAsJson):
     """One result per prompt, in prompt order: a ``list`` with batch-wide tables and views.
 
-    Indexing, ``len``, iteration and equality are those of a list; on top of them:
+    Indexing, ``len``, iteration and equality are those of a list (a slice or :meth:`copy` is
+    again a ScopeBatch); on top of them:
     :meth:`to_dataframe` (one long table with a ``prompt_index`` column), :meth:`show`,
     :meth:`top`, and :meth:`save_json` / :meth:`load_json` (or ``tjs.load``).
 
@@ -32,6 +33,22 @@ class ScopeBatch(List[Item], SavedAsJson):
         >>> batch.to_dataframe().groupby("prompt_index").score.max()  # doctest: +SKIP
         >>> batch.show()  # doctest: +SKIP
     """
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Item: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> "ScopeBatch[Item]": ...
+
+    def __getitem__(self, index: Union[SupportsIndex, slice]) -> Union[Item, "ScopeBatch[Item]"]:
+        # A slice stays a batch, so batch[1:].to_dataframe() and .show() work; an index gives the item.
+        if isinstance(index, slice):
+            return type(self)(super().__getitem__(index))
+        return super().__getitem__(index)
+
+    def copy(self) -> "ScopeBatch[Item]":
+        """A shallow copy, still a ScopeBatch."""
+        return type(self)(self)
 
     def to_dataframe(self) -> "pd.DataFrame":
         """Every item's :meth:`to_dataframe`, stacked, with ``prompt_index`` as first column."""
