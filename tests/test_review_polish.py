@@ -20,3 +20,14 @@ def test_a_sliced_or_copied_batch_is_still_a_batch():
     assert batch[-1] is items[2] and isinstance(batch[0], tjs.ScopeResult)
     duplicate = batch.copy()
     assert type(duplicate) is tjs.ScopeBatch and duplicate == batch and duplicate is not batch
+
+
+# ---- show() parts as a list ------------------------------------------------------------------
+
+def test_show_takes_parts_as_names_or_as_a_list():
+    r = make_result()
+    assert r.show(["tokens"]).parts == r.show("tokens").parts == ["tokens"]
+    assert r.show(("tokens",))._repr_html_().count("tjs-cv-") == r.show("tokens")._repr_html_().count("tjs-cv-")
+    for bad in (["tokens", "heatmap"], ["raw"], [3]):
+        with pytest.raises(tjs.OptionError, match="parts must be names among"):
+            r.show(bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -443,24 +443,26 @@ class ScopeResult(SavedAsJson):
 
     # ---- views ---------------------------------------------------------------------------
 
-    def show(self, *parts: str, normalization: str = "scaled") -> "ScopeView":
+    def show(self, *parts: Union[str, Sequence[str]], normalization: str = "scaled") -> "ScopeView":
         """A CircuitsVis view: the token colouring (``"tokens"``) and, with internals, the
-        layer view (``"layers"``) and head view (``"heads"``); name parts to show only those.
+        layer view (``"layers"``) and head view (``"heads"``); name parts (or pass a list of
+        them) to show only those.
 
         In a notebook, ``r.show()`` as a cell's last line displays it (no network needed);
         the result itself also displays this way. ``normalization`` applies to internal maps.
 
         Example:
             >>> r.show("heads")  # only the layer x head view  # doctest: +SKIP
+            >>> r.show(["tokens", "heads"])  # doctest: +SKIP
             >>> r.show("tokens", "layers", normalization="raw").save("view.html")  # doctest: +SKIP
 
         Raises:
             OptionError: An unknown part or normalization.
             ScopeError: ``"layers"``/``"heads"`` of a result computed without ``internals=True``.
         """
-        from ..views.html import show
+        from ..views.html import flatten_parts, show
 
-        return show(self, normalization, parts or None)
+        return show(self, normalization, flatten_parts(parts) or None)
 
     def _repr_html_(self) -> str:
         return self.show()._repr_html_()

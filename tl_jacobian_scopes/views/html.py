@@ -244,6 +244,15 @@ def _token_labels(result: ScopeResult) -> list[str]:
 PARTS = ("tokens", "layers", "heads")
 
 
+def flatten_parts(parts: Sequence[Union[str, Sequence[str]]]) -> tuple[str, ...]:
+    """``("tokens", "heads")`` from ``show("tokens", "heads")`` or ``show(["tokens", "heads"])``;
+    anything else is kept as given for :func:`_check_parts` to refuse by name."""
+    flat: list[Any] = []
+    for part in parts:
+        flat.extend(part if isinstance(part, (list, tuple)) else [part])
+    return tuple(flat)
+
+
 def _check_parts(parts: Sequence[str]) -> None:
     if isinstance(parts, str) or not all(p in PARTS for p in parts):
         hint = ""
