@@ -3,9 +3,11 @@
 wording, user hooks during scope calls)."""
 
 import pytest
+import torch
 
 import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result
+from tiny_models import tiny_model
 
 
 # ---- ScopeBatch slicing ----------------------------------------------------------------------
@@ -31,3 +33,27 @@ def test_show_takes_parts_as_names_or_as_a_list():
     for bad in (["tokens", "heatmap"], ["raw"], [3]):
         with pytest.raises(tjs.OptionError, match="parts must be names among"):
             r.show(bad)
+
+
+# ---- explain_generation checks the scope call before generating -------------------------------
+
+def test_explain_generation_refuses_a_misspelt_option_before_generating(monkeypatch):
+    model = tiny_model("llama", "bridge")[0]
+
+    def generate(*args, **kwargs):
+        raise AssertionError("generate() ran before the scope's options were checked")
+
+    monkeypatch.setattr(model, "generate", generate)
+    for scope, options, message in (
+        ("fisher", {"rnak": 2}, "no option 'rnak'.*Did you mean 'rank'"),  # the scope's own message
+        ("fisher", {"rank": 0}, "rank must be an int"),
+        ("semantic", {"internals": "yes"}, "internals must be True or False"),
+        ("semantic", {"batch_size": 0}, "batch_size must be an int"),
+    ):
+        with pytest.raises(tjs.OptionError, match=message):
+            tjs.explain_generation(model, "the cat sat", 3, scope=scope, **options)
+    with pytest.raises(tjs.TargetError, match="takes no target or contrast"):
+        tjs.explain_generation(model, "the cat sat", 3, scope="fisher", contrast=" dog")
+    # The direct call gives the same error for the same typo.
+    with pytest.raises(tjs.OptionError, match="no option 'rnak'.*Did you mean 'rank'"):
+        tjs.fisher_scope(model, "the cat sat", rnak=2)

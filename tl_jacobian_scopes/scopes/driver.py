@@ -458,10 +458,16 @@ def run(
         return _run(method, model, prompt, batch_size, kwargs)
 
 
-def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dict[str, Any]) -> Any:
+def plan_run(method: "Method", model: Any, prompt: Any, batch_size: int = 16, **kwargs: Any) -> Plan:
+    """Everything :func:`run` checks before its first forward pass, with the same errors: the
+    validated :class:`Plan` (``kwargs`` as for :func:`run`)."""
     check_positive_int("batch_size", batch_size)
     common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON}
-    plan = plan_call(method, model, prompt, options=kwargs, **common)
+    return plan_call(method, model, prompt, options=kwargs, **common)
+
+
+def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dict[str, Any]) -> Any:
+    plan = plan_run(method, model, prompt, batch_size, **kwargs)
     chunks = [list(range(s, min(s + batch_size, len(plan.rows)))) for s in range(0, len(plan.rows), batch_size)]
     check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]))
     outputs: list[JobOutput] = []

@@ -12,7 +12,7 @@ from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..results.generation import GenerationResult
 from .api import Scope, resolve_scope
-from .driver import check_positive_int, is_batch, warn_tokenization
+from .driver import NEXT, check_positive_int, is_batch, plan_run, warn_tokenization
 
 #: ``generate()`` arguments that explain_generation sets itself.
 _OWN = ("input", "max_new_tokens", "return_type", "output_logits", "return_cache", "return_input_tokens")
@@ -69,7 +69,7 @@ def explain_generation(
     Raises:
         PromptError: A batch of prompts, or no room in the context for ``max_new_tokens``.
         OptionError: A bad ``max_new_tokens``, an argument explain_generation sets itself, or
-            a scope option the scope does not take.
+            a scope option the scope does not take (all checked before generating).
         UnknownScopeError: An unknown scope name.
 
     Example:
@@ -101,6 +101,10 @@ def explain_generation(
             f"The prompt has {n_prompt} tokens and the model's context holds {access.n_ctx}: use "
             f"max_new_tokens ≤ {access.n_ctx - n_prompt}, or a shorter prompt."
         )
+    # The scope call's own checks, on the prompt's last position, so that a misspelt option
+    # fails now rather than after the generation it would waste.
+    plan_run(method_scope.method, model, tokens, positions=[n_prompt - 1],
+             **({"target": NEXT} if method_scope.method.targeted else {}), **scope_options)
     settings.setdefault("do_sample", any(k in settings for k in _SAMPLING))
     # TransformerLens 4.3's bridge generates wrong tokens with its KV cache on the default model
     # (" Paris-------" where a full forward pass gives " Paris.\n\n"), so the bridge recomputes
