@@ -103,8 +103,8 @@ def explain_generation(
         )
     # The scope call's own checks, on the prompt's last position, so that a misspelt option
     # fails now rather than after the generation it would waste.
-    plan_run(method_scope.method, model, tokens, positions=[n_prompt - 1],
-             **({"target": NEXT} if method_scope.method.targeted else {}), **scope_options)
+    first_call: dict[str, Any] = {"target": NEXT} if method_scope.method.targeted else {}
+    plan_run(method_scope.method, model, tokens, positions=[n_prompt - 1], **first_call, **scope_options)
     settings.setdefault("do_sample", any(k in settings for k in _SAMPLING))
     # TransformerLens 4.3's bridge generates wrong tokens with its KV cache on the default model
     # (" Paris-------" where a full forward pass gives " Paris.\n\n"), so the bridge recomputes
