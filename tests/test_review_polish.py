@@ -2,12 +2,17 @@
 (batch slicing, show() parts, explain_generation's early option check, NaN heatmaps, progress
 wording, user hooks during scope calls)."""
 
+import re
+
 import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result
+from test_notebook_views import needs_browser
+from test_views import _chromium
 from tiny_models import tiny_model
+from tl_jacobian_scopes.views import html as views_html
 
 
 # ---- ScopeBatch slicing ----------------------------------------------------------------------
@@ -57,3 +62,41 @@ def test_explain_generation_refuses_a_misspelt_option_before_generating(monkeypa
     # The direct call gives the same error for the same typo.
     with pytest.raises(tjs.OptionError, match="no option 'rnak'.*Did you mean 'rank'"):
         tjs.fisher_scope(model, "the cat sat", rnak=2)
+
+
+# ---- heatmaps with NaN cells -----------------------------------------------------------------
+
+def _grid_with_nan():
+    grid = torch.arange(1.0, 13.0).reshape(3, 4)
+    grid[1, 2] = float("nan")
+    grid[2, 0] = float("inf")
+    return grid
+
+
+def test_heatmap_scale_comes_from_the_finite_cells():
+    spec, caption = views_html._heatmap_spec(_grid_with_nan(), "#336699")
+    assert spec["top"] == 12.0  # the largest finite cell, not nan (nor inf)
+    assert caption.startswith("max 12") and "2 non-finite cells" in caption and "nan" not in caption.split(";")[0]
+    big = torch.rand(20, 10)
+    big[0, 0] = float("nan")
+    spec, caption = views_html._heatmap_spec(big, "#336699")
+    finite = big.flatten()[1:]
+    assert abs(spec["top"] - float(torch.quantile(finite, 0.99))) < 1e-6 and "1 non-finite cell " in caption
+    _, clean = views_html._heatmap_spec(torch.rand(3, 4), "#336699")
+    assert "non-finite" not in clean
+
+
+@needs_browser
+def test_heatmap_with_a_nan_cell_still_colours_the_rest_in_a_browser(tmp_path):
+    grid = _grid_with_nan()
+    cell = views_html._heatmap(grid, ["a", "b", "c"], ["w", "x", "y", "z"], "#336699", "a grid")
+    path = views_html.ScopeView([cell], "nan grid").save(tmp_path / "nan.html")
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()).stdout
+    cells = [(re.search(r'background: ([^;"]*)', td).group(1), re.search(r'title="([^"]*)"', td).group(1))
+             for td in re.findall(r"<td [^>]*>", dom)]
+    assert len(cells) == 12, dom[-2000:]
+    by_title = {title.split(": ")[0]: (background, title.split(": ")[1]) for background, title in cells}
+    assert by_title["b, y"] == ("rgb(176, 176, 176)", "nan") and by_title["c, w"] == ("rgb(176, 176, 176)", "inf")
+    alphas = {k: float(re.search(r"rgba\(51, 102, 153, ([0-9.]+)\)", bg).group(1)) if "rgba" in bg else 1.0
+              for k, (bg, _) in by_title.items() if k not in ("b, y", "c, w")}
+    assert alphas["c, z"] == 1.0 and 0 < alphas["a, w"] < 0.2 < alphas["b, x"] < alphas["c, y"]

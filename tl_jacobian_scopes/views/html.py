@@ -175,14 +175,21 @@ def _heatmap_spec(grid: Tensor, color: str) -> tuple[dict[str, Any], str]:
 
     The scale tops out at the 99th percentile of the cells (stated in the caption), so that a
     handful of extreme cells (e.g. the final residual at the explained position) does not
-    wash out the rest; cells above it are drawn at full colour.
+    wash out the rest; cells above it are drawn at full colour. The scale comes from the finite
+    cells: NaN and infinite cells are drawn grey and counted in the caption (one NaN used to
+    make the whole scale NaN, and the heatmap blank).
     """
-    peak = float(grid.max()) if grid.numel() else 0.0
+    values = grid.detach().float().flatten()
+    finite = values[torch.isfinite(values)]
+    peak = float(finite.max()) if finite.numel() else 0.0
     top = peak
-    if grid.numel() >= 100:
-        top = float(torch.quantile(grid.float().flatten(), 0.99))
+    if finite.numel() >= 100:
+        top = float(torch.quantile(finite, 0.99))
         top = top if top > 0 else peak
     scale_text = f"max {peak:.4g}" + (f"; colour saturates at the 99th percentile, {top:.4g}" if top < peak else "")
+    n_bad = values.numel() - finite.numel()
+    if n_bad:
+        scale_text += f"; {n_bad} non-finite cell{'s' if n_bad > 1 else ''} (NaN or infinite) in grey"
     return {"values": grid, "color": color, "top": top}, scale_text
 
 
@@ -408,8 +415,9 @@ w.tjsHeatmap=function(id,spec){var el=document.getElementById(id);if(!el)return;
   th.className="col"+(j===spec.marked?" marked":"");span.textContent=label;th.title=label;th.appendChild(span);
   head.appendChild(th);});
  spec.rows.forEach(function(label,i){var tr=body.insertRow(),th=document.createElement("th");
-  th.textContent=label;tr.appendChild(th);spec.values[i].forEach(function(v,j){var td=tr.insertCell(),
-   a=spec.top>0?Math.max(0,Math.min(1,v/spec.top)):0;td.style.background="rgba("+r+","+g+","+b+","+a.toFixed(3)+")";
+  th.textContent=label;tr.appendChild(th);spec.values[i].forEach(function(v,j){var td=tr.insertCell();
+   if(!isFinite(v)){td.style.background="#b0b0b0";td.title=label+", "+spec.cols[j]+": "+(v!==v?"nan":v>0?"inf":"-inf");return;}
+   var a=spec.top>0?Math.max(0,Math.min(1,v/spec.top)):0;td.style.background="rgba("+r+","+g+","+b+","+a.toFixed(3)+")";
    td.title=label+", "+spec.cols[j]+": "+v;});});
  el.appendChild(t);};
 function unescapeHTML(t){return t.replace(/&lt;/g,"<").replace(/&gt;/g,">").replace(/&amp;/g,"&");}
@@ -417,7 +425,7 @@ w.tjsMatrix=function(heatmapId,tokensId,spec){spec=unpack(spec);
  w.tjsHeatmap(heatmapId,{rows:spec.rows,values:spec.values,color:spec.color,top:spec.top,marked:null,
   cols:spec.tokens.map(function(t,i){return i+":"+unescapeHTML(t);})});
  var perToken=spec.tokens.map(function(_,j){return spec.values.map(function(row){
-  var peak=Math.max.apply(null,row);return peak>0?+(row[j]/peak).toPrecision(4):0;});});
+  var peak=Math.max.apply(null,row.filter(isFinite));return peak>0&&isFinite(row[j])?+(row[j]/peak).toPrecision(4):0;});});
  w.tjsCV(tokensId,"ColoredTokensMulti",{tokens:spec.tokens,values:perToken,labels:spec.rows});};
 })(window);
 </script>
