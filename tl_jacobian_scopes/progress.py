@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import html
+import math
 import os
 import sys
 import threading
@@ -66,6 +67,9 @@ def _kernel_display() -> Optional[Callable[..., Any]]:
 
 class Progress:
     """One progress line: ``desc: done/total unit (pct%), elapsed``, ending in a final state.
+
+    ``done`` shows a unit partly done to a tenth (``0.4/7 positions (5%)``), so the count and
+    the percentage always agree.
 
     Args:
         desc: What runs, e.g. ``"fisher scope"``.
@@ -109,11 +113,18 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
+    def shown_done(self) -> float:
+        """The work done as the line shows it: floored to a tenth of a unit (a unit partly done
+        reads ``0.4/7``, not ``0/7`` next to a percentage that says otherwise)."""
+        return math.floor(self.done * 10 + 1e-9) / 10
+
     def text(self) -> str:
-        """The line as plain text."""
-        count = f"{self.done:.0f}/{self.total:.0f} {self.unit}"
+        """The line as plain text; its percentage is that of the count it shows, floored."""
+        shown = self.shown_done()
+        count = f"{shown:.0f}" if shown == int(shown) else f"{shown:.1f}"
+        count += f"/{self.total:.0f} {self.unit}"
         if not self.state and self.total:
-            count += f" ({100 * self.done / self.total:.0f}%)"
+            count += f" ({math.floor(100 * shown / self.total + 1e-9):.0f}%)"
         line = f"{self.desc}: {count}, {self.elapsed():.1f} s"
         return f"{line}, {self.state}" if self.state else line
 
@@ -163,7 +174,7 @@ class Progress:
             if not opening:  # _open displayed the current state already
                 self._handle.update({"text/plain": self.text(), "text/html": self.html()}, raw=True)
         else:
-            self._bar.n = self.done
+            self._bar.n = self.shown_done()
             self._bar.set_postfix_str(self.state, refresh=False)
             self._bar.refresh()
 
@@ -180,7 +191,7 @@ class Progress:
 
         self._bar = tqdm(total=self.total, desc=self.desc, unit="", file=stderr, leave=True,
                          mininterval=MIN_INTERVAL, dynamic_ncols=True,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} "
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:g}/{total:.0f} "
                                     + self.unit.replace("{", "{{").replace("}", "}}")
                                     + " [{elapsed}<{remaining}{postfix}]")
         self._bar.start_t -= self.elapsed()  # count the time before the bar appeared
