@@ -11,8 +11,9 @@ import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result
 from test_notebook_views import needs_browser
 from test_views import _chromium
-from tiny_models import tiny_model
+from tiny_models import BACKENDS, tiny_model
 from tl_jacobian_scopes import progress as P
+from tl_jacobian_scopes.models import hook_count
 from tl_jacobian_scopes.views import html as views_html
 
 
@@ -131,3 +132,46 @@ def test_terminal_bar_shows_the_partial_count(monkeypatch, capsys):
         bar.set(0.49)
         err = capsys.readouterr().err
         assert "0.4/7 positions" in err and "  6%|" in err, err  # 0.4 of 7 is 5.7%: tqdm rounds
+
+
+# ---- the user's own hooks shape what a scope explains ----------------------------------------
+
+def _zero_head(head, n_heads):
+    def hook(act, hook):
+        # hook_z is [batch, pos, head, d_head] on HookedTransformer, [batch, pos, head * d_head] on the bridge.
+        act = act.clone()
+        act.view(*act.shape[:2], n_heads, -1)[:, :, head] = 0
+        return act
+    return hook
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scopes_explain_the_model_with_the_users_hooks(backend):
+    """A user's hooks (an ablation attached with model.add_hook) fire in the scope's forward
+    pass, once per call, and the scores are those of the hooked model; the hooks stay attached."""
+    model = tiny_model("llama", backend)[0]
+    prompt = "the cat sat on the mat and the"
+    plain = tjs.semantic_scope(model, prompt, target=" cat")
+    fisher_plain = tjs.fisher_scope(model, prompt, rank=2)
+    calls = []
+    model.add_hook("blocks.0.attn.hook_z", lambda act, hook: calls.append(hook.name))
+    model.add_hook("blocks.1.attn.hook_z", _zero_head(0, model.cfg.n_heads))
+    try:
+        ablated = tjs.semantic_scope(model, prompt, target=" cat")
+        fisher_ablated = tjs.fisher_scope(model, prompt, rank=2)
+        assert len(calls) == 2  # one forward pass per call (the VJPs are backward passes)
+        for before, after in ((plain, ablated), (fisher_plain, fisher_ablated)):
+            assert (before.scores - after.scores).abs().max() > 1e-3 * before.scores.abs().max()
+        # Independent check: with every attention layer's output zeroed, position t's residual
+        # depends on token t alone, so every other token's Semantic score is exactly 0.
+        model.reset_hooks()
+        for layer in range(model.cfg.n_layers):
+            model.add_hook(f"blocks.{layer}.hook_attn_out", lambda act, hook: torch.zeros_like(act))
+        attached = hook_count(model)
+        local = tjs.semantic_scope(model, prompt, target=" cat")
+        assert local.scores[local.position] > 0
+        assert float(local.scores[: local.position].abs().max()) == 0.0
+        assert float(plain.scores[: plain.position].abs().max()) > 0  # not so without the hooks
+        assert hook_count(model) == attached > 0  # still attached
+    finally:
+        model.reset_hooks()

@@ -41,7 +41,9 @@ Token = Union[str, int, None]
 
 _COMMON_DOC = """
     Common arguments (every scope and baseline):
-        model: A TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        model: A TransformerLens ``HookedTransformer`` or ``TransformerBridge``. Hooks you
+            attached (``model.add_hook``, e.g. a head ablation) fire in the scope's forward
+            pass, so the scores explain the hooked model.
         prompt: Text, token ids (``[pos]`` or ``[1, pos]``), or a list of prompts / a
             ``[batch, pos]`` tensor (a batch: padded, one forward pass per ``batch_size``).
         target: (methods that explain one token) A single-token string such as ``" Paris"``
