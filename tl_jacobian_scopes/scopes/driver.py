@@ -463,7 +463,7 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
     common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON}
     plan = plan_call(method, model, prompt, options=kwargs, **common)
     chunks = [list(range(s, min(s + batch_size, len(plan.rows)))) for s in range(0, len(plan.rows), batch_size)]
-    check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]))
+    check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals)
     outputs: list[JobOutput] = []
     unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"
     with Progress(method.label, len(plan.jobs), unit, plan.progress) as plan.bar:
