@@ -310,8 +310,11 @@ def probe_memory(
 
 
 def scope_memory(access: ModelAccess, n_tokens: int, batch: int = 1, kernel: str = "eager") -> int:
-    """The memory guard's estimate for a scope: the forward pass and one probe's backward."""
-    return forward_memory(access, n_tokens, batch, kernel) + probe_memory(access, n_tokens, batch, kernel=kernel)
+    """The memory guard's estimate for a scope: the forward pass, one probe's backward, and a few
+    float32 vocabulary-sized buffers (the explained logits, Fisher's probe construction)."""
+    vocab_buffers = 4 * access.d_vocab * access.d_model * 4
+    return (forward_memory(access, n_tokens, batch, kernel) + probe_memory(access, n_tokens, batch, kernel=kernel)
+            + vocab_buffers)
 
 
 def _budget(access: ModelAccess) -> Optional[int]:
