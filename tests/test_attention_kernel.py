@@ -99,8 +99,7 @@ class _Interrupt(KeyboardInterrupt):
 
 @pytest.mark.parametrize("raised", [RuntimeError("boom"), _Interrupt()])
 def test_the_attention_setting_is_restored_after_an_error_or_interrupt(llama, raised):
-    before = _attention_state(llama)
-    assert before[0] == "eager"
+    before = _attention_state(llama)  # "eager" on TransformerLens 4 (the bridge forces it)
     seen = []
 
     def fail(act, hook):
@@ -110,7 +109,7 @@ def test_the_attention_setting_is_restored_after_an_error_or_interrupt(llama, ra
     with pytest.raises(type(raised)):
         with llama.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", fail)]):
             tjs.semantic_scope(llama, PROMPTS[0])
-    assert seen and seen[0][0] == "sdpa", "the failing hook should have run under SDPA"
+    assert seen and seen[0][0] == "sdpa" and all(ours for ours, _ in seen[0][1]), "the hook ran without SDPA"
     assert _attention_state(llama) == before
     tjs.semantic_scope(llama, PROMPTS[0])
     assert _attention_state(llama) == before
