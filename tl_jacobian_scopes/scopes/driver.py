@@ -469,7 +469,7 @@ def plan_run(method: "Method", model: Any, prompt: Any, batch_size: int = 16, **
 def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dict[str, Any]) -> Any:
     plan = plan_run(method, model, prompt, batch_size, **kwargs)
     chunks = [list(range(s, min(s + batch_size, len(plan.rows)))) for s in range(0, len(plan.rows), batch_size)]
-    check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]))
+    check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals)
     outputs: list[JobOutput] = []
     unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"
     with Progress(method.label, len(plan.jobs), unit, plan.progress) as plan.bar:

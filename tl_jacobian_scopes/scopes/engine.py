@@ -6,12 +6,20 @@ at once, on any backend, including hooks whose tensors are reshaped views (every
 ``hook_z`` on TransformerBridge). The forward pass stops as soon as ``y`` (the input of
 the unembedding) is captured: no full-vocabulary logits are computed for positions that
 are not explained.
+
+A TransformerBridge reimplements attention step by step (eager: every layer keeps its
+``T x T`` probabilities for the backward pass) so that hooks such as ``hook_pattern`` fire.
+When no hook inside attention is needed (token-level scopes), the pass instead runs each
+layer's wrapped Hugging Face attention with PyTorch's ``scaled_dot_product_attention``
+(:func:`attention_kernel`): same result to float precision, no ``T x T`` tensor kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import types
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +31,7 @@ from torch import Tensor
 
 from ..errors import MissingHookError, ScopeError, ScopeMemoryError
 from ..models.access import ModelAccess
-from ..models.hook_names import EMBED_HOOK, FINAL_HOOK
+from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, internal_hook_names
 
 
 #: Per thread: the models whose instrumented forward pass is running (nested calls are refused).
@@ -85,9 +93,10 @@ def forward_to_final_hidden(
             "that would mix the two calls' hooks. Collect what you need in the hook and run the second "
             "scope after the first returns."
         )
+    kernel = attention_kernel(access, [name for name, _ in fwd_hooks])
     active.add(id(access.model))
     try:
-        with torch.enable_grad(), access.model.hooks(fwd_hooks=fwd_hooks):
+        with torch.enable_grad(), _attention_running(access, kernel), access.model.hooks(fwd_hooks=fwd_hooks):
             try:
                 access.model(tokens, **forward_kwargs)
             except _StopForward:
@@ -101,6 +110,99 @@ def forward_to_final_hidden(
             "the model with TransformerLens so that the hook fires."
         )
     return state
+
+
+# ---- attention kernel ----------------------------------------------------------------------
+
+#: Bridge config flags that route attention through per-head paths only the eager code has.
+_EAGER_ONLY_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in")
+#: HF attention attributes whose SDPA path differs from the bridge's eager one (softcapping, sinks).
+_EAGER_ONLY_ATTRS = ("attn_logit_softcapping", "sinks")
+
+
+def _sdpa_attention_modules(access: ModelAccess) -> Optional[list[Any]]:
+    """The bridge's attention modules when all of them can run the wrapped HF attention
+    with SDPA and give the same result (plain rotary attention); None otherwise."""
+    if access.backend != "bridge" or any(getattr(access.cfg, f, False) for f in _EAGER_ONLY_FLAGS):
+        return None
+    try:
+        from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+            PositionEmbeddingsAttentionBridge,
+        )
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return None
+    config = getattr(getattr(access.model, "original_model", None), "config", None)
+    blocks = getattr(access.model, "blocks", None)
+    if "sdpa" not in ALL_ATTENTION_FUNCTIONS or not hasattr(config, "_attn_implementation") or not blocks:
+        return None
+    modules = [getattr(block, "attn", None) for block in blocks]
+    for attn in modules:
+        # Exact type: subclasses add steps (gates, norms) the HF module may not share.
+        if type(attn) is not PositionEmbeddingsAttentionBridge or "forward" in vars(attn):
+            return None
+        hf_attn = attn.original_component
+        if getattr(hf_attn, "config", None) is not config or any(
+            getattr(hf_attn, a, None) is not None for a in _EAGER_ONLY_ATTRS
+        ):
+            return None
+    return modules
+
+
+def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOOK, FINAL_HOOK)) -> str:
+    """The attention a scope's forward pass runs: ``"sdpa"`` or ``"eager"``.
+
+    ``"sdpa"`` (PyTorch's fused ``scaled_dot_product_attention``, no ``T x T`` tensor kept
+    for backward) when the model is a TransformerBridge with plain rotary attention, none of
+    ``hook_names`` lies inside an attention module, and no hook is attached inside one
+    (a user's ``hook_pattern`` hook still fires: eager is kept). ``"eager"`` otherwise,
+    and always for a HookedTransformer, whose attention is its own einsum code.
+
+    Example:
+        >>> attention_kernel(ModelAccess(model))  # doctest: +SKIP
+        'sdpa'
+        >>> attention_kernel(ModelAccess(model), ["blocks.0.attn.hook_z"])  # doctest: +SKIP
+        'eager'
+    """
+    modules = _sdpa_attention_modules(access)
+    if modules is None:
+        return "eager"
+    inside = {id(hp) for attn in modules for hp in attn.modules() if hasattr(hp, "fwd_hooks")}
+    hook_dict = access.model.hook_dict
+    if any(id(hook_dict.get(name)) in inside for name in hook_names):
+        return "eager"
+    for attn in modules:
+        for hp in attn.modules():
+            if hasattr(hp, "fwd_hooks") and (
+                hp.fwd_hooks or getattr(hp, "bwd_hooks", None) or hp._forward_hooks or hp._backward_hooks
+            ):
+                return "eager"
+    return "sdpa"
+
+
+@contextlib.contextmanager
+def _attention_running(access: ModelAccess, kernel: str) -> Iterator[None]:
+    """For the duration, with ``kernel="sdpa"``: each bridge attention module delegates to its
+    wrapped HF module (``hook_in`` -> HF attention -> ``hook_out``) and the HF config selects
+    SDPA. Both are restored afterwards, whatever happens (an error, an interrupt)."""
+    modules = _sdpa_attention_modules(access) if kernel == "sdpa" else None
+    if modules is None:
+        yield
+        return
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    config = access.model.original_model.config
+    before = config._attn_implementation
+    try:
+        config._attn_implementation = "sdpa"
+        for attn in modules:
+            # vars(): the bridge's __setattr__ would forward "forward" to the wrapped HF module.
+            vars(attn)["forward"] = types.MethodType(AttentionBridge.forward, attn)
+        yield
+    finally:
+        for attn in modules:
+            vars(attn).pop("forward", None)
+        config._attn_implementation = before
 
 
 def _no_batching_rule(exc: RuntimeError) -> bool:
@@ -181,16 +283,38 @@ def _dtype_bytes(access: ModelAccess) -> int:
     return torch.finfo(access.dtype).bits // 8
 
 
-def forward_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> int:
-    """Rough upper estimate of the bytes a grad-enabled forward pass keeps for backward."""
-    per_layer = n_tokens * (12 * access.d_model + 4 * access.d_mlp) + 3 * access.n_heads * n_tokens**2
-    return batch * access.n_layers * per_layer * _dtype_bytes(access)
+def forward_memory(access: ModelAccess, n_tokens: int, batch: int = 1, kernel: str = "eager") -> int:
+    """Rough upper estimate of the bytes a grad-enabled forward pass keeps for backward.
+
+    Eager attention keeps ``T x T`` scores and probabilities per head and layer; SDPA keeps
+    only its output and a log-sum-exp per query (plus one boolean mask for the whole pass).
+    """
+    # Measured on SmolLM2 with SDPA (benchmarks/long_context.py): ~0.85x of this, linear in T.
+    per_layer = n_tokens * (16 * access.d_model + 6 * access.d_mlp)
+    if kernel == "eager":
+        per_layer += 3 * access.n_heads * n_tokens**2
+    else:
+        per_layer += access.n_heads * n_tokens
+    mask = 0 if kernel == "eager" else batch * n_tokens**2
+    return batch * access.n_layers * per_layer * _dtype_bytes(access) + mask
 
 
-def probe_memory(access: ModelAccess, n_tokens: int, batch: int = 1, n_leaves: int = 1) -> int:
+def probe_memory(
+    access: ModelAccess, n_tokens: int, batch: int = 1, n_leaves: int = 1, kernel: str = "eager"
+) -> int:
     """Rough bytes one extra probe costs inside a batched backward pass (and its VJPs)."""
-    per_probe = 3 * access.n_heads * n_tokens**2 + 6 * n_tokens * max(access.d_mlp, access.d_model)
+    per_probe = 6 * n_tokens * max(access.d_mlp, access.d_model)
+    if kernel == "eager":
+        per_probe += 3 * access.n_heads * n_tokens**2
     return batch * (per_probe * _dtype_bytes(access) + n_leaves * n_tokens * access.d_model * 4)
+
+
+def scope_memory(access: ModelAccess, n_tokens: int, batch: int = 1, kernel: str = "eager") -> int:
+    """The memory guard's estimate for a scope: the forward pass, one probe's backward, and a few
+    float32 vocabulary-sized buffers (the explained logits, Fisher's probe construction)."""
+    vocab_buffers = 4 * access.d_vocab * access.d_model * 4
+    return (forward_memory(access, n_tokens, batch, kernel) + probe_memory(access, n_tokens, batch, kernel=kernel)
+            + vocab_buffers)
 
 
 def _budget(access: ModelAccess) -> Optional[int]:
@@ -201,8 +325,11 @@ def _budget(access: ModelAccess) -> Optional[int]:
     return None if free is None else int(0.8 * free)
 
 
-def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> None:
+def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1, internals: bool = False) -> None:
     """Refuse, before any forward pass, a scope that would not fit in memory.
+
+    The estimate follows the attention kernel the call will use (:func:`attention_kernel`):
+    internal maps keep eager attention, token-level scopes on a bridge run SDPA.
 
     Raises:
         ScopeMemoryError: naming the estimate, the budget and the longest prompt that fits.
@@ -210,16 +337,18 @@ def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1) -> None:
     budget = _budget(access)
     if budget is None:
         return
-    need = forward_memory(access, n_tokens, batch) + probe_memory(access, n_tokens, batch)
+    kernel = attention_kernel(access, internal_hook_names(access.n_layers) if internals else (EMBED_HOOK, FINAL_HOOK))
+    need = scope_memory(access, n_tokens, batch, kernel)
     if need <= budget:
         return
     fits = n_tokens
-    while fits > 1 and forward_memory(access, fits, batch) + probe_memory(access, fits, batch) > budget:
+    while fits > 1 and scope_memory(access, fits, batch, kernel) > budget:
         fits = int(fits * 0.9)
+    hint = " or run without internals=True (token scores use a lighter attention kernel)," if internals else ""
     raise ScopeMemoryError(
         f"A scope over {n_tokens} tokens needs about {need / 2**30:.1f} GiB on "
         f"{access.input_device}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
-        f"at most about {fits} tokens, free memory, or move the model to a larger device."
+        f"at most about {fits} tokens,{hint} free memory, or move the model to a larger device."
     )
 
 
@@ -230,7 +359,9 @@ def probe_chunk_size(
     budget = _budget(access)
     if budget is None:
         return max(1, min(cap, n_probes))
-    spare = budget - forward_memory(access, n_tokens, batch)
-    fit = max(1, spare // max(1, probe_memory(access, n_tokens, batch, n_leaves=n_leaves)))
+    # One leaf is the embedding alone (token scores); more are internal maps, which keep eager attention.
+    kernel = attention_kernel(access) if n_leaves == 1 else "eager"
+    spare = budget - forward_memory(access, n_tokens, batch, kernel)
+    fit = max(1, spare // max(1, probe_memory(access, n_tokens, batch, n_leaves=n_leaves, kernel=kernel)))
     return int(max(1, min(cap, n_probes, fit)))
 
