@@ -44,14 +44,16 @@ class ModelAccess:
     """
 
     def __init__(self, model: Any, required_hooks: tuple[str, ...] = (EMBED_HOOK, FINAL_HOOK)):
-        if not all(hasattr(model, attr) for attr in ("hooks", "hook_dict", "cfg")):
+        # hook_dict is rebuilt on every read on a TransformerBridge: read it once.
+        hook_dict = getattr(model, "hook_dict", None)
+        if hook_dict is None or not all(hasattr(model, attr) for attr in ("hooks", "cfg")):
             raise MissingHookError(
                 f"{type(model).__name__} is not a TransformerLens model: pass a HookedTransformer "
                 "or a TransformerBridge (e.g. tl_jacobian_scopes.load_default_model())."
             )
         self.model = model
         self.backend = backend_name(model)
-        hook_names = set(model.hook_dict)
+        hook_names = hook_dict.keys()
         missing = [name for name in required_hooks if name not in hook_names]
         if missing:
             raise MissingHookError(
