@@ -216,12 +216,13 @@ def all_modules(model: Any) -> list[Any]:
     """
     found: dict[int, Any] = {}
     stack = [root for root in (model, getattr(model, "original_model", None)) if isinstance(root, torch.nn.Module)]
+    pop, push = stack.pop, stack.extend
     while stack:
-        module = stack.pop()
-        if id(module) in found:
+        module = pop()
+        if module is None or id(module) in found:  # an unset child slot, or a module met before
             continue
         found[id(module)] = module
-        stack.extend(child for child in module._modules.values() if child is not None)
+        push(module._modules.values())
     return list(found.values())
 
 
