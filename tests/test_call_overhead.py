@@ -5,23 +5,32 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import tiny_model
+from tiny_models import BACKENDS, tiny_model
 from tl_jacobian_scopes.models.access import ModelAccess, all_modules
 
 PROMPT = "the cat sat on the mat"
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", "bridge")[0]
+@pytest.fixture(scope="module", params=BACKENDS)
+def model(request):
+    return tiny_model("llama", request.param)[0]
+
+
+def _hf_block(model):
+    """A module of the wrapped HF model (bridge), or a block (HookedTransformer)."""
+    wrapped = getattr(model, "original_model", None)
+    return wrapped.model.layers[0] if wrapped is not None else model.blocks[0]
 
 
 def test_all_modules_is_the_model_and_the_wrapped_hf_model(model):
-    expected = {id(m) for m in model.modules()} | {id(m) for m in model.original_model.modules()}
+    expected = {id(m) for m in model.modules()}
+    wrapped = getattr(model, "original_model", None)
+    if wrapped is not None:
+        expected |= {id(m) for m in wrapped.modules()}
+        assert len(expected) > len(list(model.modules()))  # the HF model adds modules
     found = all_modules(model)
     assert len(found) == len(expected) == len({id(m) for m in found})
     assert {id(m) for m in found} == expected
-    assert len(expected) > len({id(m) for m in model.modules()})  # the HF model adds modules
 
 
 def test_a_model_in_eval_mode_is_not_walked_by_eval(model, monkeypatch):
@@ -37,8 +46,8 @@ def test_a_model_in_eval_mode_is_not_walked_by_eval(model, monkeypatch):
 
 def test_a_module_in_training_mode_gets_eval_inside_and_its_flag_back(model):
     model.eval()
-    hf_block = model.original_model.model.layers[0]
-    hf_block.train()  # one module of the wrapped model only
+    hf_block = _hf_block(model)
+    hf_block.train()  # one module (of the wrapped model, on a bridge) only
     flags = [p.requires_grad for p in model.parameters()]
     try:
         with ModelAccess(model).frozen():
