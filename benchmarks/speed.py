@@ -10,18 +10,26 @@ warm-up round), so slow drifts of a shared machine hit all methods alike. Floors
 Sections: (1) each scope / floor at 64 and 256 tokens; (2) exact Fisher time and peak
 memory, and the stochastic estimator (and rank-16) against it; (3) a batch of 16 prompts
 against a loop of 16 calls; (4) all positions of a 128-token text in one call against 128
-calls; (5) Captum's LLMGradientAttribution on the same Hugging Face model and prompt.
+calls; (5) Captum's LLMGradientAttribution on the same Hugging Face model and prompt;
+(6) with ``--original PATH``: the authors' implementation (github.com/AntonioLiu97/JacobianScopes,
+``src/JacobianScopes``), imported from PATH for this run only, timed against ours and the
+floor on the same weights and prompt, with the agreement of their scores and ours.
 
 Usage:
     python benchmarks/speed.py [--device cpu] [--repeats 5] [--json benchmarks/results/speed_cpu.json]
     python benchmarks/speed.py --quick   # section 1 at 64 tokens only
+    git clone https://github.com/AntonioLiu97/JacobianScopes /tmp/original
+    python benchmarks/speed.py --original /tmp/original/src [--only-original]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import sys
+import types
 import statistics
 import threading
 import time
@@ -258,6 +266,100 @@ def section_captum(model, device: str, repeats: int) -> dict:
     return rows
 
 
+# ---- (6) the authors' implementation ----------------------------------------------------------
+
+
+def import_original(path: str) -> types.ModuleType:
+    """The authors' ``JacobianScopes.JacobianScopes`` module, imported from ``path`` (a folder
+    holding their ``JacobianScopes`` package). Their package ``__init__`` also imports their
+    plotting helpers (IPython, matplotlib), which scoring does not need: the package is
+    registered bare so that only the scoring modules (torch, numpy, transformers) load."""
+    folder = Path(path).expanduser().resolve() / "JacobianScopes"
+    if not (folder / "JacobianScopes.py").is_file():
+        raise SystemExit(f"--original: no JacobianScopes/JacobianScopes.py under {path} (pass a clone's src/)")
+    package = types.ModuleType("JacobianScopes")
+    package.__path__ = [str(folder)]
+    sys.modules["JacobianScopes"] = package
+    sys.path.insert(0, str(folder.parent))
+    try:
+        return importlib.import_module("JacobianScopes.JacobianScopes")
+    finally:
+        sys.path.remove(str(folder.parent))
+
+
+def original_scope(original: types.ModuleType, hf, ids: list, mode: str):
+    """Their ``run_scope(hf, tokenizer, text, mode)`` on given token ids (no tokenization):
+    ``ids[0]`` is the BOS (their ``front_pad=1``; they score tokens 1.. only), and the
+    explained prediction is their default ``loss_position``: the one at the second-to-last
+    token, of the last token. Fisher is their ``method="low_rank", k=1``."""
+    utils = sys.modules["JacobianScopes.JacobianScopes_utils"]
+    input_ids = torch.tensor([ids], dtype=torch.long, device=hf.device)
+    grad_idx = list(range(1, len(ids)))
+    residual = torch.nn.Parameter(torch.zeros(len(grad_idx), hf.config.hidden_size, device=hf.device))
+    presence = torch.ones(len(ids), 1, device=hf.device)
+    forward_pass = utils.customize_forward_pass(hf, residual, presence, input_ids, grad_idx)
+    loss_position = len(ids) - 2
+    if mode == "Semantic":
+        return original.semantic_scope_scores(forward_pass, residual, loss_position)[0]
+    if mode == "Temperature":
+        return original.temperature_scope_scores(forward_pass, residual, loss_position)[0]
+    lm_head = utils.get_lm_head(hf)
+    return original.fisher_scope_scores(forward_pass, residual, loss_position, lm_head, method="low_rank", k=1)[0]
+
+
+def agreement(ours: torch.Tensor, theirs) -> dict:
+    """Spearman and relative errors of our scores (tokens 1..) against theirs (causal zeros
+    at the last token excluded: it comes after the explained position)."""
+    a = ours[1:-1].double()
+    b = torch.as_tensor(theirs[:-1]).double()
+    rel = (a - b).abs() / b.abs().max()
+    return {"spearman": round(spearman(a, b), 6), "max_rel_err": float(rel.max()),
+            "median_rel_err": float(rel.median()), "last_token_theirs": float(theirs[-1])}
+
+
+def section_original(model, path: str, device: str, repeats: int, lengths=(64, 256)) -> dict:
+    """Ours vs theirs vs the floor, interleaved in one process, on the same weights and prompt."""
+    original = import_original(path)
+    # The bridge swaps its Hugging Face model's modules for bridge components in place (and
+    # makes it eager): theirs runs on a second, untouched load of the same weights, as a user of
+    # their code has it (float32, default attention kernel, parameters requiring grad).
+    hf, _ = tjs.models.load_default_hf_model()
+    hf = hf.to(device)
+    same = torch.equal(hf.lm_head.weight.detach().cpu(), model.W_U.detach().T.cpu()) and torch.equal(
+        hf.model.embed_tokens.weight.detach().cpu(), model.W_E.detach().cpu())
+    attn = getattr(hf.config, "_attn_implementation", None)
+    print(f"\n[6] the original (JacobianScopes at {path}) on a second load of the same weights "
+          f"(identical: {same}; their attention kernel: {attn})")
+    out: dict = {"path": str(path), "same_weights": same, "their_attention": attn, "repeats": repeats}
+    scopes = {
+        "semantic": ("Semantic", lambda t, pos: tjs.semantic_scope(model, t, position=pos, target="next")),
+        "temperature": ("Temperature", lambda t, pos: tjs.temperature_scope(model, t, position=pos)),
+        "fisher rank 1": ("Fisher", lambda t, pos: tjs.fisher_scope(model, t, position=pos, rank=1)),
+    }
+    for n_tokens in lengths:
+        tokens = prompt_tokens(model, n_tokens)
+        ids, pos, target = tokens.tolist(), n_tokens - 2, int(tokens[-1])
+        methods = {"floor (inputs)": lambda: floor_inputs(model, tokens, target)}
+        for name, (mode, ours) in scopes.items():
+            methods[f"ours {name}"] = lambda ours=ours: ours(tokens, pos)
+            methods[f"original {name}"] = lambda mode=mode: original_scope(original, hf, ids, mode)
+        rows = interleaved_medians(methods, repeats)
+        floor = rows["floor (inputs)"]
+        print(f"    {n_tokens} tokens, medians of {repeats} interleaved rounds (floor {floor:.3f} s):")
+        print(f"    {'':14s} {'ours s':>8s} {'original s':>11s} {'ours/original':>14s} {'ours/floor':>11s} "
+              f"{'original/floor':>15s} {'Spearman':>9s} {'max rel err':>12s}")
+        entry: dict = {"seconds": rows}
+        for name, (mode, ours) in scopes.items():
+            agree = agreement(ours(tokens, pos).scores, original_scope(original, hf, ids, mode))
+            o, t = rows[f"ours {name}"], rows[f"original {name}"]
+            entry[name] = {"ours_s": o, "original_s": t, "ours_over_original": o / t, "ours_over_floor": o / floor,
+                           "original_over_floor": t / floor, **agree}
+            print(f"    {name:14s} {o:8.3f} {t:11.3f} {o / t:14.2f} {o / floor:11.2f} {t / floor:15.2f} "
+                  f"{agree['spearman']:9.4f} {agree['max_rel_err']:12.2e}")
+        out[f"tokens_{n_tokens}"] = entry
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -265,6 +367,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="section 1 at 64 tokens only")
     parser.add_argument("--json", help="write every number to this file")
+    parser.add_argument("--original", metavar="PATH",
+                        help="a folder holding the authors' JacobianScopes package (a clone's src/): section 6")
+    parser.add_argument("--only-original", action="store_true", help="with --original: section 6 only")
+    parser.add_argument("--original-repeats", type=int, default=7, help="rounds of section 6 (default 7)")
     args = parser.parse_args()
 
     model = tjs.load_default_model(device=args.device)
@@ -275,8 +381,11 @@ def main() -> None:
     env = environment(model)
     print(f"default model: {describe(env)}")
     results = {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "environment": env}
-    results["scopes_64"] = section_scopes(model, 64, args.repeats)
-    if not args.quick:
+    if args.original:
+        results["original"] = section_original(model, args.original, args.device, args.original_repeats)
+    if not args.only_original:
+        results["scopes_64"] = section_scopes(model, 64, args.repeats)
+    if not args.quick and not args.only_original:
         results["scopes_256"] = section_scopes(model, 256, max(3, args.repeats // 2))
         results["exact_64"] = section_exact(model, 64, args.device)
         results["batch_16"] = section_batch(model, max(2, args.repeats // 2))

@@ -44,14 +44,16 @@ class ModelAccess:
     """
 
     def __init__(self, model: Any, required_hooks: tuple[str, ...] = (EMBED_HOOK, FINAL_HOOK)):
-        if not all(hasattr(model, attr) for attr in ("hooks", "hook_dict", "cfg")):
+        # hook_dict is rebuilt on every read on a TransformerBridge: read it once.
+        hook_dict = getattr(model, "hook_dict", None)
+        if hook_dict is None or not all(hasattr(model, attr) for attr in ("hooks", "cfg")):
             raise MissingHookError(
                 f"{type(model).__name__} is not a TransformerLens model: pass a HookedTransformer "
                 "or a TransformerBridge (e.g. tl_jacobian_scopes.load_default_model())."
             )
         self.model = model
         self.backend = backend_name(model)
-        hook_names = set(model.hook_dict)
+        hook_names = hook_dict.keys()
         missing = [name for name in required_hooks if name not in hook_names]
         if missing:
             raise MissingHookError(
@@ -175,37 +177,53 @@ class ModelAccess:
         model = self.model
         with model_lock(model):
             modules = all_modules(model)
-            params = list({id(p): p for m in modules for p in m.parameters(recurse=False)}.values())
+            params = list({id(p): p for m in modules for p in m._parameters.values() if p is not None}.values())
             if any(p.is_inference() for p in params):
                 raise ModelLoadError(
                     "The model's weights are inference tensors (it was loaded or moved under "
                     "torch.inference_mode()), which autograd cannot differentiate through: load it "
                     "outside inference_mode (loading under torch.no_grad() is fine)."
                 )
-            modes = [(module, module.training) for module in modules]
-            flags = [(p, p.requires_grad) for p in params]
+            modes = [module.training for module in modules]
+            flags = [p.requires_grad for p in params]
             try:
-                model.eval()
-                for p, _ in flags:
-                    p.requires_grad_(False)
+                # eval() walks every module through nn.Module.__setattr__ (about 60 ms on the
+                # default bridge): call it only when some module is in training mode (a model
+                # already in eval mode is left untouched, as eval() would leave it).
+                if any(modes):
+                    model.eval()
+                for p in params:
+                    if p.requires_grad:
+                        p.requires_grad_(False)
                 with torch.inference_mode(False), torch.enable_grad():
                     yield
             finally:
-                for module, training in modes:
-                    module.training = training
-                for p, flag in flags:
-                    p.requires_grad_(flag)
+                # Only what differs is written back (a write goes through nn.Module.__setattr__).
+                for module, training in zip(modules, modes):
+                    if module.training != training:
+                        module.training = training
+                for p, flag in zip(params, flags):
+                    if p.requires_grad != flag:
+                        p.requires_grad_(flag)
 
 
 def all_modules(model: Any) -> list[Any]:
     """Every module whose state a scope touches: the model's own and, for a TransformerBridge,
-    those of the wrapped Hugging Face model (``model.eval()`` reaches them, ``modules()`` does not)."""
+    those of the wrapped Hugging Face model (``model.eval()`` reaches them, ``modules()`` does not).
+
+    The same set as ``model.modules()`` plus ``original_model.modules()``, walked directly over
+    each module's children (several times faster than ``modules()``, which builds every name).
+    """
     found: dict[int, Any] = {}
-    roots = [model, getattr(model, "original_model", None)]
-    for root in roots:
-        if isinstance(root, torch.nn.Module):
-            for module in root.modules():
-                found.setdefault(id(module), module)
+    stack: list[Optional[torch.nn.Module]] = [
+        root for root in (model, getattr(model, "original_model", None)) if isinstance(root, torch.nn.Module)]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        module = pop()
+        if module is None or id(module) in found:  # an unset child slot, or a module met before
+            continue
+        found[id(module)] = module
+        push(module._modules.values())
     return list(found.values())
 
 

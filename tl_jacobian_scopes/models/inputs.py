@@ -6,7 +6,7 @@ Every check here runs before any forward pass, and every error names the fix.
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ def near_variants(access: ModelAccess, text: str) -> dict[int, str]:
     return found
 
 
-def tokenization_problem(access: ModelAccess, text: str) -> Optional[str]:
+def tokenization_problem(access: ModelAccess, text: str, ids: Optional[Sequence[int]] = None) -> Optional[str]:
     """Why ``text`` cannot be the decoding of the ids it tokenizes to, or ``None``.
 
     Text decoded from a model's ids (``model.to_string(ids)``) re-tokenizes to the *canonical*
@@ -179,17 +179,30 @@ def tokenization_problem(access: ModelAccess, text: str) -> Optional[str]:
     cheap signs are certain, and these are what this reports: the text holds U+FFFD (bytes
     that did not decode, e.g. a character split across tokens), or its ids do not decode back
     to it. Pass token ids to explain exactly what the model produced.
+
+    ``ids``: the ids the text was already tokenized to for the scope (BOS included or not).
+    When they decode back to the text, nothing is wrong with the ids the scope explains and
+    no second tokenization is made; otherwise the text is checked on its own.
     """
     if "\ufffd" in text:
         return "holds U+FFFD ('\ufffd'), the mark of bytes that did not decode (a character split across tokens)"
     tokenizer = access.tokenizer
     if tokenizer is None:
         return None
-    ids = access.to_tokens(text, prepend_bos=False)[0].tolist()
-    try:
-        decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
-    except TypeError:  # a tokenizer without that option
-        decoded = tokenizer.decode(ids)
+    if ids is not None:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        body = list(ids[1:]) if len(ids) and bos is not None and int(ids[0]) == bos else list(ids)
+        if _decode(tokenizer, body) == text:
+            return None
+    own = access.to_tokens(text, prepend_bos=False)[0].tolist()
+    decoded = _decode(tokenizer, own)
     if decoded != text:
         return f"tokenizes to ids that decode to {decoded[:60]!r}, not to itself"
     return None
+
+
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    try:
+        return str(tokenizer.decode(ids, clean_up_tokenization_spaces=False))
+    except TypeError:  # a tokenizer without that option
+        return str(tokenizer.decode(ids))

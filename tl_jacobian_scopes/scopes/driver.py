@@ -270,7 +270,7 @@ def plan_call(
     batch = is_batch(prompt)
     prompts = _as_prompts(access, prompt, batch)
     rows = [prepare_tokens(access, p, prepend_bos)[0] for p in prompts]
-    warn_tokenization(access, prompts, batch)
+    warn_tokenization(access, prompts, batch, rows)
     multi = positions is not None
     if batch and isinstance(position, (list, tuple)) and len(position) != len(rows):
         raise PositionError(f"{len(position)} positions for {len(rows)} prompts: pass one per prompt.")
@@ -312,11 +312,14 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
-def warn_tokenization(access: ModelAccess, prompts: Sequence[Any], batch: bool) -> None:
+def warn_tokenization(access: ModelAccess, prompts: Sequence[Any], batch: bool,
+                      rows: Optional[Sequence[Tensor]] = None) -> None:
     """One :class:`TokenizationWarning` for the text prompts that cannot re-tokenize to the ids
-    they were decoded from (:func:`~..models.inputs.tokenization_problem`)."""
+    they were decoded from (:func:`~..models.inputs.tokenization_problem`); ``rows``: the ids
+    the prompts were tokenized to (spares a second tokenization when they decode back)."""
     found = [(i, p, problem) for i, p in enumerate(prompts)
-             if isinstance(p, str) and (problem := tokenization_problem(access, p)) is not None]
+             if isinstance(p, str) and (problem := tokenization_problem(
+                 access, p, None if rows is None else rows[i].tolist())) is not None]
     if not found:
         return
     i, text, problem = found[0]
