@@ -59,7 +59,7 @@ def test_iterative_is_more_accurate_than_float32_formed_F_on_peaked_distribution
         assert err_iterative <= 2 * err_formed + 1e-6 * float(want[0])
 
 
-SMALL = dict(max_blocks=12)  # d = 24: the default cap (a quarter of forming F's cost) is tiny here
+SMALL = dict(max_blocks=12)  # d = 24: the default cap (half of forming F's cost) is tiny here
 
 
 def tied_case(eps=0.0, d=24, V=400, seed=1):
