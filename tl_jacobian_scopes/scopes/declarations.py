@@ -149,13 +149,32 @@ def _check_fisher(options: dict[str, Any], access: ModelAccess) -> None:
     check_positive_int("seed", options["seed"], low=0)
 
 
-def _fisher_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
-    W_U, d = plan.access.W_U, plan.access.d_model
+def _fisher_probes(plan: Plan, Y: Tensor, probs: Tensor) -> list[Probes]:
+    """Every job's Fisher probes; the top eigenpairs of all positions are found in one batch."""
+    rank, samples, deflate = (plan.options[k] for k in ("rank", "samples", "deflate"))
+    top = rank if samples is None else deflate
+    if top is None:  # exact Fisher: every eigenpair, from the formed F
+        return [_fisher_job_probes(plan, i, probs[i], None) for i in range(len(plan.jobs))]
+    if top == 0:
+        d = plan.access.d_model
+        return [_fisher_job_probes(plan, i, probs[i], (torch.zeros(0), torch.zeros(0, d)))
+                for i in range(len(plan.jobs))]
+    evals, evecs = P.fisher_top_eigenpairs(plan.access.W_U, probs, top)
+    traces = P.fisher_trace(plan.access.W_U, probs) if samples is None else None
+    return [_fisher_job_probes(plan, i, probs[i], (evals[i], evecs[i]),
+                               None if traces is None else float(traces[i]))
+            for i in range(len(plan.jobs))]
+
+
+def _fisher_job_probes(plan: Plan, job: int, probs: Tensor, top: Optional[tuple[Tensor, Tensor]],
+                       trace: Optional[float] = None) -> Probes:
+    """One job's probes from its top eigenpairs (``None``: exact Fisher, all of them)."""
+    W_U = plan.access.W_U
     rank, samples, deflate, seed = (plan.options[k] for k in ("rank", "samples", "deflate", "seed"))
     target = int(probs.argmax())
     if samples is not None:
-        evals, evecs = (P.fisher_eigenpairs(P.fisher_matrix(W_U, probs), deflate) if deflate else
-                        (torch.zeros(0), torch.zeros(0, d)))
+        assert top is not None
+        evals, evecs = top
         generator = torch.Generator(device=W_U.device).manual_seed(job_seed(plan, job, seed))
         noise = P.fisher_sample_probes(W_U, probs, samples, generator)
         if deflate:
@@ -165,9 +184,13 @@ def _fisher_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
         vectors = torch.cat([evecs.to(noise.device), noise])
         weights = torch.cat([evals, torch.full((samples,), 1.0 / samples)])
         return Probes(vectors, weights, quadratic=True, target=target, params=params, stochastic_from=deflate)
-    evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(W_U, probs))
-    k = d if rank is None else rank
-    trace = float(evals.sum())
+    if top is None:
+        evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(W_U, probs))
+        trace = float(evals.sum())
+    else:
+        evals, evecs = top
+    assert trace is not None
+    k = evals.shape[0]
     params = {
         "rank": "exact" if rank is None else rank,
         "n_probes": k,
@@ -186,7 +209,7 @@ def _fisher(plan: Plan) -> list[JobOutput]:
             "scores differ from those of the raw model. Exact Fisher (rank=None) is invariant.",
             ProcessedWeightsWarning,
         )
-    return run_jobs(plan, _fisher_probes)
+    return run_jobs(plan, None, make_all_probes=_fisher_probes)
 
 
 FISHER = Method(

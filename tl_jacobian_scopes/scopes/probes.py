@@ -118,3 +118,155 @@ def fisher_sample_probes(
         weight_sum += zs.sum(dim=-1)
         mean.add_(W @ probs[cols])
     return out - weight_sum[:, None] * mean[None, :]
+
+
+# ---- matrix-free top eigenpairs of F ------------------------------------------------------
+
+#: Convergence: ``‖F u - θ u‖ ≤ RESIDUAL_TOL·θ₁ + NOISE_FLOOR·Σ_v p_v‖w_v‖²`` for each top-k
+#: Ritz pair. The second term is float32 round-off in ``F v``, whose terms (before ``μμᵀ``
+#: cancels them) have the size of ``Σ p‖w‖²``: a peaked ``p`` cannot do better, nor can F formed
+#: in float32 (it is less accurate there: tests/test_fisher_probes.py).
+RESIDUAL_TOL = 1e-5
+NOISE_FLOOR = 1e-6
+
+
+def expected_products(rank: int) -> int:
+    """Products ``F v`` per position that block Lanczos typically needs (default model: ~18 at
+    rank 1, ~40 at rank 4)."""
+    return 8 * rank + 10
+
+
+def fisher_trace(W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, "... d_vocab"]) -> Float[Tensor, "..."]:
+    """``tr F = Σ_v p_v ‖w_v‖² - ‖W_U p‖²`` without forming F."""
+    probs = probs.detach().float().to(W_U.device)
+    sq_norms = torch.cat([W.pow(2).sum(dim=0) for _, W in _vocab_chunks(W_U)])
+    return probs @ sq_norms - mean_unembedding(W_U, probs).pow(2).sum(dim=-1)
+
+
+def fisher_apply(
+    W_U: Float[Tensor, "d_model d_vocab"],
+    probs: Float[Tensor, "n d_vocab"],
+    mean: Float[Tensor, "n d_model"],
+    vectors: Float[Tensor, "n m d_model"],
+) -> Float[Tensor, "n m d_model"]:
+    """``F_i v = W_U (p_i ⊙ W_Uᵀ v) - μ_i (μ_iᵀ v)`` for ``m`` vectors of each of ``n`` distributions.
+
+    Two matmuls over each vocabulary chunk (``2·V·d`` per vector); F is never formed.
+    """
+    n, m, d = vectors.shape
+    out = torch.zeros_like(vectors)
+    flat = vectors.reshape(n * m, d)
+    for cols, W in _vocab_chunks(W_U):
+        z = (flat @ W).reshape(n, m, -1) * probs[:, None, cols]
+        out.add_((z.reshape(n * m, -1) @ W.T).reshape(n, m, d))
+    return out - (vectors @ mean[:, :, None]) * mean[:, None, :]
+
+
+def _orthonormalize(block: Tensor, basis: Optional[Tensor], generator: torch.Generator) -> Tensor:
+    """Columns of ``block`` [n, d, b] made orthonormal and orthogonal to ``basis`` [n, d, M] (CGS2)."""
+    for attempt in range(3):
+        scale = block.norm(dim=1).clamp_min(1e-30)
+        for _ in range(2):
+            if basis is not None:
+                block = block - basis @ (basis.transpose(1, 2) @ block)
+        q: Tensor
+        q, r = torch.linalg.qr(block)
+        # A column (nearly) inside the span so far (an invariant subspace was found, or a
+        # tie): continue with fresh random directions instead.
+        weak = r.diagonal(dim1=1, dim2=2).abs() < 1e-5 * scale
+        if not bool(weak.any()) or attempt == 2:
+            return q
+        fresh = torch.randn(block.shape, generator=generator, dtype=block.dtype).to(block.device)
+        block = torch.where(weak[:, None, :], fresh, q)
+    raise AssertionError("unreachable")
+
+
+def fisher_top_eigenpairs_iterative(
+    W_U: Float[Tensor, "d_model d_vocab"],
+    probs: Float[Tensor, "n d_vocab"],
+    rank: int,
+    max_blocks: Optional[int] = None,
+    tol: float = RESIDUAL_TOL,
+) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k d_model"], Tensor]:
+    """Top-``rank`` eigenpairs of every position's F by block Lanczos, matrix-free.
+
+    Block Krylov subspace ``[X, FX, F²X, ...]`` (block size ``rank``, fully re-orthogonalised)
+    with Rayleigh-Ritz on the exact products ``F Q``; all ``n`` distributions advance together,
+    so each step is two matmuls of ``[n·rank, d] x [d, V]``, and converged positions drop out.
+
+    Returns:
+        ``(eigenvalues [n, k], eigenvectors [n, k, d], converged [n])``, largest first, in
+        float32. Positions not converged within ``max_blocks`` have ``converged`` False (their
+        pairs are the best Ritz pairs found; :func:`fisher_top_eigenpairs` recomputes them).
+    """
+    probs = probs.detach().float().to(W_U.device)
+    n, d = probs.shape[0], W_U.shape[0]
+    b = rank
+    # By default at most half the cost of forming F, then the formed F takes over.
+    max_blocks = max_blocks if max_blocks is not None else max(2, d // (4 * b))
+    max_blocks = min(max_blocks, d // b)
+    device = W_U.device
+    generator = torch.Generator().manual_seed(0)
+    mean = mean_unembedding(W_U, probs)
+    sq_norms = torch.cat([W.pow(2).sum(dim=0) for _, W in _vocab_chunks(W_U)])
+    floor = NOISE_FLOOR * (probs @ sq_norms)  # [n]
+    evals = torch.zeros(n, b, dtype=torch.float32, device=device)
+    evecs = torch.zeros(n, b, d, dtype=torch.float32, device=device)
+    converged = torch.zeros(n, dtype=torch.bool, device=device)
+    active = torch.arange(n, device=device)
+    # One start block for every position: a position's answer does not depend on its batch.
+    start = torch.randn(d, b, generator=generator).to(device).expand(n, d, b)
+    Q = _orthonormalize(start, None, generator)  # [n, d, b]
+    FQ = fisher_apply(W_U, probs, mean, Q.transpose(1, 2)).transpose(1, 2)
+    for step in range(max_blocks):
+        H = Q.transpose(1, 2) @ FQ
+        H = ((H + H.transpose(1, 2)) / 2).double()
+        theta, S = torch.linalg.eigh(H)
+        theta, S = theta.flip(-1)[:, :b], S.flip(-1)[:, :, :b]
+        S32 = S.float()
+        ritz = Q @ S32  # [a, d, b]
+        residual = (FQ @ S32 - ritz * theta.float()[:, None, :]).norm(dim=1)  # [a, b]
+        bound = tol * theta[:, :1].float().clamp_min(0) + floor[active, None]
+        done = (residual <= bound).all(dim=1)
+        last = step == max_blocks - 1
+        keep = done | last
+        if bool(keep.any()):
+            idx = active[keep]
+            evals[idx] = theta[keep].float().clamp_min(0)
+            evecs[idx] = ritz[keep].transpose(1, 2)
+            converged[idx] = done[keep]
+        if last or bool(done.all()):
+            break
+        stay = ~done
+        active, Q, FQ = active[stay], Q[stay], FQ[stay]
+        block = _orthonormalize(FQ[:, :, -b:], Q, generator)
+        Fblock = fisher_apply(W_U, probs[active], mean[active], block.transpose(1, 2)).transpose(1, 2)
+        Q, FQ = torch.cat([Q, block], dim=2), torch.cat([FQ, Fblock], dim=2)
+    return evals, evecs, converged
+
+
+def iterative_is_cheaper(d_model: int, rank: int) -> bool:
+    """Cost model: block Lanczos (:func:`expected_products` of ``2·V·d`` each) vs forming F (``V·d²``)."""
+    return expected_products(rank) * 2 < d_model
+
+
+def fisher_top_eigenpairs(
+    W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, "n d_vocab"], rank: int
+) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k d_model"]]:
+    """Top-``rank`` eigenpairs of each position's F, by whichever of the two paths is cheaper.
+
+    Matrix-free block Lanczos when the cost model favours it (positions it does not converge
+    for fall back to the formed F); otherwise F is formed and eigendecomposed per position.
+    Eigenvectors are rows, eigenvalues largest first, float32.
+    """
+    probs = probs.detach().float().to(W_U.device)
+    n, d = probs.shape[0], W_U.shape[0]
+    if iterative_is_cheaper(d, rank):
+        evals, evecs, converged = fisher_top_eigenpairs_iterative(W_U, probs, rank)
+    else:
+        evals = torch.zeros(n, rank, device=W_U.device)
+        evecs = torch.zeros(n, rank, d, device=W_U.device)
+        converged = torch.zeros(n, dtype=torch.bool, device=W_U.device)
+    for i in (~converged).nonzero().flatten().tolist():
+        evals[i], evecs[i] = fisher_eigenpairs(fisher_matrix(W_U, probs[i]), rank)
+    return evals, evecs

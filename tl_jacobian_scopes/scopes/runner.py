@@ -44,6 +44,9 @@ class Probes:
 
 #: ``(plan, job index, y, p) -> Probes``; ``y`` and ``p`` (float32) belong to the job.
 ProbeMaker = Callable[[Plan, int, Tensor, Tensor], Probes]
+#: ``(plan, Y, P) -> one Probes per job``: all jobs' probes at once (``Y`` [jobs, d], ``P`` [jobs, V]),
+#: for probes whose construction batches over positions (Fisher's eigen-solver).
+BatchProbeMaker = Callable[[Plan, Tensor, Tensor], list[Probes]]
 
 
 def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> tuple[Tensor, Tensor, list[int]]:
@@ -81,12 +84,14 @@ def _distributions(plan: Plan, Y: Tensor) -> Tensor:
     return torch.softmax(P.logits_at(Y, plan.access.W_U, plan.access.b_U), dim=-1)
 
 
-def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> list[JobOutput]:
+def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = False,
+             make_all_probes: Optional[BatchProbeMaker] = None) -> list[JobOutput]:
     """Explain every job of ``plan`` with one forward pass over its padded rows.
 
     Args:
         plan: The validated call (rows, jobs, internals, padding side, progress).
         make_probes: Builds each job's probes from its ``y`` and ``p``.
+        make_all_probes: Instead of ``make_probes``: builds all jobs' probes at once.
         times_input: Score ``‖(v^T J_t) ⊙ x_t‖`` (gradient × input) instead of ``‖v^T J_t‖``.
 
     Rows are padded on ``plan.padding_side`` (``"right"`` needs no mask for a causal
@@ -112,10 +117,15 @@ def run_jobs(plan: Plan, make_probes: ProbeMaker, times_input: bool = False) -> 
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
         probs = _distributions(plan, Y).to(device)
         # Progress: making a job's probes counts as half of the job, its backward passes as the other half.
-        probes = []
-        for i in range(len(jobs)):
-            probes.append(make_probes(plan, i, Y[i], probs[i]))
-            plan.bar.advance(0.5)
+        if make_all_probes is not None:
+            probes = make_all_probes(plan, Y, probs)
+            plan.bar.advance(0.5 * len(jobs))
+        else:
+            assert make_probes is not None, "run_jobs needs make_probes or make_all_probes"
+            probes = []
+            for i in range(len(jobs)):
+                probes.append(make_probes(plan, i, Y[i], probs[i]))
+                plan.bar.advance(0.5)
         k = probes[0].vectors.shape[0]
         assert all(p.vectors.shape[0] == k for p in probes), "a method must use one probe count per call"
         vectors = torch.stack([p.vectors.to(device) for p in probes], dim=1)  # [k, jobs, d]
