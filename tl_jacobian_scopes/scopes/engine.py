@@ -289,12 +289,13 @@ def forward_memory(access: ModelAccess, n_tokens: int, batch: int = 1, kernel: s
     Eager attention keeps ``T x T`` scores and probabilities per head and layer; SDPA keeps
     only its output and a log-sum-exp per query (plus one boolean mask for the whole pass).
     """
-    # Measured on SmolLM2 with SDPA (benchmarks/long_context.py): ~0.85x of this, linear in T.
-    per_layer = n_tokens * (16 * access.d_model + 6 * access.d_mlp)
     if kernel == "eager":
-        per_layer += 3 * access.n_heads * n_tokens**2
+        # Hooked eager blocks keep more per token (hook copies, T x T scores and probabilities).
+        per_layer = n_tokens * (16 * access.d_model + 6 * access.d_mlp) + 3 * access.n_heads * n_tokens**2
     else:
-        per_layer += access.n_heads * n_tokens
+        # Saved for backward with SDPA on SmolLM2: 3 d_mlp + ~5 d_model floats per token and layer
+        # (counted with saved_tensors_hooks); the peak during backward is ~10.4k floats, 1.3x below this.
+        per_layer = n_tokens * (10 * access.d_model + 5 * access.d_mlp) + access.n_heads * n_tokens
     mask = 0 if kernel == "eager" else batch * n_tokens**2
     return batch * access.n_layers * per_layer * _dtype_bytes(access) + mask
 
@@ -312,7 +313,8 @@ def probe_memory(
 def scope_memory(access: ModelAccess, n_tokens: int, batch: int = 1, kernel: str = "eager") -> int:
     """The memory guard's estimate for a scope: the forward pass, one probe's backward, and a few
     float32 vocabulary-sized buffers (the explained logits, Fisher's probe construction)."""
-    vocab_buffers = 4 * access.d_vocab * access.d_model * 4
+    # Six: Fisher's probe construction peaks ~200 MiB above Semantic's on SmolLM2 (49k x 576).
+    vocab_buffers = 6 * access.d_vocab * access.d_model * 4
     return (forward_memory(access, n_tokens, batch, kernel) + probe_memory(access, n_tokens, batch, kernel=kernel)
             + vocab_buffers)
 
