@@ -324,6 +324,8 @@ def load_default_model(
         hf_model, tokenizer = load_default_hf_model(**placement)
         hf_model.config.name_or_path = DEFAULT_MODEL_NAME
         if backend == "bridge":
+            if placement and not getattr(hf_model, "hf_device_map", None):
+                device = next(hf_model.parameters()).device  # a one-device map: where transformers put it
             return bridge_from_hf(hf_model, tokenizer, DEFAULT_MODEL_NAME, device)
         return hooked_from_hf(hf_model, tokenizer, device, n_devices=n)
 
