@@ -280,3 +280,11 @@ def test_a_default_model_split_over_two_gpus_scores_as_on_one(on_gpu, call):
 def test_gpu_scores_equal_cpu_scores(on_gpu, default_model, call):
     for a, b in zip(_values(GPU_CALLS[call](on_gpu)), _values(GPU_CALLS[call](default_model))):
         assert_close(a, b, rtol=1e-3)
+
+
+def test_the_cli_splits_with_n_devices_and_names_the_fix_on_one_line(gpus, capsys):
+    from tl_jacobian_scopes import cli
+
+    assert cli.main(["the cat sat", "--scope", "semantic", "--n-devices", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: n_devices=2 needs 2 CUDA GPUs") and "\n" not in err, err

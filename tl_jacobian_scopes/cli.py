@@ -248,7 +248,8 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     if model is None:
         check_backend(args.backend)
         check_device(args.device)
-        model = load_model(args.model, device=args.device, backend=args.backend, n_devices=args.n_devices)
+        placement = {} if args.n_devices is None else {"n_devices": args.n_devices}
+        model = load_model(args.model, device=args.device, backend=args.backend, **placement)
     result = scope_fn(model, args.prompt, **kwargs)
     if isinstance(result, ScopeMatrix):
         print(format_matrix(result))
