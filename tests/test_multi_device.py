@@ -236,6 +236,16 @@ def test_attribution_patching_of_a_split_model_equals_one_device(split_bridge, s
                                rtol=0, atol=0)
 
 
+def test_the_time_series_forecast_leaves_a_split_bridge_to_its_own_forward_pass(split_bridge, simulated):
+    """Its KV-cache shortcut rebuilds a plain HF model, which would lack Accelerate's device moves."""
+    from tl_jacobian_scopes.timeseries import forecast
+
+    mode, model, one_device = split_bridge
+    with mode:
+        assert forecast._hf_model(model) is None
+    assert forecast._hf_model(one_device) is not None
+
+
 def test_the_simulation_catches_code_that_assumes_one_device(split_bridge, simulated, monkeypatch):
     """Control: logits computed without moving y to W_U's device fail on the split model only."""
     mode, model, one_device = split_bridge
@@ -266,11 +276,16 @@ def on_gpu():
     return tjs.load_default_model(device="cuda:0")
 
 
+@pytest.fixture(scope="module")
+def on_two_gpus():
+    return tjs.load_default_model(n_devices=2)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 @pytest.mark.parametrize("call", list(GPU_CALLS))
-def test_a_default_model_split_over_two_gpus_scores_as_on_one(on_gpu, call):
-    split = tjs.load_default_model(n_devices=2)
-    assert len(ModelAccess(split).devices) == 2
+def test_a_default_model_split_over_two_gpus_scores_as_on_one(on_gpu, on_two_gpus, call):
+    split = on_two_gpus
+    assert set(ModelAccess(split).devices) == {cuda(0), cuda(1)}
     for a, b in zip(_values(GPU_CALLS[call](split)), _values(GPU_CALLS[call](on_gpu))):
         assert_close(a, b, rtol=1e-5)
 
