@@ -239,13 +239,13 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
     written to a temporary folder that TransformerLens reads like a local checkpoint.
     ``n_devices > 1`` splits the blocks over that many GPUs from ``device`` (default cuda:0).
     """
-    from .placement import check_placement, place_hooked
-
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import (
         convert_hf_model_config,
         get_pretrained_state_dict,
     )
+
+    from .placement import check_placement, place_hooked
 
     n, first = check_placement(device, n_devices, None, "hooked")
     device = "cpu" if first is not None else device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -120,6 +120,10 @@ def hf_placement_kwargs(n_devices: int, device_map: Optional[DeviceMap]) -> dict
 
     ``n_devices > 1`` becomes TransformerLens's own choice: Accelerate's ``"balanced"`` map
     over the first ``n_devices`` GPUs, each capped at its free memory.
+
+    Example:
+        >>> hf_placement_kwargs(1, {"": "cpu"})
+        {'device_map': {'': 'cpu'}}
     """
     if device_map is not None:
         return {"device_map": dict(device_map) if isinstance(device_map, Mapping) else device_map}
@@ -161,6 +165,9 @@ def place_hooked(model: Any, n_devices: int, first: torch.device) -> Any:
 
     ``cfg.device`` and ``cfg.n_devices`` are set so that the forward pass moves the residual
     stream to each block's device.
+
+    Example:
+        >>> model = place_hooked(hooked_model_on_cpu, 2, torch.device("cuda", 0))  # doctest: +SKIP
     """
     model.cfg.device = str(first)
     model.cfg.n_devices = n_devices
