@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="a TransformerLens model name (needs the hub; default: embedded SmolLM2)")
     parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--n-devices", type=int, help="split a model larger than one GPU over N GPUs")
     parser.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     parser.add_argument("--internals", action="store_true", help="also compute layer, head, attn and MLP maps")
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
@@ -247,7 +248,8 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     if model is None:
         check_backend(args.backend)
         check_device(args.device)
-        model = load_model(args.model, device=args.device, backend=args.backend)
+        placement = {} if args.n_devices is None else {"n_devices": args.n_devices}
+        model = load_model(args.model, device=args.device, backend=args.backend, **placement)
     result = scope_fn(model, args.prompt, **kwargs)
     if isinstance(result, ScopeMatrix):
         print(format_matrix(result))

@@ -447,8 +447,8 @@ def attribution_patching_map(
     effect = []
     for name, grad in zip(names, grads):
         change = (cache[name][0].float() - state.activations[name][0].float()) * grad[0].float()
-        effect.append(change.sum(-1) if site == "layer" else change.sum(dim=(0, 2)))
-    values = torch.stack(effect).cpu() / pair.gap  # already a change in LD, so no offset
+        effect.append((change.sum(-1) if site == "layer" else change.sum(dim=(0, 2))).cpu())  # layers' devices differ
+    values = torch.stack(effect) / pair.gap  # already a change in LD, so no offset
     return pair.labelled(values, site, "attribution patching", ESTIMATED)
 
 

@@ -110,6 +110,15 @@ class ModelAccess:
         return device
 
     @property
+    def devices(self) -> list[torch.device]:
+        """Every device holding the model's weights, input device first (one unless the model
+        was split with ``n_devices`` / ``device_map``: only then are the weights walked)."""
+        if int(getattr(self.cfg, "n_devices", 1) or 1) <= 1:
+            return [self.input_device]
+        found = dict.fromkeys([self.input_device] + [p.device for p in self.model.parameters()])
+        return list(found)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.W_U.dtype
 

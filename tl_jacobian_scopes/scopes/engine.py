@@ -323,8 +323,9 @@ def _budget(access: ModelAccess) -> Optional[int]:
     override = os.environ.get("TL_JACOBIAN_SCOPES_MEMORY_BUDGET")
     if override:
         return int(float(override))
-    free = available_memory(access.input_device)
-    return None if free is None else int(0.8 * free)
+    # A model split over devices spreads its layers (and their activations) over all of them.
+    free = [available_memory(device) for device in access.devices]
+    return None if None in free else int(0.8 * sum(f for f in free if f is not None))
 
 
 def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1, internals: bool = False) -> None:
@@ -349,7 +350,7 @@ def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1, internals: 
     hint = " or run without internals=True (token scores use a lighter attention kernel)," if internals else ""
     raise ScopeMemoryError(
         f"A scope over {n_tokens} tokens needs about {need / 2**30:.1f} GiB on "
-        f"{access.input_device}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
+        f"{', '.join(map(str, access.devices))}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
         f"at most about {fits} tokens,{hint} free memory, or move the model to a larger device."
     )
 

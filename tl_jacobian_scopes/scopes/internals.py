@@ -36,8 +36,9 @@ def assemble(n_layers: int, totals: dict[str, Tensor], activations: dict[str, Te
         names = site_hooks(site, n_layers)
         if site == "layer":
             names.append(final_resid_hook(n_layers))
-        s = torch.stack([totals[n] for n in names]).float().cpu()
-        a = torch.stack([activations[n][0].float().norm(dim=-1) for n in names]).cpu()
+        # Each layer's tensors are on that layer's device (a model split over devices): gather on the CPU.
+        s = torch.stack([totals[n].float().cpu() for n in names])
+        a = torch.stack([activations[n][0].float().norm(dim=-1).cpu() for n in names])
         if site == "head":  # [L, pos, heads] -> [L, heads, pos]
             s, a = s.transpose(1, 2), a.transpose(1, 2)
         scores[site], norms[site] = s.contiguous(), a.contiguous()

@@ -233,8 +233,8 @@ def _hf_model(model: Any) -> Any:
     The key-value cache that makes the forecast's branches cheap needs plain HF attention;
     a bridge wraps the HF modules in hooked components, so the same architecture is rebuilt
     (on the meta device: no copy, no initialisation) and given the bridge's own parameter
-    tensors (``assign=True``: shared, so always in sync). Anything else returns None and
-    the branches run as full forward passes.
+    tensors (``assign=True``: shared, so always in sync). Anything else (a model split over
+    devices included) returns None and the branches run as full forward passes.
     """
     hf = getattr(model, "original_model", None)
     try:
@@ -243,6 +243,8 @@ def _hf_model(model: Any) -> Any:
         return None
     if not isinstance(hf, PreTrainedModel):
         return None
+    if len(set(map(str, (getattr(hf, "hf_device_map", None) or {}).values()))) > 1:
+        return None  # split over devices: the rebuilt model would lack Accelerate's device-moving hooks
     try:
         with torch.device("meta"):
             plain = AutoModelForCausalLM.from_config(hf.config)  # type: ignore[no-untyped-call]
