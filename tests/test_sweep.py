@@ -197,7 +197,7 @@ def test_torchrun_kill_and_resume_with_other_world_sizes_equals_one_process(tiny
     assert len(reference) == 8 and sum("skipped" in r for r in reference) == 1
 
     out = tmp_path / "out"
-    assert cli.main([*args, str(out), "--n", "2"], model=tiny) == 0  # world 1 does ids 0, 1
+    assert cli.main([*args, str(out), "--limit", "2"], model=tiny) == 0  # world 1 does ids 0, 1
     capsys.readouterr()
     # World 2 resumes ids 2..7: rank 0 takes 2, 4, 6; rank 1 takes 3, 5, 7 and dies after its first.
     run = _torchrun(["tests/sweep_worker.py", "llama", *args, str(out)],

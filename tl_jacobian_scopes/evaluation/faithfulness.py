@@ -436,7 +436,9 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
     parser = argparse.ArgumentParser(prog="tl-jacobian-scopes-faithfulness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+", help="JSONL files with one {'text': ...} per line")
-    parser.add_argument("--n", type=int, default=300, help="number of texts from each file (default 300)")
+    # --limit: the same under torchrun, where --n is ambiguous with torchrun's own --nnodes, --nproc-per-node, ...
+    parser.add_argument("--n", "--limit", dest="n", type=int, default=300,
+                        help="number of texts from each file (default 300; --limit under torchrun)")
     parser.add_argument("--out", default="benchmarks/results/faithfulness", help="output folder")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--ig-steps", type=int, default=16)

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("data", help="JSONL file: one {'text': ...} per line (optional target, contrast, position)")
     parser.add_argument("--scope", default="fisher", help=f"one of {sorted(SCOPES)} (default: fisher)")
     parser.add_argument("--out", default="results", help="output folder, seen by every rank (default: results)")
-    parser.add_argument("--n", type=int, help="only the first N prompts (default: all)")
+    # Not --n: under torchrun that prefix is ambiguous with torchrun's own --nnodes, --nproc-per-node, ...
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N prompts (default: all)")
     parser.add_argument("--target", help="semantic: the token to explain where a prompt gives none")
     parser.add_argument("--contrast", help="semantic: explain target minus this token's logit")
     parser.add_argument("--position", type=int, help="explained position where a prompt gives none (default: last)")
@@ -78,7 +79,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
         device = local_device(args.device)
         check_device(device)
         model = load_model(args.model, device=device, backend=args.backend)
-    summary = run(model, args.data, args.out, scope, args.n, **kwargs)
+    summary = run(model, args.data, args.out, scope, args.limit, **kwargs)
     if ranks.main:
         print(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
         print(f"wrote {Path(args.out) / Path(args.data).stem}.jsonl", file=sys.stderr)

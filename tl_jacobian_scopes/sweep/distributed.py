@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from contextlib import contextmanager
@@ -120,8 +121,9 @@ def process_group(device: Optional[torch.device] = None) -> Iterator[Ranks]:
     created = not dist.is_initialized()
     if created:
         cuda = device is not None and device.type == "cuda"
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=BARRIER_TIMEOUT,
-                                device_id=device if cuda else None)
+        # device_id (torch >= 2.3) binds NCCL to this rank's GPU from the start.
+        bind = {"device_id": device} if cuda and "device_id" in inspect.signature(dist.init_process_group).parameters else {}
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=BARRIER_TIMEOUT, **bind)
     try:
         group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
         yield Ranks(dist.get_rank(), dist.get_world_size(), ranks.local_rank, group or dist.group.WORLD)

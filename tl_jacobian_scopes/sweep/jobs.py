@@ -83,7 +83,7 @@ def run(
     data: Union[str, Path],
     out: Union[str, Path],
     scope: str = "fisher",
-    n: Optional[int] = None,
+    limit: Optional[int] = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Run (or resume) a scope over every prompt of a JSONL file; under torchrun, shared out.
@@ -100,7 +100,7 @@ def run(
             ``"target"``, ``"contrast"`` and ``"position"``.
         out: The output folder (created if needed).
         scope: Any name of :data:`tl_jacobian_scopes.SCOPES` (scope or baseline).
-        n: Only the first ``n`` prompts (default: all).
+        limit: Only the first ``limit`` prompts (default: all).
         **options: The scope's options, e.g. ``rank=4`` for Fisher, ``steps=32`` for IG.
 
     Returns:
@@ -122,15 +122,15 @@ def run(
     from ..cli import check_output_dir
 
     scope = resolve_scope(scope).method.name
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise OptionError(f"n (--n) must be an integer of at least 1 (the number of prompts), got {n!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise OptionError(f"limit (--limit) must be an integer of at least 1 (the number of prompts), got {limit!r}.")
     data = Path(data)
     prompts = read_prompts(data)
     _check_fields(scope, prompts, data)
     layout = Layout(check_output_dir(out, "--out"), data.stem)
     params = sweep_params(model, scope, options)
     keys = [record_key({"prompt": p.inputs(), "params": params}) for p in prompts]
-    chosen = prompts[:n] if n is not None else prompts
+    chosen = prompts[:limit] if limit is not None else prompts
     items = [Item(p.id, keys[p.id], p) for p in chosen]
 
     def job(item: Item) -> dict[str, Any]:
