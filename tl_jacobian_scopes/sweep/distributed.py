@@ -122,7 +122,7 @@ def process_group(device: Optional[torch.device] = None) -> Iterator[Ranks]:
     if created:
         cuda = device is not None and device.type == "cuda"
         # device_id (torch >= 2.3) binds NCCL to this rank's GPU from the start.
-        bind = {"device_id": device} if cuda and "device_id" in inspect.signature(dist.init_process_group).parameters else {}
+        bind: dict[str, Any] = {"device_id": device} if cuda and "device_id" in inspect.signature(dist.init_process_group).parameters else {}
         dist.init_process_group("nccl" if cuda else "gloo", timeout=BARRIER_TIMEOUT, **bind)
     try:
         group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)

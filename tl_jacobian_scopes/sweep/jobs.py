@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..environment import environment
-from ..errors import OptionError, PositionError, PromptError, TargetError
+from ..errors import OptionError, OutputPathError, PositionError, PromptError, TargetError
 from ..results.files import strict_json_value
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
@@ -151,5 +151,10 @@ def run(
                "world_size": ranks.world, "seconds": seconds, "merge_seconds": outcome.merge_seconds,
                "environment": environment(model)}
     if ranks.main:
-        (layout.folder / f"{data.stem}_summary.json").write_text(json.dumps(strict_json_value(summary), indent=2) + "\n")
+        path = layout.folder / f"{data.stem}_summary.json"
+        try:
+            path.write_text(json.dumps(strict_json_value(summary), indent=2) + "\n")
+        except OSError as exc:  # the records are safe; only the summary is missing
+            raise OutputPathError(f"Could not write {path} ({exc}): fix that and run the same command again "
+                                  "(every record is kept; nothing is recomputed).") from exc
     return summary
