@@ -231,5 +231,5 @@ def test_torchrun_on_the_default_model_equals_one_process(default_model, tmp_pat
     run = _torchrun(["-m", "tl_jacobian_scopes.sweep", *args, str(tmp_path / "two"), "--device", "cpu"])
     assert run.returncode == 0, run.stdout + run.stderr
     assert _records(tmp_path / "two" / "set.jsonl") == reference
-    assert json.loads(run.stdout)["world_size"] == 2 and run.stdout.count('"world_size"') == 1  # rank 0 prints
+    assert run.stdout.count('"world_size": 2') == 1 and run.stdout.count('"world_size"') == 1  # rank 0 prints
     assert reference[2]["target"]["token"] == " Paris" and reference[2]["tokens"][-1] == " is"
