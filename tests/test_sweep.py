@@ -233,3 +233,29 @@ def test_torchrun_on_the_default_model_equals_one_process(default_model, tmp_pat
     assert _records(tmp_path / "two" / "set.jsonl") == reference
     assert run.stdout.count('"world_size": 2') == 1 and run.stdout.count('"world_size"') == 1  # rank 0 prints
     assert reference[2]["target"]["token"] == " Paris" and reference[2]["tokens"][-1] == " is"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--scope", "fishr"], "Did you mean 'fisher'"),
+    (["--limit", "0"], "--limit"),
+    (["--scope", "fisher", "--target", " x"], "--scope semantic"),
+    (["--scope", "fisher", "--rank", "0"], "--rank"),
+    (["--scope", "temperature", "TARGETS"], "takes no target"),
+    (["MISSING"], "does not exist"),
+    (["--out", "FILE"], "--out"),
+])
+def test_bad_input_is_one_line_exit_2_before_the_model_loads(args, needle, tmp_path, monkeypatch, capsys):
+    from tl_jacobian_scopes.models import loading
+
+    loads = []
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a))
+    data = _write(tmp_path / "set.jsonl", [{"text": "a b", "target": " c"}] if "TARGETS" in args else ["a b"])
+    (tmp_path / "FILE").write_text("")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args if a != "TARGETS"]
+    first = str(tmp_path / "missing.jsonl") if "MISSING" in args else str(data)
+    args = [a for a in args if a != "MISSING"]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    assert cli.main([first, *out, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert loads == []

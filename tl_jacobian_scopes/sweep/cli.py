@@ -63,7 +63,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     from ..models.loading import check_backend, check_device, load_model
     from ..scopes.api import resolve_scope
     from .distributed import environment_ranks, local_device
-    from .jobs import run
+    from .jobs import check_fields, check_limit, run
     from .prompts import read_prompts
 
     # Everything that can be checked without the model is checked before loading it.
@@ -71,7 +71,8 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     kwargs = _scope_kwargs(argparse.Namespace(**vars(args), positions=None, internals=False), scope)
     kwargs.pop("internals")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    read_prompts(args.data)
+    check_limit(args.limit)
+    check_fields(scope, read_prompts(args.data), Path(args.data))
     check_output_dir(args.out, "--out")
     ranks = environment_ranks()
     if model is None:

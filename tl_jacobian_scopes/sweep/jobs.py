@@ -69,7 +69,14 @@ def explain_prompt(model: Any, scope: str, prompt: Prompt, options: dict[str, An
     return _record_of(result)
 
 
-def _check_fields(scope: str, prompts: list[Prompt], data: Path) -> None:
+def check_limit(limit: Optional[int]) -> None:
+    """Refuse a ``limit`` that is not ``None`` or an integer of at least 1 (:class:`OptionError`)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise OptionError(f"limit (--limit) must be an integer of at least 1 (the number of prompts), got {limit!r}.")
+
+
+def check_fields(scope: str, prompts: list[Prompt], data: Path) -> None:
+    """Refuse per-prompt targets or contrasts that ``scope`` does not take (:class:`OptionError`)."""
     method = resolve_scope(scope).method
     for field, allowed in (("target", method.targeted), ("contrast", method.contrastive)):
         given = next((p for p in prompts if getattr(p, field) is not None), None)
@@ -122,11 +129,10 @@ def run(
     from ..cli import check_output_dir
 
     scope = resolve_scope(scope).method.name
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise OptionError(f"limit (--limit) must be an integer of at least 1 (the number of prompts), got {limit!r}.")
+    check_limit(limit)
     data = Path(data)
     prompts = read_prompts(data)
-    _check_fields(scope, prompts, data)
+    check_fields(scope, prompts, data)
     layout = Layout(check_output_dir(out, "--out"), data.stem)
     params = sweep_params(model, scope, options)
     keys = [record_key({"prompt": p.inputs(), "params": params}) for p in prompts]
