@@ -152,18 +152,20 @@ def test_prompt_fields_are_checked_with_their_line(tmp_path):
 
 def test_records_hold_the_scope_and_skip_prompts_that_cannot_be_explained(tiny, tmp_path):
     data = _write(tmp_path / "set.jsonl", [TINY_TEXTS[0], {"text": TINY_TEXTS[1], "target": "house", "position": 3},
-                                           {"text": "the cat", "position": 9}, {"text": "the cat", "target": "big red"}])
+                                           {"text": "the cat", "position": 9}, {"text": "the cat", "target": "big red"},
+                                           TINY_TEXTS[0]])
     summary = tjs.run_sweep(tiny, data, tmp_path / "out", scope="semantic")
     records = _records(tmp_path / "out" / "set.jsonl")
-    assert [r["id"] for r in records] == [0, 1, 2, 3] and [r["line"] for r in records] == [1, 2, 3, 4]
-    assert summary["n_records"] == 4 and summary["n_skipped"] == 2
+    assert [r["id"] for r in records] == [0, 1, 2, 3, 4] and [r["line"] for r in records] == [1, 2, 3, 4, 5]
+    assert summary["n_records"] == 5 and summary["n_skipped"] == 2
+    assert records[4]["scores"] == records[0]["scores"]  # a repeated text gets its own record
     assert "skipped" in records[2] and "skipped" in records[3] and "position" in records[2]["skipped"].lower()
     direct = tjs.semantic_scope(tiny, TINY_TEXTS[1], target="house", position=3, progress=False)
     assert records[1]["scores"] == direct.scores.tolist() and records[1]["tokens"] == direct.str_tokens
     assert records[1]["target"]["token"] == "house" and records[1]["position"] == 3
     assert records[1]["prediction"]["token"] == direct.predicted_str
-    assert len({r["key"] for r in records}) == 4 and not Layout(tmp_path / "out", "set").parts()
-    assert json.loads((tmp_path / "out" / "set_summary.json").read_text())["n_records"] == 4
+    assert len({r["key"] for r in records}) == 5 and not Layout(tmp_path / "out", "set").parts()
+    assert json.loads((tmp_path / "out" / "set_summary.json").read_text())["n_records"] == 5
 
 
 def test_other_settings_or_another_data_file_are_refused(tiny, tmp_path, capsys):

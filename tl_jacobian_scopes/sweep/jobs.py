@@ -135,7 +135,8 @@ def run(
     check_fields(scope, prompts, data)
     layout = Layout(check_output_dir(out, "--out"), data.stem)
     params = sweep_params(model, scope, options)
-    keys = [record_key({"prompt": p.inputs(), "params": params}) for p in prompts]
+    # The id is hashed too: a text that appears twice in the file gets two records.
+    keys = [record_key({"id": p.id, "prompt": p.inputs(), "params": params}) for p in prompts]
     chosen = prompts[:limit] if limit is not None else prompts
     items = [Item(p.id, keys[p.id], p) for p in chosen]
 
@@ -154,7 +155,9 @@ def run(
     mine = [r for r in outcome.records if r["key"] in wanted]
     summary = {"data": str(data), "scope": scope, "params": params, "n_records": len(mine),
                "n_skipped": sum("skipped" in r for r in mine), "n_computed": outcome.computed,
-               "world_size": ranks.world, "seconds": seconds, "merge_seconds": outcome.merge_seconds,
+               "world_size": ranks.world, "seconds": seconds,
+               "records_per_second": outcome.computed / seconds if seconds > 0 else None,
+               "merge_seconds": outcome.merge_seconds,
                "environment": environment(model)}
     if ranks.main:
         path = layout.folder / f"{data.stem}_summary.json"
