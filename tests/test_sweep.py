@@ -117,6 +117,10 @@ def test_the_line_counter_counts_only_lines_added_since_it_started(tmp_path):
         fh.write('{"id": 1, "key": "b"}\n{"id": 2, "ke')
     _write(layout.part(1, 2), [{"id": 3, "key": "c"}, {"id": 4, "key": "d"}])
     assert counter.count() == 3
+    # Its writer cuts the cut-short line off, then appends a record shorter than it was.
+    raw = layout.part(0, 2).read_bytes()
+    layout.part(0, 2).write_bytes(raw[: raw.rfind(b"\n") + 1] + b'{"id": 5}\n')
+    assert counter.count() == 4
 
 
 def test_ranks_and_devices_come_from_torchruns_environment(monkeypatch):

@@ -34,11 +34,15 @@ Job = Callable[[Item], dict[str, Any]]
 
 
 class LineCounter:
-    """Lines appended to a set of files since the first :meth:`count` (reads only new bytes)."""
+    """Whole lines appended to a set of files since the first :meth:`count`.
+
+    Reads only bytes after the last line break already counted, so a cut-short last line
+    that its writer later cuts off (before appending) is never skipped over.
+    """
 
     def __init__(self, files: Callable[[], list[Path]]):
         self._files = files
-        self._seen: dict[Path, tuple[int, int]] = {}  # path -> (bytes read, line breaks in them)
+        self._seen: dict[Path, tuple[int, int]] = {}  # path -> (offset after its last line break, lines)
         self._start: Optional[int] = None
 
     def count(self) -> int:
@@ -51,7 +55,8 @@ class LineCounter:
                     chunk = fh.read()
             except OSError:  # merged away or not there yet
                 chunk = b""
-            self._seen[path] = (offset + len(chunk), lines + chunk.count(b"\n"))
+            whole = chunk.rfind(b"\n") + 1
+            self._seen[path] = (offset + whole, lines + chunk.count(b"\n", 0, whole))
             total += self._seen[path][1]
         if self._start is None:
             self._start = total
