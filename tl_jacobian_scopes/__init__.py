@@ -22,6 +22,7 @@ from .errors import (
     PromptError,
     ScopeError,
     ScopeMemoryError,
+    StaleRecordsError,
     TargetError,
     TargetWarning,
     TokenizationWarning,
@@ -50,6 +51,8 @@ from .evaluation import (
     PatchOutcome,
 )
 from .evaluation import PatchingCell, PatchingResult, RawSensitivityWarning
+from . import sweep
+from .sweep import run_sweep
 
 __version__ = "0.1.0"
 
@@ -79,6 +82,7 @@ __all__ = [
     "ScopeMatrix",
     "ScopeResult",
     "ScopeView",
+    "StaleRecordsError",
     "TargetError",
     "TargetWarning",
     "TokenizationWarning",
@@ -103,6 +107,7 @@ __all__ = [
     "patching_map",
     "path_semantic_scope",
     "random_attribution",
+    "run_sweep",
     "residual_patching_map",
     "spearman",
     "fisher_scope",
@@ -111,5 +116,6 @@ __all__ = [
     "load_model",
     "save_html",
     "semantic_scope",
+    "sweep",
     "temperature_scope",
 ]

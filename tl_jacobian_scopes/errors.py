@@ -60,6 +60,11 @@ class DataFileError(ScopeError):
     """A data or results file is missing, empty, malformed, or belongs to another run."""
 
 
+class StaleRecordsError(DataFileError):
+    """A records file (or a sweep's part file) holds records of another data file or of other
+    settings: resuming would mix them with the new ones."""
+
+
 class OutputPathError(ScopeError):
     """An output file cannot be written (checked before any computation)."""
 

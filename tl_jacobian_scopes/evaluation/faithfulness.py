@@ -5,9 +5,14 @@ Usage:
 
 For each text: explain position ``T-2`` (the prediction of the last token already in the
 text) with target = the model's argmax there; score tokens with every method; ablate each
-method's top 5/10/20% (zero embeddings) in one batched forward pass; append the record to
+method's top 5/10/20% (zero embeddings) in one batched forward pass; write the record to
 ``<out>/<set>.jsonl`` (an interrupted run resumes where it stopped). Then write
 ``<set>_summary.json``, ``<set>_summary.md`` and ``<set>_curves.png``.
+
+It runs on the sweep machinery (:mod:`tl_jacobian_scopes.sweep`): under
+``torchrun --nproc_per_node N -m tl_jacobian_scopes.evaluation.faithfulness ...`` the texts
+are shared out over N processes (each with the model on its own device), written to part
+files and merged by rank 0, which writes the summary.
 
 Each record carries a key: a hash of its text and of the run's settings (methods, IG
 steps, seed, model). A resume reuses only records whose key matches and refuses a records
@@ -20,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import json
 import math
 import statistics
@@ -31,11 +35,15 @@ import torch
 
 from ..errors import DataFileError, OptionError, OutputPathError, PromptError, UnknownScopeError
 from ..environment import describe, environment
-from ..jsonl import jsonl_objects
 from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
-from ..progress import Progress
 from ..scopes.api import SCOPES, jacobian_scope
+from ..sweep.distributed import environment_ranks, local_device, process_group
+from ..sweep.prompts import read_prompts
+from ..sweep.records import Layout, StrictCheck, model_params
+from ..sweep.records import record_key as sweep_record_key
+from ..sweep.runner import run_items
+from ..sweep.sharding import Item
 from .aopc import FRACTIONS, aopc, candidates, deletion_deltas, loo_percentile
 from .baselines import _integrated, final_distribution
 
@@ -237,24 +245,7 @@ def read_texts(path: Union[str, Path]) -> list[tuple[int, str]]:
         DataFileError: a missing or unreadable file, no texts, or a malformed line
             (reported as ``path:line: ...``).
     """
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise DataFileError(f"{path} {what}: pass a JSONL file with one {{\"text\": ...}} object per line.")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"{path} cannot be read as UTF-8 text ({exc}): pass a JSONL file.") from exc
-    texts = []
-    for lineno, obj in jsonl_objects(path, raw, 'each line must be an object like {"text": "..."}'):
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise DataFileError(
-                f"{path}:{lineno}: expected an object with a string \"text\" field, got {json.dumps(obj)[:60]!r}."
-            )
-        texts.append((lineno, obj["text"]))
-    if not texts:
-        raise DataFileError(f"{path} holds no texts: it needs one {{\"text\": ...}} object per line.")
-    return texts
+    return [(p.line, p.text) for p in read_prompts(path)]
 
 
 # Bump when evaluate_text's protocol changes, so that older records are not mixed with newer ones.
@@ -263,64 +254,32 @@ PROTOCOL_VERSION = 1
 
 def run_params(model: Any, methods: Sequence[str], ig_steps: int, seed: int) -> dict[str, Any]:
     """The settings a record depends on; stored with every record and hashed into its key."""
-    dtype = next((str(p.dtype) for p in model.parameters()), "") if hasattr(model, "parameters") else ""
-    return {"methods": sorted(methods), "ig_steps": ig_steps, "seed": seed,
-            "model": ModelAccess(model).model_name or type(model).__name__,
-            "backend": type(model).__name__, "dtype": dtype, "protocol": PROTOCOL_VERSION}
+    return {"methods": sorted(methods), "ig_steps": ig_steps, "seed": seed, **model_params(model),
+            "protocol": PROTOCOL_VERSION}
 
 
 def record_key(text: str, params: dict[str, Any], text_seed: int) -> str:
     """A hash of the text, the run's settings and the text's own seed (``seed + id``)."""
-    blob = json.dumps({"text": text, "params": params, "text_seed": text_seed}, sort_keys=True)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+    return sweep_record_key({"text": text, "params": params, "text_seed": text_seed})
 
 
-def _load_records(path: Path, keys: Sequence[str], params: dict[str, Any], data: Path) -> dict[int, dict[str, Any]]:
-    """Records of an earlier (possibly killed) run, by text id, each checked against its key.
+def _methods_hint(old: dict[str, Any], differ: list[str]) -> str:
+    if "methods" in differ and old.get("methods"):
+        return f" (or pass --methods {','.join(old['methods'])} to resume it)"
+    return ""
 
-    A line cut short by a kill is dropped from the file, so the run appends after whole
-    records only. Any record whose key does not match the text now at its id (another file
-    with the same name, an edited file, other methods, ig_steps, seed, model, backend, dtype
-    or protocol version) is refused:
-    its numbers could not be summarized together with the new ones.
+
+def records_check(params: dict[str, Any], keys: Sequence[str], data: Path) -> StrictCheck:
+    """The check every record read back passes: text ``id`` of ``data``, made with ``params``.
+
+    Any record whose key does not match the text now at its id (another file with the same
+    name, an edited file, other methods, ig_steps, seed, model, backend, dtype or protocol
+    version) is refused (:class:`~tl_jacobian_scopes.errors.StaleRecordsError`): its numbers
+    could not be summarized together with the new ones.
     """
-    if not path.exists():
-        return {}
-    fix = f"use another --out folder, or delete {path} to start over"
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"{path} cannot be read ({exc}): {fix}.") from exc
-    if raw and not raw.endswith("\n"):
-        raw = raw[: raw.rfind("\n") + 1]
-        path.write_text(raw, encoding="utf-8")
-    done: dict[int, dict[str, Any]] = {}
-    for lineno, record in jsonl_objects(path, raw, fix):
-        idx = record.get("id") if isinstance(record, dict) else None
-        if not isinstance(idx, int) or "key" not in record:
-            raise DataFileError(
-                f"{path}:{lineno}: a record without an id or key (written before records were keyed, or not a "
-                f"records file): its text and settings cannot be checked; {fix} (or, if you know it matches, "
-                "key it with tl_jacobian_scopes.evaluation.faithfulness.adopt_unkeyed_records)."
-            )
-        if record.get("params") != params:
-            old = record.get("params") or {}
-            differ = [k for k in params if old.get(k) != params[k]]
-            hint = ""
-            if "methods" in differ and old.get("methods"):
-                hint = f" (or pass --methods {','.join(old['methods'])} to resume it)"
-            raise DataFileError(
-                f"{path}:{lineno}: record {idx} was computed with other settings "
-                + ", ".join(f"{k}={old.get(k)!r} (now {params[k]!r})" for k in differ)
-                + f": {fix}{hint}."
-            )
-        if idx < 0 or idx >= len(keys) or record["key"] != keys[idx]:
-            raise DataFileError(
-                f"{path}:{lineno}: record {idx} was computed from a text that is not text {idx} of {data} "
-                f"(the data file changed, or another file has the same name): {fix}."
-            )
-        done[idx] = record
-    return done
+    return StrictCheck(params, keys, data, _methods_hint,
+                       " (or, if you know it matches, key it with "
+                       "tl_jacobian_scopes.evaluation.faithfulness.adopt_unkeyed_records)")
 
 
 def adopt_unkeyed_records(
@@ -415,22 +374,21 @@ def run(
     records_path = out_dir / f"{stem}.jsonl"
     params = run_params(model, methods, ig_steps, seed)
     keys = [record_key(text, params, seed + idx) for idx, (_, text) in enumerate(texts)]
-    done = _load_records(records_path, keys, params, data)
-    todo = texts[:n]
-    with records_path.open("a", encoding="utf-8") as sink, Progress(f"faithfulness {stem}", len(todo), "texts") as bar:
-        for idx, (lineno, text) in enumerate(todo):
-            bar.set(idx)
-            if idx in done:
-                continue
-            head = {"id": idx, "line": lineno, "key": keys[idx], "params": params}
-            try:
-                record = {**head, **evaluate_text(model, text, methods, ig_steps, seed + idx)}
-            except PromptError as exc:  # too short or too long: recorded, left out of the means
-                record = {**head, "skipped": " ".join(str(exc).split())}
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
-            done[idx] = record
-        bar.set(len(todo))
+    items = [Item(idx, keys[idx], (lineno, text)) for idx, (lineno, text) in enumerate(texts[:n])]
+
+    def job(item: Item) -> dict[str, Any]:
+        lineno, text = item.payload
+        head = {"id": item.id, "line": lineno, "key": item.key, "params": params}
+        try:
+            return {**head, **evaluate_text(model, text, methods, ig_steps, seed + item.id)}
+        except PromptError as exc:  # too short or too long: recorded, left out of the means
+            return {**head, "skipped": " ".join(str(exc).split())}
+
+    device = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    with process_group(device) as ranks:
+        outcome = run_items(items, job, Layout(out_dir, stem), ranks, records_check(params, keys, data),
+                            desc=f"faithfulness {stem}", unit="texts")
+    done = {r["id"]: r for r in outcome.records}
     records = [done[i] for i in sorted(done) if i < n]
     summary = summarize(records)
     if not summary["n_prompts"]:
@@ -440,6 +398,8 @@ def run(
         )
     summary.update(data=str(data), methods_run=list(methods), ig_steps=ig_steps, seed=seed, model=params["model"],
                    environment=environment(model))
+    if not ranks.main:  # rank 0 writes the summary
+        return summary
     try:
         (out_dir / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2))
         (out_dir / f"{stem}_summary.md").write_text(summary_markdown(summary, stem) + "\n")
@@ -476,13 +436,15 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
     parser = argparse.ArgumentParser(prog="tl-jacobian-scopes-faithfulness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+", help="JSONL files with one {'text': ...} per line")
-    parser.add_argument("--n", type=int, default=300, help="number of texts from each file (default 300)")
+    # --limit: the same under torchrun, where --n is ambiguous with torchrun's own --nnodes, --nproc-per-node, ...
+    parser.add_argument("--n", "--limit", dest="n", type=int, default=300,
+                        help="number of texts from each file (default 300; --limit under torchrun)")
     parser.add_argument("--out", default="benchmarks/results/faithfulness", help="output folder")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="a TransformerLens model name (default: embedded SmolLM2)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
     args = parser.parse_args(argv)
     from ..cli import report_errors
 
@@ -511,10 +473,11 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     check_output_dir(args.out, "--out")
     if model is None:
         check_device(args.device)
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=local_device(args.device))
     for data in args.data:
         summary = run(model, Path(data), Path(args.out), args.n, methods, args.ig_steps, args.seed)
-        print(summary_markdown(summary, Path(data).stem))
+        if environment_ranks().main:
+            print(summary_markdown(summary, Path(data).stem))
     return 0
 
 

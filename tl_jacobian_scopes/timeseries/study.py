@@ -5,7 +5,10 @@ forecast steps near its end run each scope and compute the mechanism statistics;
 steps of the same series measure the Spearman correlation of ‖y‖ with the forecast's std.
 Records go to a JSONL file, one line per series, keyed by a hash of everything that defines
 the record (family, seed, the series text, steps, scopes, statistic parameters, model): a
-rerun skips records already there and never reuses a record made with other inputs. Then a
+rerun skips records already there and never reuses a record made with other inputs. The
+series run on the sweep machinery (:mod:`tl_jacobian_scopes.sweep`): under ``torchrun
+--nproc_per_node N -m tl_jacobian_scopes.timeseries.study ...`` they are shared out over N
+processes and rank 0 merges them and writes the summary. Then a
 summary with 95% confidence intervals over seeds is written (``summary.md``, ``summary.json``).
 
 Example::
@@ -16,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -30,6 +32,11 @@ import numpy as np
 from ..errors import DataFileError, OptionError, ScopeError
 from ..progress import Progress
 from ..results.files import strict_json_value
+from ..sweep.distributed import environment_ranks, local_device, process_group
+from ..sweep.records import Layout, load_done
+from ..sweep.records import record_key as sweep_record_key
+from ..sweep.runner import run_items
+from ..sweep.sharding import Item
 from .forecast import FORECAST_SCOPES, ForecastMatrix, candidate_paths, forecast_distributions, forecast_scope, token_map
 from .generators import FAMILIES
 from .mechanism import spearman
@@ -44,7 +51,7 @@ FORECAST_STATS = ("parrot_agree", "parrot_prob", "parrot_error", "model_error", 
 
 def record_key(inputs: dict[str, Any]) -> str:
     """A hash of a record's inputs and parameters (canonical JSON)."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+    return sweep_record_key(inputs)
 
 
 def plan_steps(n: int, n_steps: int, spacing: int) -> list[int]:
@@ -96,20 +103,8 @@ def run_series(model: Any, family: str, seed: int, args: argparse.Namespace) -> 
 
 
 def _load(path: Path) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return records
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            records[rec["key"]] = rec
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataFileError(
-                f"{path}:{number} is not a record of this study ({exc}): delete that line or pass another --out."
-            ) from exc
-    return records
+    """The records of ``path`` and of its part files (left by an unfinished sweep), by key."""
+    return load_done(Layout(path.parent, path.stem))
 
 
 def _ci(values: Sequence[float]) -> dict[str, Any]:
@@ -273,40 +268,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         done = _load(path)
         import tl_jacobian_scopes as tjs
 
-        model = None if args.summary_only else tjs.load_default_model(device=args.device)
+        model = None if args.summary_only else tjs.load_default_model(device=local_device(args.device))
+        ranks = environment_ranks()
         model_name = tjs.DEFAULT_MODEL_NAME
         meta = {"model": model_name, "length": args.length, "steps": args.steps, "spacing": args.spacing,
                 "dim": args.dim, "recency": args.recency, "k": args.k, "env": _env()}
-        if args.timing and model is not None:
+        if args.timing and model is not None and ranks.main:
             result = timing(model)
             result["env"] = meta["env"]
             (out / "timing.json").write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(result, indent=2))
-        planned = []
+        planned: list[Item] = []
         for seed in seeds:  # seed-major: an interrupted run leaves every family with about as many seeds
             for fam in args.families:
                 s = serialize(FAMILIES[fam](args.length, seed=seed), digits=args.digits)  # type: ignore[operator]
                 inputs = {"version": RECORD_VERSION, "family": fam, "seed": seed, "text": s.text, "model": model_name,
                           "steps": plan_steps(len(s), args.steps, args.spacing), "scopes": args.scopes,
                           "dim": args.dim, "recency": args.recency, "k": args.k, "ynorm_steps": args.ynorm_steps}
-                planned.append((record_key(inputs), fam, seed, inputs))
-        keys = {k for k, *_ in planned}
+                planned.append(Item(len(planned), record_key(inputs), (fam, seed, inputs)))
+        keys = {item.key for item in planned}
         other = [k for k in done if k not in keys]
-        if other:
+        if other and ranks.main:
             print(f"{len(other)} records in {path} were made with other inputs or parameters: ignored.", file=sys.stderr)
         if not args.summary_only:
-            # The per-series lines below are the study's progress; a silent outer line keeps the scopes' own out.
-            with path.open("a", encoding="utf-8") as fh, Progress("study", len(planned), enabled=False):
-                for key, fam, seed, inputs in planned:
-                    if key in done:
-                        continue
-                    rec = {"key": key, "family": fam, "seed": seed, "inputs": inputs,
-                           "result": run_series(model, fam, seed, args)}
-                    fh.write(json.dumps(strict_json_value(rec), allow_nan=False) + "\n")
-                    fh.flush()
-                    done[key] = rec
-                    print(f"{fam} seed {seed}: {rec['result']['seconds']:.1f}s", file=sys.stderr, flush=True)
-        records = [done[k] for k, *_ in planned if k in done]
+
+            def job(item: Item) -> dict[str, Any]:
+                fam, seed, inputs = item.payload
+                rec = {"id": item.id, "key": item.key, "family": fam, "seed": seed, "inputs": inputs,
+                       "result": run_series(model, fam, seed, args)}
+                where = f"rank {ranks.rank}: " if ranks.world > 1 else ""
+                print(f"{where}{fam} seed {seed}: {rec['result']['seconds']:.1f}s", file=sys.stderr, flush=True)
+                return strict_json_value(rec)  # type: ignore[no-any-return]
+
+            # Records are shared out over the ranks under torchrun (tl_jacobian_scopes.sweep); the per-series
+            # lines above are the study's progress, so its own line stays silent.
+            with process_group(local_device(args.device)) as ranks, Progress("study", 0, enabled=False):
+                done = {r["key"]: r for r in run_items(planned, job, Layout(out, path.stem), ranks,
+                                                       desc="study", unit="series").records}
+            if not ranks.main:
+                return 0
+        records = [done[item.key] for item in planned if item.key in done]
         summary = summarize(records, args.scopes, args.families)
         (out / "summary.json").write_text(json.dumps(strict_json_value({"meta": meta, "summary": summary}), indent=2) + "\n")
         (out / "summary.md").write_text(summary_markdown(summary, args.scopes, meta))
