@@ -131,7 +131,7 @@ def test_unconverged_positions_fall_back_to_formed_F(monkeypatch):
     assert not bool(converged.any())
     real = P.fisher_top_eigenpairs_iterative
     monkeypatch.setattr(P, "fisher_top_eigenpairs_iterative",
-                        lambda W, p, k: real(W, p, k, max_blocks=1))
+                        lambda W, p, k, **kw: real(W, p, k, max_blocks=1, **kw))
     evals, evecs = P.fisher_top_eigenpairs(W_U, probs, 2)
     for i in range(3):
         want, _ = top_eigh(reference_fisher(W_U, probs[i]), 2)

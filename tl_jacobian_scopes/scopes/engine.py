@@ -167,17 +167,35 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
     modules = _sdpa_attention_modules(access)
     if modules is None:
         return "eager"
-    inside = {id(hp) for attn in modules for hp in attn.modules() if hasattr(hp, "fwd_hooks")}
+    inside = _hook_points_within(modules)
     hook_dict = access.model.hook_dict
     if any(id(hook_dict.get(name)) in inside for name in hook_names):
         return "eager"
-    for attn in modules:
-        for hp in attn.modules():
-            if hasattr(hp, "fwd_hooks") and (
-                hp.fwd_hooks or getattr(hp, "bwd_hooks", None) or hp._forward_hooks or hp._backward_hooks
-            ):
-                return "eager"
+    for hp in inside.values():
+        if hp.fwd_hooks or getattr(hp, "bwd_hooks", None) or hp._forward_hooks or hp._backward_hooks:
+            return "eager"
     return "sdpa"
+
+
+def _hook_points_within(modules: Sequence[Any]) -> dict[int, Any]:
+    """Every hook point inside ``modules`` (theirs and their wrapped HF modules'), by id.
+
+    Walked over ``_modules`` directly: ``Module.modules()`` builds every name and a bridge
+    component's ``hasattr`` goes through its ``__getattr__`` (together ~8 ms per call on the
+    default model, against ~0.3 ms here). A hook point keeps ``fwd_hooks`` in its ``__dict__``.
+    """
+    seen: set[int] = set()
+    found: dict[int, Any] = {}
+    stack: list[Any] = list(modules)
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        if "fwd_hooks" in vars(module):
+            found[id(module)] = module
+        stack.extend(module._modules.values())
+    return found
 
 
 @contextlib.contextmanager
