@@ -166,7 +166,9 @@ def test_shared_mean_and_norms_and_cached_chunks_give_the_same_products(monkeypa
     """The precomputed W_U p and ‖w_v‖² the Fisher scope shares, and fisher_apply's small chunks,
     against the float64 definition."""
     W_U, probs = random_case(n=3, V=2500)
-    torch.testing.assert_close(P.unembedding_sq_norms(W_U).double(), W_U.double().pow(2).sum(0), rtol=1e-5, atol=0)
+    for layout in (W_U, W_U.T.contiguous().T):  # HookedTransformer's row-major W_U, a bridge's transposed one
+        torch.testing.assert_close(P.unembedding_sq_norms(layout).double(), W_U.double().pow(2).sum(0),
+                                   rtol=1e-5, atol=0)
     mean, sq = P.mean_unembedding(W_U, probs), P.unembedding_sq_norms(W_U)
     want = torch.stack([torch.trace(reference_fisher(W_U, p)) for p in probs])
     torch.testing.assert_close(P.fisher_trace(W_U, probs, mean, sq).double(), want, rtol=1e-5, atol=0)
