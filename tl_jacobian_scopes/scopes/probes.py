@@ -147,12 +147,16 @@ def unembedding_sq_norms(W_U: Float[Tensor, "d_model d_vocab"]) -> Float[Tensor,
 
     The fast reduction depends on the layout: ``vector_norm`` over a column's contiguous
     entries (a bridge's ``W_U``, the transposed ``lm_head.weight``: ~5 ms on the default
-    model) but squares summed across rows for a row-major ``W_U`` (HookedTransformer's, where
-    ``vector_norm`` over strided entries takes ~150 ms).
+    model) but squares of a few rows at a time for a row-major ``W_U`` (HookedTransformer's:
+    ~10 ms, where ``vector_norm`` over strided entries takes ~150 ms and ``pow(2).sum(0)`` ~25).
     """
     if W_U.stride(0) == 1:
         return torch.cat([torch.linalg.vector_norm(W, dim=0).pow(2) for _, W in _vocab_chunks(W_U)])
-    return torch.cat([W.pow(2).sum(dim=0) for _, W in _vocab_chunks(W_U)])
+    total = torch.zeros(W_U.shape[1], dtype=torch.float32, device=W_U.device)
+    for start in range(0, W_U.shape[0], 8):
+        rows = W_U[start : start + 8].detach().float()
+        total += (rows * rows).sum(dim=0)
+    return total
 
 
 def fisher_trace(
