@@ -65,3 +65,30 @@ def test_text_prompt_scores_equal_token_prompt_scores_without_a_warning(model, r
     by_ids = tjs.semantic_scope(model, model.to_tokens(PROMPT))
     torch.testing.assert_close(by_text.scores, by_ids.scores)
     assert not [w for w in recwarn if issubclass(w.category, tjs.TokenizationWarning)]
+
+
+def test_the_attention_walk_finds_the_hook_points_modules_finds():
+    """_hook_points_within (a direct walk) = every hook point of attn.modules(), the slow reference."""
+    from tl_jacobian_scopes.scopes import engine
+
+    bridge = tiny_model("llama", "bridge")[0]
+    modules = engine._sdpa_attention_modules(ModelAccess(bridge))
+    assert modules
+    want = {id(m) for attn in modules for m in attn.modules() if hasattr(m, "fwd_hooks")}
+    found = engine._hook_points_within(modules)
+    assert set(found) == want and len(want) >= 10 * len(modules)
+
+
+def test_the_call_decides_the_kernel_once_and_uses_it_everywhere(monkeypatch):
+    """One attention_kernel walk per call; the memory guard and the forward pass see its answer."""
+    from tl_jacobian_scopes.scopes import driver, engine, runner
+
+    bridge = tiny_model("llama", "bridge")[0]
+    calls, seen = [], []
+    real_kernel, real_guard = engine.attention_kernel, engine.check_memory
+    monkeypatch.setattr(driver, "attention_kernel", lambda *a: calls.append(real_kernel(*a)) or calls[-1])
+    monkeypatch.setattr(runner, "attention_kernel", lambda *a: calls.append(real_kernel(*a)) or calls[-1])
+    monkeypatch.setattr(driver, "check_memory", lambda *a, **k: seen.append(k["kernel"]) or real_guard(*a, **k))
+    tjs.semantic_scope(bridge, PROMPT)
+    tjs.semantic_scope(bridge, PROMPT, internals=True)
+    assert calls == ["sdpa", "eager"] and seen == calls

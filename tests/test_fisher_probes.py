@@ -131,7 +131,7 @@ def test_unconverged_positions_fall_back_to_formed_F(monkeypatch):
     assert not bool(converged.any())
     real = P.fisher_top_eigenpairs_iterative
     monkeypatch.setattr(P, "fisher_top_eigenpairs_iterative",
-                        lambda W, p, k: real(W, p, k, max_blocks=1))
+                        lambda W, p, k, **kw: real(W, p, k, max_blocks=1, **kw))
     evals, evecs = P.fisher_top_eigenpairs(W_U, probs, 2)
     for i in range(3):
         want, _ = top_eigh(reference_fisher(W_U, probs[i]), 2)
@@ -160,3 +160,24 @@ def test_default_model_iterative_scores_equal_formed_F_scores(default_model, mon
         assert_close(fast.scores[pos], formed.scores[pos], rtol=2e-3)
         assert fast[pos].params["eigenvalues"] == pytest.approx(formed[pos].params["eigenvalues"], rel=1e-3)
         assert fast[pos].params["trace_F"] == pytest.approx(formed[pos].params["trace_F"], rel=1e-3)
+
+
+def test_shared_mean_and_norms_and_cached_chunks_give_the_same_products(monkeypatch):
+    """The precomputed W_U p and ‖w_v‖² the Fisher scope shares, and fisher_apply's small chunks,
+    against the float64 definition."""
+    W_U, probs = random_case(n=3, V=2500)
+    for layout in (W_U, W_U.T.contiguous().T):  # HookedTransformer's row-major W_U, a bridge's transposed one
+        torch.testing.assert_close(P.unembedding_sq_norms(layout).double(), W_U.double().pow(2).sum(0),
+                                   rtol=1e-5, atol=0)
+    mean, sq = P.mean_unembedding(W_U, probs), P.unembedding_sq_norms(W_U)
+    want = torch.stack([torch.trace(reference_fisher(W_U, p)) for p in probs])
+    torch.testing.assert_close(P.fisher_trace(W_U, probs, mean, sq).double(), want, rtol=1e-5, atol=0)
+    vectors = torch.randn(3, 2, W_U.shape[0], generator=torch.Generator().manual_seed(1))
+    exact = torch.stack([vectors[i].double() @ reference_fisher(W_U, probs[i]) for i in range(3)])
+    for chunk in (1000, 7):  # several chunks, and a last partial one
+        monkeypatch.setattr(P, "APPLY_CHUNK", chunk)
+        torch.testing.assert_close(P.fisher_apply(W_U, probs, mean, vectors).double(), exact, rtol=1e-4, atol=1e-5)
+    evals, evecs, _ = P.fisher_top_eigenpairs_iterative(W_U, probs, 1, max_blocks=48, mean=mean, sq_norms=sq)
+    for i in range(3):
+        want_vals, want_vecs = top_eigh(reference_fisher(W_U, probs[i]), 1)
+        torch.testing.assert_close(evals[i].double(), want_vals, rtol=1e-5, atol=0)

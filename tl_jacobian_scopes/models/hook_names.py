@@ -38,3 +38,8 @@ def internal_hook_names(n_layers: int) -> list[str]:
     """Every hook an internal map perturbs, in a fixed order."""
     names = [name for site in SITES for name in site_hooks(site, n_layers)]
     return names + [final_resid_hook(n_layers)]
+
+
+def leaf_hook_names(n_layers: int, internals: bool) -> list[str]:
+    """The hooks a scope perturbs: the embedding, and with ``internals`` every internal site."""
+    return [EMBED_HOOK] + (internal_hook_names(n_layers) if internals else [])

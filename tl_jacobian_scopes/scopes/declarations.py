@@ -159,8 +159,11 @@ def _fisher_probes(plan: Plan, Y: Tensor, probs: Tensor) -> list[Probes]:
         d = plan.access.d_model
         return [_fisher_job_probes(plan, i, probs[i], (torch.zeros(0), torch.zeros(0, d)))
                 for i in range(len(plan.jobs))]
-    evals, evecs = P.fisher_top_eigenpairs(plan.access.W_U, probs, top)
-    traces = P.fisher_trace(plan.access.W_U, probs) if samples is None else None
+    W_U = plan.access.W_U
+    # One pass over W_U each, shared by the eigen-solver and the trace.
+    mean, sq_norms = P.mean_unembedding(W_U, probs), P.unembedding_sq_norms(W_U)
+    evals, evecs = P.fisher_top_eigenpairs(W_U, probs, top, mean=mean, sq_norms=sq_norms)
+    traces = P.fisher_trace(W_U, probs, mean, sq_norms) if samples is None else None
     return [_fisher_job_probes(plan, i, probs[i], (evals[i], evecs[i]),
                                None if traces is None else float(traces[i]))
             for i in range(len(plan.jobs))]

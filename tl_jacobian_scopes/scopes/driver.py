@@ -29,13 +29,13 @@ from torch import Tensor
 from ..errors import (NonFiniteError, OptionError, PositionError, PromptError, TargetError, TargetWarning,
                       TokenizationWarning)
 from ..models.access import ModelAccess, first_non_finite_parameter
-from ..models.hook_names import internal_hook_names
+from ..models.hook_names import FINAL_HOOK, internal_hook_names, leaf_hook_names
 from ..models.inputs import near_variants, prepare_tokens, resolve_position, resolve_token, tokenization_problem
 from ..progress import Progress, silent_progress
 from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
 from ..results.scope_result import ScopeResult
-from .engine import check_memory
+from .engine import attention_kernel, check_memory
 
 if TYPE_CHECKING:
     from .declarations import Method
@@ -99,6 +99,9 @@ class Plan:
     bar: Progress = field(default_factory=silent_progress)
     target_texts: list[Optional[str]] = field(default_factory=list)
     contrast_texts: list[Optional[str]] = field(default_factory=list)
+    #: The attention kernel of the call's forward pass (:func:`~.engine.attention_kernel`), decided
+    #: once by :func:`run` for the memory guard and the pass itself (None: decided where needed).
+    kernel: Optional[str] = None
 
     def target_for(self, job: int, probs: Tensor) -> int:
         """The explained token of a job, once its distribution is known."""
@@ -472,7 +475,10 @@ def plan_run(method: "Method", model: Any, prompt: Any, batch_size: int = 16, **
 def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dict[str, Any]) -> Any:
     plan = plan_run(method, model, prompt, batch_size, **kwargs)
     chunks = [list(range(s, min(s + batch_size, len(plan.rows)))) for s in range(0, len(plan.rows), batch_size)]
-    check_memory(plan.access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals)
+    access = plan.access
+    plan.kernel = attention_kernel(access, [*leaf_hook_names(access.n_layers, plan.internals), FINAL_HOOK])
+    check_memory(access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals,
+                 kernel=plan.kernel)
     outputs: list[JobOutput] = []
     unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"
     with Progress(method.label, len(plan.jobs), unit, plan.progress) as plan.bar:

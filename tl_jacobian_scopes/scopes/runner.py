@@ -18,10 +18,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..models.access import ModelAccess
-from ..models.hook_names import EMBED_HOOK, internal_hook_names
+from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, leaf_hook_names
 from . import probes as P
 from .driver import JobOutput, Plan, check_finite
-from .engine import batched_vjp, forward_to_final_hidden, probe_chunk_size
+from .engine import attention_kernel, batched_vjp, forward_to_final_hidden, probe_chunk_size
 from .internals import assemble
 
 
@@ -100,7 +100,7 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
     access, rows, jobs = plan.access, plan.rows, plan.jobs
     internals = plan.internals
     tokens, offsets, forward_kwargs, job_rows, job_cols = _padded_jobs(plan)
-    leaf_names = [EMBED_HOOK] + (internal_hook_names(access.n_layers) if internals else [])
+    leaf_names = leaf_hook_names(access.n_layers, internals)
     # Group g of a job = how many earlier jobs share its row: one VJP can serve one job per row.
     seen: dict[int, int] = {}
     groups = []
@@ -110,9 +110,11 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
     n_groups = max(groups) + 1
     group_of = torch.tensor(groups)
 
+    # Decided once for the forward pass and the probe chunking (it walks the attention modules).
+    kernel = plan.kernel or attention_kernel(access, [*leaf_names, FINAL_HOOK])
     with access.frozen():
         state = forward_to_final_hidden(access, tokens, leaf_names, keep_activations=internals or times_input,
-                                        **forward_kwargs)
+                                        kernel=kernel, **forward_kwargs)
         device = state.y.device
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
         probs = _distributions(plan, Y).to(device)
@@ -137,7 +139,8 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
         vjp_group = torch.arange(n_groups * k, device=device) // k
         vjp_probe = torch.arange(n_groups * k, device=device) % k
 
-        chunk = probe_chunk_size(access, tokens.shape[1], n_groups * k, n_leaves=len(leaf_names), batch=len(rows))
+        chunk = probe_chunk_size(access, tokens.shape[1], n_groups * k, n_leaves=len(leaf_names), batch=len(rows),
+                                 kernel=kernel)
         leaves = [state.leaves[n] for n in leaf_names]
         totals: dict[str, Tensor] = {}
         moments: dict[str, list[Tensor]] = {}
