@@ -1,0 +1,217 @@
+"""The app's computations, free of Gradio: each call takes the page's inputs and returns
+the library's results (raising the library's :class:`ScopeError` on bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..cli import _scope_kwargs
+from ..errors import OptionError, PromptError
+from ..models.access import ModelAccess
+from ..progress import Progress, observe
+from ..results.scope_matrix import ScopeMatrix
+from ..results.scope_result import ScopeResult
+from ..scopes.api import resolve_scope
+from .state import ModelSlot, ResultCache, Stopped
+
+#: The scopes the app offers (baselines are for the faithfulness study, not this page).
+APP_SCOPES = ("semantic", "temperature", "fisher")
+FISHER_MODES = ("rank", "exact", "stochastic")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One explanation as the page asks for it; hashable, so it keys the cache.
+
+    ``target``/``contrast`` (Semantic) apply to the prompt's last position; at any other
+    position the top prediction there is explained.
+    """
+
+    prompt: str
+    scope: str = "fisher"
+    target: Optional[str] = None
+    contrast: Optional[str] = None
+    fisher_mode: str = "rank"
+    rank: int = 1
+    samples: int = 24
+    seed: int = 0
+
+    def scope_kwargs(self) -> dict[str, Any]:
+        """The scope's keyword arguments for all positions, checked as the command line checks them.
+
+        Raises:
+            PromptError: The prompt is empty.
+            OptionError: An option does not apply or is out of range.
+        """
+        if not self.prompt or not self.prompt.strip():
+            raise PromptError("The prompt is empty: type some text to explain its next-token prediction.")
+        if self.scope not in APP_SCOPES:
+            raise OptionError(f"scope must be one of {list(APP_SCOPES)}, got {self.scope!r}.")
+        if self.fisher_mode not in FISHER_MODES:
+            raise OptionError(f"Fisher mode must be one of {list(FISHER_MODES)}, got {self.fisher_mode!r}.")
+        fisher = self.scope == "fisher"
+        args = argparse.Namespace(
+            internals=False, no_bos=False, position=None, positions="all",
+            target=self.target if self.scope == "semantic" else None,
+            contrast=self.contrast if self.scope == "semantic" else None,
+            rank=self.rank if fisher and self.fisher_mode == "rank" else None,
+            exact=fisher and self.fisher_mode == "exact",
+            samples=self.samples if fisher and self.fisher_mode == "stochastic" else None,
+            seed=self.seed if fisher and self.fisher_mode == "stochastic" else None,
+        )
+        kwargs = _scope_kwargs(args, self.scope)
+        kwargs.pop("internals")
+        return kwargs
+
+
+def _per_position(value: Optional[str], n_tokens: int) -> Optional[list[Optional[str]]]:
+    """A target given for the last position: the top prediction everywhere else."""
+    return None if value is None else [None] * (n_tokens - 1) + [value]
+
+
+class Engine:
+    """The model, the caches and the computations behind the page.
+
+    Example:
+        >>> engine = Engine(ModelSlot(model=model))  # doctest: +SKIP
+        >>> matrix = engine.matrix(Request("The capital of France is", "fisher"))  # doctest: +SKIP
+    """
+
+    def __init__(self, slot: ModelSlot, cache_size: int = 32):
+        self.slot = slot
+        self.matrices = ResultCache(cache_size)  # positions="all", one per request
+        self.singles = ResultCache(4 * cache_size)  # with internals, per request and position
+        self.predictions = ResultCache(cache_size)
+
+    def _run(self, stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]],
+             body: Callable[[Any], Any]) -> Any:
+        """``body(model)`` under the model's lock, reporting progress and honouring Stop."""
+        def update(line: Progress) -> None:
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            if progress is not None:
+                progress(line)
+
+        model = self.slot.get()
+        with self.slot.lock(), observe(update):
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            return body(model)
+
+    def n_tokens(self, model: Any, prompt: str) -> int:
+        return int(ModelAccess(model).to_tokens(prompt, prepend_bos=None).shape[-1])
+
+    def matrix(self, request: Request, stop: Optional[threading.Event] = None,
+               progress: Optional[Callable[[Progress], None]] = None) -> ScopeMatrix:
+        """Every position of the prompt explained in one call (cached): clicks are lookups."""
+        cached = self.matrices.get(request)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        kwargs = request.scope_kwargs()
+
+        def body(model: Any) -> ScopeMatrix:
+            if request.scope == "semantic":
+                n = self.n_tokens(model, request.prompt)
+                kwargs.update(target=_per_position(request.target, n), contrast=_per_position(request.contrast, n))
+            result = resolve_scope(request.scope)(model, request.prompt, progress=False, **kwargs)
+            assert isinstance(result, ScopeMatrix)
+            return result
+
+        return self.matrices.put(request, self._run(stop, progress, body))  # type: ignore[no-any-return]
+
+    def result(self, request: Request, position: Optional[int] = None, internals: bool = False,
+               stop: Optional[threading.Event] = None,
+               progress: Optional[Callable[[Progress], None]] = None) -> ScopeResult:
+        """The explanation at ``position`` (default: the last): a row of :meth:`matrix`, or
+        with ``internals`` its own call (layer, head, attention and MLP maps), cached."""
+        matrix = self.matrix(request, stop, progress)
+        last = len(matrix) - 1
+        pos = last if position is None else int(position)
+        if not 0 <= pos <= last:
+            raise OptionError(f"position {pos} is outside the prompt's {last + 1} tokens.")
+        if not internals:
+            return matrix[pos]
+        key = (request, pos)
+        cached = self.singles.get(key)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        kwargs = request.scope_kwargs()
+        kwargs.pop("positions")
+        if request.scope == "semantic" and pos != last:
+            kwargs.update(target=None, contrast=None)
+
+        def body(model: Any) -> ScopeResult:
+            result = resolve_scope(request.scope)(model, request.prompt, position=pos, internals=True,
+                                                  progress=False, **kwargs)
+            assert isinstance(result, ScopeResult)
+            return result
+
+        return self.singles.put(key, self._run(stop, progress, body))  # type: ignore[no-any-return]
+
+    def top_predictions(self, prompt: str, k: int = 8) -> list[tuple[str, float]]:
+        """The ``k`` most probable next tokens after ``prompt`` (for the target choices)."""
+        cached = self.predictions.get((prompt, k))
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+
+        def body(model: Any) -> list[tuple[str, float]]:
+            access = ModelAccess(model)
+            tokens = access.to_tokens(prompt, prepend_bos=None)
+            with access.frozen(), torch.no_grad():
+                logits = model(tokens)[0, -1].float()
+            probs, ids = torch.topk(torch.softmax(logits, -1), k)
+            return [(access.token_str(int(i)), float(p)) for p, i in zip(probs, ids)]
+
+        if not prompt or not prompt.strip():
+            return []
+        return self.predictions.put((prompt, k), self._run(None, None, body))  # type: ignore[no-any-return]
+
+    def forecast(self, series: Sequence[float], scope: str, digits: int = 2,
+                 stop: Optional[threading.Event] = None,
+                 progress: Optional[Callable[[Progress], None]] = None) -> Any:
+        """The time-series scope of the value after ``series`` (value-level influence and the
+        forecast distribution): :func:`tl_jacobian_scopes.timeseries.forecast_scope`."""
+        from ..timeseries import forecast_scope
+
+        return self._run(stop, progress, lambda model: forecast_scope(model, list(series), scope, digits=digits,
+                                                                        progress=False))
+
+
+def pasted_series(text: str) -> list[float]:
+    """Numbers pasted into the page, separated by commas, spaces or line breaks.
+
+    Raises:
+        PromptError: Something that is not a number, or fewer than 3 values.
+    """
+    items = [item for item in re.split(r"[,;\s]+", text.strip()) if item]
+    values = []
+    for i, item in enumerate(items):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise PromptError(f"The pasted series must be numbers separated by commas or spaces, but item {i} "
+                              f"is {item[:20]!r}: fix it, or pick a generator.") from None
+    if len(values) < 3:
+        raise PromptError(f"The pasted series has {len(values)} values: paste at least 3 (e.g. 1.5, 2.1, 2.8).")
+    return values
+
+
+def write_downloads(result: ScopeResult, folder: Path, png: bool = True) -> list[Path]:
+    """The current view as the library writes it: self-contained HTML, JSON, and PNG (when
+    matplotlib is installed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{result.scope}_scope_position{result.position}"
+    paths = [result.save_html(folder / f"{stem}.html"), result.save_json(folder / f"{stem}.json")]
+    if png:
+        try:
+            paths.append(result.save_png(folder / f"{stem}.png"))
+        except ImportError:
+            pass  # MissingPackageError: no matplotlib, the other two files still come
+    return paths
