@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # Before gradio is imported anywhere: no usage reports, no version checks, no hub telemetry.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -39,7 +39,7 @@ def _gradio() -> Any:
 
 
 def build_app(model: Any = None, model_name: Optional[str] = None, device: Optional[str] = None,
-              downloads: Optional[Path] = None) -> Any:
+              downloads: Optional[Path] = None, loader: Optional[Callable[..., Any]] = None) -> Any:
     """The app's ``gradio.Blocks``, around an already loaded ``model`` or one loaded by name on
     the first request (a load failure is shown in the page, and retried on the next request).
 
@@ -48,6 +48,8 @@ def build_app(model: Any = None, model_name: Optional[str] = None, device: Optio
         model_name: A TransformerLens model name (default: the embedded SmolLM2-135M-Instruct).
         device: Where to load it (default: cuda when available).
         downloads: Folder for the files the page offers (default: a new temporary folder).
+        loader: ``loader(name, device=...)`` loads the model (default: :func:`load_model`);
+            it starts at once in the background, and the first request waits for it.
 
     Raises:
         MissingPackageError: Gradio is not installed.
@@ -57,7 +59,9 @@ def build_app(model: Any = None, model_name: Optional[str] = None, device: Optio
     from .layout import build_blocks
     from .state import ModelSlot
 
-    return build_blocks(Engine(ModelSlot(model, model_name, device)), downloads)
+    slot = ModelSlot(model, model_name, device, loader)
+    slot.preload()
+    return build_blocks(Engine(slot), downloads)
 
 
 def theme() -> Any:

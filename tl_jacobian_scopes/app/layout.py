@@ -67,20 +67,23 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         return Request(prompt or "", scope, none_if_blank(target), none_if_blank(contrast), mode,
                        whole(rank, 1), whole(samples, 24), whole(seed, 0))
 
-    def show(req: Request, position: Optional[int], internals: bool, stop: Any, progress: Any) -> list[Any]:
+    def show(req: Request, position: Optional[int], internals: bool, stop: Any, progress: Any,
+             runs: int = 0) -> list[Any]:
         result = engine.result(req, position, internals, stop, _progress_bridge(progress))
         frame = frame_html(result.show("layers", "heads"), 900) if internals else ""
         top = [[t.position, repr(t.token), round(t.score, 6)] for t in result.top(8)]
-        return [message_html(f"Done: {req.scope} scope, {result.n_tokens} tokens."), token_html(result),
-                summary_html(result), table_rows(top, 3), frame, {"request": req, "position": result.position}]
+        done = message_html(f"Done: {req.scope} scope, {result.n_tokens} tokens, position {result.position}.",
+                            run=runs + 1)
+        return [done, token_html(result), summary_html(result), table_rows(top, 3), frame,
+                {"request": req, "position": result.position, "runs": runs + 1}]
 
     def explain(prompt: str, scope: str, target: Optional[str], contrast: Optional[str], mode: str, rank: Any,
-                samples: Any, seed: Any, internals: bool, request: GrRequest,
+                samples: Any, seed: Any, internals: bool, state: Optional[dict[str, Any]], request: GrRequest,
                 progress: Any = gr.Progress()) -> list[Any]:
         stop = stops.arm(request.session_hash or "")
         try:
             req = request_of(prompt, scope, target, contrast, mode, rank, samples, seed)
-            out = show(req, None, internals, stop, progress)
+            out = show(req, None, internals, stop, progress, (state or {}).get("runs", 0))
             choices = [(f"{tok!r} p={p:.3f}", tok) for tok, p in engine.top_predictions(req.prompt)]
             return out + [gr.update(choices=choices)]
         except Exception as exc:  # every failure becomes a message in the page
@@ -93,7 +96,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         if not state or position is None:
             return [message_html("Run an explanation first, then click a token.")] + [gr.skip()] * (n_out - 1)
         try:
-            return show(state["request"], int(position), internals, stop, progress) + [gr.skip()]
+            return show(state["request"], int(position), internals, stop, progress, state["runs"]) + [gr.skip()]
         except Exception as exc:
             return [_failure(exc)] + [gr.skip()] * (n_out - 1)
 
@@ -107,7 +110,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                  progress: Any) -> list[Any]:
         stop = stops.arm(request.session_hash or "")
         try:
-            return show(state["request"], position, internals, stop, progress) + [gr.skip()]
+            return show(state["request"], position, internals, stop, progress, state["runs"]) + [gr.skip()]
         except Exception as exc:
             return [_failure(exc)] + [gr.skip()] * (n_out - 1)
 
@@ -216,8 +219,8 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         queue = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         inputs = [prompt, scope, target, contrast, mode, rank, samples, seed]
         runs = [
-            run.click(explain, inputs + [internals], outputs, **queue),
-            prompt.submit(explain, inputs + [internals], outputs, **queue),
+            run.click(explain, inputs + [internals, state], outputs, **queue),
+            prompt.submit(explain, inputs + [internals, state], outputs, **queue),
             tokens.click(click, [state, internals], outputs, **queue),
             internals.input(toggle_internals, [state, internals], outputs, **queue),
             compare_run.click(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],

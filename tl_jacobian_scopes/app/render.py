@@ -68,10 +68,11 @@ def summary_html(result: ScopeResult) -> str:
     return f'<div class="tjs-msg tjs-info" data-position="{r.position}">{text} · click a token to explain it</div>'
 
 
-def message_html(text: str, error: bool = False) -> str:
-    """A message line (errors in red); ``text`` is plain text."""
+def message_html(text: str, error: bool = False, run: Optional[int] = None) -> str:
+    """A message line (errors in red); ``text`` is plain text; ``run`` counts a session's results."""
     kind = "tjs-error" if error else "tjs-info"
-    return f'<div class="tjs-msg {kind}" role="{"alert" if error else "status"}">{html.escape(text)}</div>'
+    counter = "" if run is None else f' data-run="{int(run)}"'
+    return f'<div class="tjs-msg {kind}" role="{"alert" if error else "status"}"{counter}>{html.escape(text)}</div>'
 
 
 def frame_html(view: ScopeView, height: int = 420) -> str:

@@ -61,6 +61,19 @@ class ModelSlot:
                     raise ModelLoadError(f"Could not load model {self.name!r} ({type(exc).__name__}: {exc}).") from exc
             return self._model
 
+    def preload(self) -> None:
+        """Start loading the model in the background (a failure is reported by the next :meth:`get`)."""
+        if self._model is not None:
+            return
+
+        def load() -> None:
+            try:
+                self.get()
+            except Exception:
+                pass  # get() raises it again, with its message, for the next request
+
+        threading.Thread(target=load, name="tjs-app-model-load", daemon=True).start()
+
     def lock(self) -> Any:
         """The library's per-model lock (scope calls on one model never overlap)."""
         return model_lock(self.get())

@@ -1,0 +1,320 @@
+"""The interactive app (issue 14): its computations against the library, and the page itself
+in a real headless Chromium (Playwright driving Debian's /usr/bin/chromium, no download).
+
+The browser tests skip without gradio, playwright or Chromium, unless TJS_BROWSER_REQUIRED=1
+(CI), where a missing piece fails instead.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from urllib.parse import urlparse
+
+import pytest
+import torch
+
+import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes.app.engine import Engine, Request, pasted_series, write_downloads
+from tl_jacobian_scopes.app.render import token_html
+from tl_jacobian_scopes.app.state import ModelSlot, Stopped
+from tl_jacobian_scopes.models.access import hook_count
+from tl_jacobian_scopes.progress import Progress, observe
+
+PROMPT = "The capital of France is"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+BROWSER_REQUIRED = os.environ.get("TJS_BROWSER_REQUIRED") == "1"
+HAVE_BROWSER = (CHROMIUM is not None and importlib.util.find_spec("gradio") is not None
+                and importlib.util.find_spec("playwright") is not None)
+needs_browser = pytest.mark.skipif(not HAVE_BROWSER and not BROWSER_REQUIRED,
+                                   reason="needs gradio, playwright (pip) and Chromium (apt-get install chromium)")
+
+
+def assert_scores_close(shown, expected, rel=1e-3):
+    """Page scores (6 significant digits) against the library's, relative to the largest."""
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    shown = torch.as_tensor(shown, dtype=torch.float64)
+    assert shown.shape == expected.shape
+    assert float((shown - expected).abs().max()) <= rel * float(expected.abs().max())
+
+
+# ---- the engine, without a browser ---------------------------------------------------------------------
+
+
+def test_engine_rows_are_the_library_results(default_model):
+    engine = Engine(ModelSlot(model=default_model))
+    request = Request(PROMPT, "semantic", target=" Paris", contrast=" London")
+    last = engine.result(request)
+    direct = tjs.semantic_scope(default_model, PROMPT, target=" Paris", contrast=" London", progress=False)
+    assert (last.target_str, last.contrast_str, last.position) == (" Paris", " London", direct.position)
+    assert_scores_close(last.scores, direct.scores)
+    # Another position explains the top prediction there, as a single call does.
+    at2 = engine.result(request, position=2)
+    assert_scores_close(at2.scores, tjs.semantic_scope(default_model, PROMPT, position=2, progress=False).scores)
+    assert engine.result(request, position=2) is at2  # cached: a click is a lookup
+    with_internals = engine.result(request, internals=True)
+    assert with_internals.has_internals and with_internals.target_str == " Paris"
+    predictions = engine.top_predictions(PROMPT)
+    assert predictions[0][0] == direct.predicted_str and predictions[0][1] == pytest.approx(direct.predicted_prob, rel=1e-3)
+
+
+def test_engine_refuses_bad_input_with_the_library_messages(default_model):
+    engine = Engine(ModelSlot(model=default_model))
+    with pytest.raises(tjs.PromptError, match="empty"):
+        engine.result(Request("   ", "fisher"))
+    with pytest.raises(tjs.TargetError):
+        engine.result(Request(PROMPT, "semantic", target=" Paris is lovely"))
+    with pytest.raises(tjs.OptionError, match="rank must be at least 1"):
+        engine.result(Request(PROMPT, "fisher", rank=0))
+    with pytest.raises(tjs.PromptError):
+        engine.result(Request("word " * 9000, "temperature"))
+    with pytest.raises(tjs.PromptError, match="item 1"):
+        pasted_series("1.5, x, 3")
+    assert pasted_series("1.5 2\n3,4") == [1.5, 2.0, 3.0, 4.0]
+    assert hook_count(default_model) == 0
+
+
+def test_stop_ends_a_computation_and_leaves_the_model_as_it_was(default_model):
+    engine = Engine(ModelSlot(model=default_model))
+    stop = threading.Event()
+    seen = []
+
+    def progress(line):
+        seen.append(line.done)
+        stop.set()  # pressed during the first update
+
+    grad_mode = torch.is_grad_enabled()
+    with pytest.raises(Stopped):
+        engine.result(Request(PROMPT, "fisher", fisher_mode="exact"), stop=stop, progress=progress)
+    assert seen and hook_count(default_model) == 0 and torch.is_grad_enabled() == grad_mode
+    assert engine.result(Request(PROMPT, "fisher")).n_tokens > 0  # and the next request works
+
+
+def test_model_load_failure_is_a_message_and_is_retried():
+    calls = []
+
+    def loader(name, device=None):
+        calls.append(name)
+        raise tjs.ModelLoadError(f"Could not load model {name!r}: check the name.")
+
+    slot = ModelSlot(name="no-such-model", loader=loader)
+    for _ in range(2):
+        with pytest.raises(tjs.ModelLoadError, match="no-such-model"):
+            Engine(slot).result(Request(PROMPT))
+    assert calls == ["no-such-model", "no-such-model"]
+
+
+def test_progress_observer_sees_updates_and_can_stop():
+    seen = []
+    with observe(lambda line: seen.append((line.desc, line.done))):
+        bar = Progress("demo", total=3, enabled=False)
+        bar.advance(1)
+        bar.advance(2)
+    assert seen == [("demo", 1.0), ("demo", 3.0)]
+    Progress("after", total=1, enabled=False).advance(1)  # outside the block: not observed
+    assert len(seen) == 2
+
+
+def test_token_html_escapes_and_carries_positions(default_model):
+    result = tjs.temperature_scope(default_model, "<b>x</b> & <script>alert(1)</script>", progress=False)
+    text = token_html(result)
+    assert "<script>" not in text and "<b>" not in text and "&lt;" in text
+    assert text.count("data-pos=") == result.n_tokens
+
+
+def test_write_downloads_are_the_library_files(default_model, tmp_path):
+    result = tjs.fisher_scope(default_model, PROMPT, progress=False)
+    paths = write_downloads(result, tmp_path)
+    assert {p.suffix for p in paths} >= {".html", ".json"}
+    assert tjs.load(next(p for p in paths if p.suffix == ".json")) == result
+
+
+# ---- the page in a real browser ------------------------------------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(default_model, tmp_path_factory):
+    if not HAVE_BROWSER:
+        assert not BROWSER_REQUIRED, "gradio, playwright and Chromium are required here (TJS_BROWSER_REQUIRED=1)"
+        pytest.skip("needs gradio, playwright and Chromium")
+    from tl_jacobian_scopes.app import build_app, launch
+
+    blocks = build_app(default_model, downloads=tmp_path_factory.mktemp("downloads"))
+    _, url, _ = launch(blocks, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    yield url
+    blocks.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        b.tjs_hosts = set()  # every host any page of the module asked for
+        yield b
+        b.close()
+    assert b.tjs_hosts <= {"127.0.0.1", "localhost"}, f"requests left the machine: {b.tjs_hosts}"
+
+
+def _open(browser, url):
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.on("request", lambda r: browser.tjs_hosts.add(urlparse(r.url).hostname or r.url.split(":")[0]))
+    page.goto(url)
+    page.wait_for_selector("#tjs-run")
+    return page
+
+
+def _shown(page):
+    """The explained position, the prediction and the token scores the page shows."""
+    position = int(page.get_attribute("#tjs-summary [data-position]", "data-position"))
+    scores = [float(s.get_attribute("data-score")) for s in page.query_selector_all("#tjs-tokens [data-pos]")]
+    return position, page.inner_text("#tjs-summary"), scores
+
+
+def _runs(page):
+    """How many results this page has shown (the message counts them)."""
+    counter = page.query_selector("#tjs-message [data-run]")
+    return int(counter.get_attribute("data-run")) if counter else 0
+
+
+def _wait_for_result(page, before, timeout=60_000):
+    page.wait_for_selector(f"#tjs-message [data-run='{before + 1}']", timeout=timeout)
+
+
+def _explain(page, prompt, scope):
+    page.fill("#tjs-prompt textarea", prompt)
+    page.check(f"#tjs-scope input[value='{scope}']")
+    before = _runs(page)
+    page.click("#tjs-run")
+    _wait_for_result(page, before)
+
+
+def _wait_for_message(page, text, timeout=60_000):
+    page.wait_for_function("t => document.querySelector('#tjs-message').innerText.toLowerCase().includes(t)",
+                           arg=text.lower(), timeout=timeout)
+
+
+@needs_browser
+def test_each_scope_click_internals_and_download(server, browser, default_model, tmp_path):
+    page = _open(browser, server)
+    started = time.monotonic()
+    for scope in ("fisher", "temperature", "semantic"):
+        _explain(page, PROMPT, scope)
+        expected = tjs.SCOPES[scope](default_model, PROMPT, progress=False)
+        position, summary, scores = _shown(page)
+        assert position == expected.position and repr(expected.predicted_str) in summary
+        assert f"p={expected.predicted_prob:.3f}" in summary
+        assert_scores_close(scores, expected.scores)
+    # Semantic with a target picked by typing it (the choices offer the top predictions).
+    page.click("#tjs-target input")
+    assert page.locator("[role='option']").filter(has_text="' Paris'").count() == 1
+    page.keyboard.press("Escape")
+    page.fill("#tjs-target input", " Paris")
+    page.fill("#tjs-contrast input", " London")
+    page.keyboard.press("Enter")
+    _explain(page, PROMPT, "semantic")
+    expected = tjs.semantic_scope(default_model, PROMPT, target=" Paris", contrast=" London", progress=False)
+    position, summary, scores = _shown(page)
+    assert "' Paris'" in summary and "' London'" in summary
+    assert_scores_close(scores, expected.scores)
+    # A click explains the prediction at that token (the top one there).
+    before = _runs(page)
+    page.click("#tjs-tokens [data-pos='3']")
+    _wait_for_result(page, before)
+    assert _shown(page)[0] == 3
+    at3 = tjs.semantic_scope(default_model, PROMPT, position=3, progress=False)
+    assert_scores_close(_shown(page)[2], at3.scores)
+    assert repr(at3.predicted_str) in _shown(page)[1]
+    # Internals: the library's layer × position and layer × head maps, in the sandboxed frame.
+    page.check("#tjs-internals input")
+    frame = page.frame_locator("#tjs-frame iframe")
+    frame.locator(".tjs-heatmap table").nth(1).wait_for(timeout=60_000)
+    n_layers = default_model.cfg.n_layers
+    assert frame.locator(".tjs-heatmap table").first.locator("tbody tr").count() == n_layers + 1
+    assert frame.locator(".tjs-heatmap table").nth(1).locator("tbody tr").count() == n_layers
+    # Downloads: the view at position 3 as the library writes it.
+    page.click("#tjs-files-button")
+    link = page.locator("#tjs-downloads a[download$='.html']")
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "view.html"
+    download.value.save_as(saved)
+    text = saved.read_text()
+    assert "Layer × position" in text and "var CircuitsVis" in text and "http://" not in text.split("<script>")[0]
+    json_link = page.locator("#tjs-downloads a[download$='.json']")
+    with page.expect_download() as download:
+        json_link.click()
+    download.value.save_as(tmp_path / "view.json")
+    loaded = tjs.load(tmp_path / "view.json")
+    assert loaded.position == 3 and loaded.has_internals
+    assert_scores_close(loaded.scores, at3.scores)
+    assert time.monotonic() - started < 60
+
+
+@needs_browser
+def test_bad_input_shows_its_message_and_the_next_request_works(server, browser, default_model):
+    page = _open(browser, server)
+    for prompt, scope, target, message in (
+        ("", "fisher", "", "The prompt is empty"),
+        (PROMPT, "semantic", " Paris is lovely", "single token"),
+        ("word " * 9000, "temperature", "", "context"),
+    ):
+        page.fill("#tjs-prompt textarea", prompt)
+        page.check(f"#tjs-scope input[value='{scope}']")
+        if scope == "semantic":
+            page.fill("#tjs-target input", target)
+            page.keyboard.press("Enter")
+        page.click("#tjs-run")
+        _wait_for_message(page, message)
+        assert page.query_selector("#tjs-message .tjs-error") and "Traceback" not in page.inner_text("#tjs-message")
+    _explain(page, PROMPT, "fisher")  # the semantic target left in its field does not apply to Fisher
+    assert_scores_close(_shown(page)[2], tjs.fisher_scope(default_model, PROMPT, progress=False).scores)
+
+
+@needs_browser
+def test_two_sessions_get_their_own_results(server, browser, default_model):
+    first, second = _open(browser, server), _open(browser, server)
+    prompts = {"fisher": "One, two, three, four,", "temperature": "The cat sat on the mat because it was"}
+    for page, (scope, prompt) in zip((first, second), prompts.items()):
+        page.fill("#tjs-prompt textarea", prompt)
+        page.check(f"#tjs-scope input[value='{scope}']")
+    first.click("#tjs-run")
+    second.click("#tjs-run")  # queued behind the first: one model, one request at a time
+    for page, (scope, prompt) in zip((first, second), prompts.items()):
+        _wait_for_result(page, 0)
+        expected = tjs.SCOPES[scope](default_model, prompt, progress=False)
+        position, summary, scores = _shown(page)
+        assert summary.startswith(scope) and position == expected.position
+        assert_scores_close(scores, expected.scores)
+
+
+@needs_browser
+def test_compare_and_time_series_tabs(server, browser, default_model):
+    page = _open(browser, server)
+    page.get_by_role("tab", name="Compare").click()
+    page.click("#tjs-compare-run")
+    frame = page.frame_locator("#tjs-compare-frame iframe")
+    frame.locator(".tjs-header").first.wait_for(timeout=60_000)
+    assert "Comparison" in frame.locator(".tjs-header").first.inner_text()
+    page.get_by_role("tab", name="Time series").click()
+    page.fill("#tjs-ts-n input", "20")
+    page.click("#tjs-ts-run")
+    page.wait_for_selector("#tjs-ts-message .tjs-msg", timeout=60_000)
+    text = page.inner_text("#tjs-ts-message")
+    from tl_jacobian_scopes import timeseries as ts
+
+    expected = ts.forecast_scope(default_model, ts.lorenz(n=20, seed=0), "temperature", progress=False)
+    assert f"mean {expected.forecast.mean:.4g}" in text
+    page.wait_for_selector("#tjs-ts-plot img", timeout=30_000)
