@@ -43,6 +43,11 @@ class Request:
     samples: int = 24
     seed: int = 0
 
+    @property
+    def full_trace(self) -> bool:
+        """Fisher's exact trace or its stochastic estimate: hundreds of probes per position."""
+        return self.scope == "fisher" and self.fisher_mode != "rank"
+
     def scope_kwargs(self) -> dict[str, Any]:
         """The scope's keyword arguments for all positions, checked as the command line checks them.
 
@@ -129,26 +134,33 @@ class Engine:
     def result(self, request: Request, position: Optional[int] = None, internals: bool = False,
                stop: Optional[threading.Event] = None,
                progress: Optional[Callable[[Progress], None]] = None) -> ScopeResult:
-        """The explanation at ``position`` (default: the last): a row of :meth:`matrix`, or
-        with ``internals`` its own call (layer, head, attention and MLP maps), cached."""
-        matrix = self.matrix(request, stop, progress)
-        last = len(matrix) - 1
-        pos = last if position is None else int(position)
-        if not 0 <= pos <= last:
-            raise OptionError(f"position {pos} is outside the prompt's {last + 1} tokens.")
-        if not internals:
-            return matrix[pos]
-        key = (request, pos)
+        """The explanation at ``position`` (default: the last), cached.
+
+        A row of :meth:`matrix`, except with ``internals`` (layer, head, attention and MLP
+        maps) or for the full-trace Fisher estimates (exact, stochastic), where explaining all
+        positions would cost the prompt's length times one position: those are computed for
+        the position asked for only.
+        """
+        kwargs = request.scope_kwargs()  # checks the request before anything runs
+        if request.full_trace:
+            n = int(self._run(stop, None, lambda model: self.n_tokens(model, request.prompt)))
+        else:
+            n = len(self.matrix(request, stop, progress))
+        pos = n - 1 if position is None else int(position)
+        if not 0 <= pos < n:
+            raise OptionError(f"position {pos} is outside the prompt's {n} tokens.")
+        if not internals and not request.full_trace:
+            return self.matrix(request)[pos]
+        key = (request, pos, internals)
         cached = self.singles.get(key)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        kwargs = request.scope_kwargs()
         kwargs.pop("positions")
-        if request.scope == "semantic" and pos != last:
+        if request.scope == "semantic" and pos != n - 1:
             kwargs.update(target=None, contrast=None)
 
         def body(model: Any) -> ScopeResult:
-            result = resolve_scope(request.scope)(model, request.prompt, position=pos, internals=True,
+            result = resolve_scope(request.scope)(model, request.prompt, position=pos, internals=internals,
                                                   progress=False, **kwargs)
             assert isinstance(result, ScopeResult)
             return result
