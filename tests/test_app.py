@@ -318,3 +318,55 @@ def test_compare_and_time_series_tabs(server, browser, default_model):
     expected = ts.forecast_scope(default_model, ts.lorenz(n=20, seed=0), "temperature", progress=False)
     assert f"mean {expected.forecast.mean:.4g}" in text
     page.wait_for_selector("#tjs-ts-plot img", timeout=30_000)
+
+
+@needs_browser
+def test_queue_progress_and_stop(server, browser, default_model):
+    """Exact Fisher (hundreds of probes) shows progress; a second tab waits in the queue; Stop ends
+    the computation, and the queued request runs next, on an unchanged model."""
+    page, other = _open(browser, server), _open(browser, server)
+    page.fill("#tjs-prompt textarea", PROMPT)
+    page.check("#tjs-scope input[value='fisher']")
+    page.check("#tjs-mode input[value='exact']")
+    page.click("#tjs-run")
+    page.wait_for_function("() => /Fisher Scope: /.test(document.body.innerText)", timeout=30_000)  # gr.Progress
+    other.fill("#tjs-prompt textarea", "One, two, three,")
+    other.check("#tjs-scope input[value='temperature']")
+    other.click("#tjs-run")
+    other.wait_for_function("() => /queue/i.test(document.body.innerText)", timeout=10_000)
+    started = time.monotonic()
+    page.click("#tjs-stop")
+    _wait_for_result(other, 0, timeout=30_000)  # an exact trace left running would take far longer
+    assert time.monotonic() - started < 30
+    expected = tjs.temperature_scope(default_model, "One, two, three,", progress=False)
+    assert_scores_close(_shown(other)[2], expected.scores)
+    assert hook_count(default_model) == 0
+    page.check("#tjs-mode input[value='rank']")
+    _explain(page, PROMPT, "fisher")  # the stopped tab works again
+    assert_scores_close(_shown(page)[2], tjs.fisher_scope(default_model, PROMPT, progress=False).scores)
+
+
+@needs_browser
+def test_model_load_failure_is_shown_in_the_page(browser):
+    from tl_jacobian_scopes.app import build_app, launch
+
+    calls = []
+
+    def loader(name, device=None):
+        calls.append(name)
+        raise tjs.ModelLoadError(f"Could not load model {name!r}: check that it is a TransformerLens model name.")
+
+    blocks = build_app(model_name="no-such-model", loader=loader)
+    _, url, _ = launch(blocks, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        page = _open(browser, url)
+        for attempt in (1, 2):  # the page keeps working: every request retries and says what to fix
+            page.click("#tjs-run")
+            _wait_for_message(page, "could not load model 'no-such-model'")
+            deadline = time.monotonic() + 20
+            while len(calls) < attempt + 1 and time.monotonic() < deadline:  # + the start-up preload
+                time.sleep(0.1)
+            assert len(calls) == attempt + 1
+        assert page.query_selector("#tjs-message .tjs-error") and "Traceback" not in page.inner_text("#tjs-message")
+    finally:
+        blocks.close()
