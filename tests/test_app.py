@@ -55,6 +55,14 @@ def test_engine_rows_are_the_library_results(default_model):
     at2 = engine.result(request, position=2)
     assert_scores_close(at2.scores, tjs.semantic_scope(default_model, PROMPT, position=2, progress=False).scores)
     assert engine.result(request, position=2) is at2  # cached: a click is a lookup
+    # Every position in a few positions= calls: the same rows as one call each.
+    fisher = Request(PROMPT, "fisher")
+    seen = []
+    n = engine.precompute(fisher, progress=lambda done, total: seen.append((done, total)), chunk=4)
+    assert n == direct.n_tokens and seen[-1] == (n, n) and len(seen) == 2
+    for p in (1, n - 1):
+        assert_scores_close(engine.cached(fisher, p).scores,
+                            tjs.fisher_scope(default_model, PROMPT, position=p, progress=False).scores)
     with_internals = engine.result(request, internals=True)
     assert with_internals.has_internals and with_internals.target_str == " Paris"
     predictions = engine.top_predictions(PROMPT)

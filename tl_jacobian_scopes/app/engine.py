@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -16,7 +17,6 @@ from ..cli import _scope_kwargs
 from ..errors import OptionError, PromptError
 from ..models.access import ModelAccess
 from ..progress import Progress, observe
-from ..results.scope_matrix import ScopeMatrix
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
 from .state import ModelSlot, ResultCache, Stopped
@@ -76,23 +76,18 @@ class Request:
         return kwargs
 
 
-def _per_position(value: Optional[str], n_tokens: int) -> Optional[list[Optional[str]]]:
-    """A target given for the last position: the top prediction everywhere else."""
-    return None if value is None else [None] * (n_tokens - 1) + [value]
-
-
 class Engine:
     """The model, the caches and the computations behind the page.
 
     Example:
         >>> engine = Engine(ModelSlot(model=model))  # doctest: +SKIP
-        >>> matrix = engine.matrix(Request("The capital of France is", "fisher"))  # doctest: +SKIP
+        >>> last = engine.result(Request("The capital of France is", "fisher"))  # doctest: +SKIP
+        >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups  # doctest: +SKIP
     """
 
     def __init__(self, slot: ModelSlot, cache_size: int = 32):
         self.slot = slot
-        self.matrices = ResultCache(cache_size)  # positions="all", one per request
-        self.singles = ResultCache(4 * cache_size)  # with internals, per request and position
+        self.rows = ResultCache(128 * cache_size)  # per (request, position, internals)
         self.predictions = ResultCache(cache_size)
 
     def _run(self, stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]],
@@ -113,59 +108,72 @@ class Engine:
     def n_tokens(self, model: Any, prompt: str) -> int:
         return int(ModelAccess(model).to_tokens(prompt, prepend_bos=None).shape[-1])
 
-    def matrix(self, request: Request, stop: Optional[threading.Event] = None,
-               progress: Optional[Callable[[Progress], None]] = None) -> ScopeMatrix:
-        """Every position of the prompt explained in one call (cached): clicks are lookups."""
-        cached = self.matrices.get(request)
-        if cached is not None:
-            return cached  # type: ignore[no-any-return]
+    def cached(self, request: Request, position: int, internals: bool = False) -> Optional[ScopeResult]:
+        """The result at ``position`` if it was computed already (a click on a ready page)."""
+        return self.rows.get((request, position, internals))  # type: ignore[no-any-return]
+
+    def _call(self, request: Request, positions: list[int], n: int, internals: bool,
+              stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]]) -> list[ScopeResult]:
+        """One library call for ``positions`` (one of them: ``position=``; several: ``positions=``)."""
         kwargs = request.scope_kwargs()
+        kwargs.pop("positions")
+        if request.scope == "semantic":  # the target given applies to the last position only
+            targets = [(request.target, request.contrast) if p == n - 1 else (None, None) for p in positions]
+            kwargs.update(target=[t for t, _ in targets], contrast=[c for _, c in targets])
+            if len(positions) == 1:
+                kwargs.update(target=targets[0][0], contrast=targets[0][1])
+        if len(positions) == 1:
+            kwargs["position"] = positions[0]
+        else:
+            kwargs["positions"] = positions
 
-        def body(model: Any) -> ScopeMatrix:
-            if request.scope == "semantic":
-                n = self.n_tokens(model, request.prompt)
-                kwargs.update(target=_per_position(request.target, n), contrast=_per_position(request.contrast, n))
-            result = resolve_scope(request.scope)(model, request.prompt, progress=False, **kwargs)
-            assert isinstance(result, ScopeMatrix)
-            return result
+        def body(model: Any) -> list[ScopeResult]:
+            out = resolve_scope(request.scope)(model, request.prompt, internals=internals, progress=False, **kwargs)
+            return [out] if isinstance(out, ScopeResult) else list(out)
 
-        return self.matrices.put(request, self._run(stop, progress, body))  # type: ignore[no-any-return]
+        results: list[ScopeResult] = self._run(stop, progress, body)
+        for p, r in zip(positions, results):
+            self.rows.put((request, p, internals), r)
+        return results
+
+    def size(self, request: Request, stop: Optional[threading.Event] = None) -> int:
+        """The prompt's length in tokens (BOS included), checking the request first."""
+        request.scope_kwargs()
+        return int(self._run(stop, None, lambda model: self.n_tokens(model, request.prompt)))
 
     def result(self, request: Request, position: Optional[int] = None, internals: bool = False,
                stop: Optional[threading.Event] = None,
                progress: Optional[Callable[[Progress], None]] = None) -> ScopeResult:
-        """The explanation at ``position`` (default: the last), cached.
+        """The explanation at ``position`` (default: the last): computed once, then cached.
 
-        A row of :meth:`matrix`, except with ``internals`` (layer, head, attention and MLP
-        maps) or for the full-trace Fisher estimates (exact, stochastic), where explaining all
-        positions would cost the prompt's length times one position: those are computed for
-        the position asked for only.
+        Raises:
+            ScopeError: Bad input (the library's message), or ``position`` outside the prompt.
         """
-        kwargs = request.scope_kwargs()  # checks the request before anything runs
-        if request.full_trace:
-            n = int(self._run(stop, None, lambda model: self.n_tokens(model, request.prompt)))
-        else:
-            n = len(self.matrix(request, stop, progress))
+        n = self.size(request, stop)
         pos = n - 1 if position is None else int(position)
         if not 0 <= pos < n:
             raise OptionError(f"position {pos} is outside the prompt's {n} tokens.")
-        if not internals and not request.full_trace:
-            return self.matrix(request)[pos]
-        key = (request, pos, internals)
-        cached = self.singles.get(key)
+        cached = self.cached(request, pos, internals)
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
-        kwargs.pop("positions")
-        if request.scope == "semantic" and pos != n - 1:
-            kwargs.update(target=None, contrast=None)
+            return cached
+        return self._call(request, [pos], n, internals, stop, progress)[0]
 
-        def body(model: Any) -> ScopeResult:
-            result = resolve_scope(request.scope)(model, request.prompt, position=pos, internals=internals,
-                                                  progress=False, **kwargs)
-            assert isinstance(result, ScopeResult)
-            return result
-
-        return self.singles.put(key, self._run(stop, progress, body))  # type: ignore[no-any-return]
+    def precompute(self, request: Request, stop: Optional[threading.Event] = None,
+                   progress: Optional[Callable[[int, int], None]] = None, chunk: int = 16) -> int:
+        """Explain every position not explained yet (``positions=`` calls of ``chunk``
+        positions, so a click waits at most one chunk for the model), so that clicks are
+        lookups. Fisher's full-trace estimates (exact, stochastic) are left to clicks: they
+        cost hundreds of probes per position. Returns the number of positions ready."""
+        n = self.size(request, stop)
+        if request.full_trace:
+            return sum(self.cached(request, p) is not None for p in range(n))
+        todo = [p for p in range(n) if self.cached(request, p) is None]
+        for start in range(0, len(todo), chunk):
+            self._call(request, todo[start:start + chunk], n, False, stop, None)
+            if progress is not None:
+                progress(n - len(todo) + min(start + chunk, len(todo)), n)
+            time.sleep(0.01)  # let a waiting click take the model between chunks
+        return n
 
     def top_predictions(self, prompt: str, k: int = 8) -> list[tuple[str, float]]:
         """The ``k`` most probable next tokens after ``prompt`` (for the target choices)."""

@@ -156,6 +156,24 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         except Exception as exc:
             return _failure(exc), gr.skip(), gr.skip()
 
+    def precompute(state: Optional[dict[str, Any]], request: GrRequest, progress: Any = gr.Progress()) -> Any:
+        """After a result: explain every other position too, so that clicks are lookups."""
+        if not state:
+            return gr.skip()
+        req = state["request"]
+        try:
+            def update(done: int, total: int) -> None:
+                progress((done, total), desc="explaining every position", unit="positions")
+
+            ready = engine.precompute(req, stops.current(request.session_hash or ""), update)
+            if req.full_trace:
+                return message_html(f"Fisher's {req.fisher_mode} estimate is computed per position: "
+                                    "a click on a token computes that one (with progress; Stop cancels).")
+            return (f'<div class="tjs-msg tjs-info" data-ready="{ready}">All {ready} positions explained: '
+                    "clicking a token shows its explanation at once.</div>")
+        except Exception as exc:
+            return _failure(exc)
+
     def stop_session(request: GrRequest) -> str:
         stops.stop(request.session_hash or "")
         return message_html("Stopping…")
@@ -185,6 +203,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                 stop = gr.Button("Stop", variant="stop", elem_id="tjs-stop")
                 prepare = gr.Button("Files for this view (HTML, PNG, JSON)", elem_id="tjs-files-button")
             message = gr.HTML("", elem_id="tjs-message", js_on_load=None)
+            ready = gr.HTML("", elem_id="tjs-ready", js_on_load=None)
             tokens = gr.HTML("", elem_id="tjs-tokens", js_on_load=CLICK_JS)
             summary = gr.HTML("", elem_id="tjs-summary", js_on_load=None)
             top = gr.Dataframe(headers=["position", "token", "score"], label="Most influential tokens",
@@ -218,9 +237,12 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         outputs = [message, tokens, summary, top, frame, state, target]
         queue = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         inputs = [prompt, scope, target, contrast, mode, rank, samples, seed]
+        background = dict(concurrency_id=MODEL_QUEUE + "-background", concurrency_limit=1)
+        explained = [run.click(explain, inputs + [internals, state], outputs, **queue),
+                     prompt.submit(explain, inputs + [internals, state], outputs, **queue)]
         runs = [
-            run.click(explain, inputs + [internals, state], outputs, **queue),
-            prompt.submit(explain, inputs + [internals, state], outputs, **queue),
+            *explained,
+            *[e.success(precompute, state, ready, **background) for e in explained],
             tokens.click(click, [state, internals], outputs, **queue),
             internals.input(toggle_internals, [state, internals], outputs, **queue),
             compare_run.click(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],

@@ -117,6 +117,11 @@ class StopSwitches:
             event = self._events[session] = threading.Event()
             return event
 
+    def current(self, session: str) -> threading.Event:
+        """The switch of ``session``'s latest request (a new one if there is none)."""
+        with self._guard:
+            return self._events.setdefault(session, threading.Event())
+
     def stop(self, session: str) -> None:
         with self._guard:
             event = self._events.get(session)
