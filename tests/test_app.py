@@ -140,6 +140,22 @@ def test_write_downloads_are_the_library_files(default_model, tmp_path):
     assert tjs.load(next(p for p in paths if p.suffix == ".json")) == result
 
 
+def test_cli_app_binds_localhost_by_default(default_model, monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    import tl_jacobian_scopes.app as app
+    from tl_jacobian_scopes.cli import main
+
+    launched = []
+    monkeypatch.setattr(app, "launch", lambda blocks, host, port: launched.append((host, port)))
+    assert main(["app"], model=default_model) == 0
+    assert main(["app", "--host", "0.0.0.0", "--port", "8000"], model=default_model) == 0
+    assert launched == [("127.0.0.1", 7860), ("0.0.0.0", 8000)]
+    assert main(["app", "--port", "0"], model=default_model) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+    assert main(["--scope", "temperature", "--", "app"], model=default_model) == 0  # the prompt "app"
+    assert "'app'" in capsys.readouterr().out
+
+
 # ---- the page in a real browser ------------------------------------------------------------------------
 
 
@@ -151,15 +167,33 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def server(default_model, tmp_path_factory):
+    """The app on the embedded model, with every outgoing connection of this process recorded:
+    the server side must not call out either (no analytics, no version check)."""
     if not HAVE_BROWSER:
         assert not BROWSER_REQUIRED, "gradio, playwright and Chromium are required here (TJS_BROWSER_REQUIRED=1)"
         pytest.skip("needs gradio, playwright and Chromium")
     from tl_jacobian_scopes.app import build_app, launch
 
-    blocks = build_app(default_model, downloads=tmp_path_factory.mktemp("downloads"))
-    _, url, _ = launch(blocks, port=_free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
-    blocks.close()
+    contacted = []
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def record(method):
+        def wrapper(sock, address):
+            contacted.append(address)
+            return method(sock, address)
+        return wrapper
+
+    socket.socket.connect, socket.socket.connect_ex = record(connect), record(connect_ex)
+    try:
+        blocks = build_app(default_model, downloads=tmp_path_factory.mktemp("downloads"))
+        _, url, _ = launch(blocks, port=_free_port(), prevent_thread_lock=True, quiet=True)
+        yield url
+        blocks.close()
+    finally:
+        socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+    outside = [a for a in contacted if not (isinstance(a, tuple) and a[0] in ("127.0.0.1", "::1", "localhost"))
+               and not isinstance(a, (str, bytes))]  # str/bytes: Unix sockets
+    assert not outside, f"the app's server connected to {outside}"
 
 
 @pytest.fixture(scope="module")
@@ -317,13 +351,13 @@ def test_compare_and_time_series_tabs(server, browser, default_model):
     frame.locator(".tjs-header").first.wait_for(timeout=60_000)
     assert "Comparison" in frame.locator(".tjs-header").first.inner_text()
     page.get_by_role("tab", name="Time series").click()
-    page.fill("#tjs-ts-n input", "20")
+    page.fill("#tjs-ts-n input", "12")
     page.click("#tjs-ts-run")
     page.wait_for_selector("#tjs-ts-message .tjs-msg", timeout=60_000)
     text = page.inner_text("#tjs-ts-message")
     from tl_jacobian_scopes import timeseries as ts
 
-    expected = ts.forecast_scope(default_model, ts.lorenz(n=20, seed=0), "temperature", progress=False)
+    expected = ts.forecast_scope(default_model, ts.lorenz(n=12, seed=0), "temperature", progress=False)
     assert f"mean {expected.forecast.mean:.4g}" in text
     page.wait_for_selector("#tjs-ts-plot img", timeout=30_000)
 

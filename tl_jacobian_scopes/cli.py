@@ -1,7 +1,7 @@
 """Command line: ``tl-jacobian-scopes "The capital of France is" --scope fisher``.
 
 ``tl-jacobian-scopes app [--model NAME] [--port 7860] [--host 127.0.0.1]`` starts the
-interactive web app instead (to explain the prompt "app" itself, write ``-- app``).
+interactive web app instead (to explain the prompt "app" itself, end the options with ``--``: ``--scope fisher -- app``).
 
 Prints the prediction being explained and every prompt token with its score and a bar;
 ``--json PATH`` writes the full result.
