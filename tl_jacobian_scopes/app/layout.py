@@ -91,14 +91,10 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
 
     def click(state: Optional[dict[str, Any]], internals: bool, evt: GrEvent, request: GrRequest,
               progress: Any = gr.Progress()) -> list[Any]:
-        stop = stops.arm(request.session_hash or "")
         position = getattr(evt, "position", None) if evt is not None else None
         if not state or position is None:
             return [message_html("Run an explanation first, then click a token.")] + [gr.skip()] * (n_out - 1)
-        try:
-            return show(state["request"], int(position), internals, stop, progress, state["runs"]) + [gr.skip()]
-        except Exception as exc:
-            return [_failure(exc)] + [gr.skip()] * (n_out - 1)
+        return click_at(state, int(position), internals, request, progress)
 
     def toggle_internals(state: Optional[dict[str, Any]], internals: bool, request: GrRequest,
                          progress: Any = gr.Progress()) -> list[Any]:
@@ -120,7 +116,8 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         try:
             result = engine.result(state["request"], state["position"], internals)
             sub = folder / (request.session_hash or "session")
-            return [str(p) for p in write_downloads(result, sub)], message_html("Files ready below.")
+            paths = [str(p) for p in write_downloads(result, sub)]
+            return paths, message_html(f"Files for position {result.position} ready below.", run=state["runs"])
         except Exception as exc:
             return gr.skip(), _failure(exc)
 
