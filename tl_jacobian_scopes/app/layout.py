@@ -227,7 +227,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             ts_message = gr.HTML("", elem_id="tjs-ts-message", js_on_load=None)
             ts_frame = gr.HTML("", elem_id="tjs-ts-frame", js_on_load=None)
             ts_plot = gr.Image(label="Influence over the series and the forecast distribution", type="filepath",
-                               elem_id="tjs-ts-plot")
+                               elem_id="tjs-ts-plot", buttons=["download", "fullscreen"])  # no "share" (uploads)
 
         scope.change(lambda s: (gr.update(visible=s == "semantic"), gr.update(visible=s == "fisher")),
                      scope, [semantic_row, fisher_row], queue=False)
