@@ -1,5 +1,8 @@
 """Command line: ``tl-jacobian-scopes "The capital of France is" --scope fisher``.
 
+``tl-jacobian-scopes app [--model NAME] [--port 7860] [--host 127.0.0.1]`` starts the
+interactive web app instead (to explain the prompt "app" itself, end the options with ``--``: ``--scope fisher -- app``).
+
 Prints the prediction being explained and every prompt token with its score and a bar;
 ``--json PATH`` writes the full result.
 
@@ -221,8 +224,42 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
         model: An already loaded model to use instead of loading ``--model`` (for tests and
             notebooks; ``--model``, ``--device`` and ``--backend`` are then ignored).
     """
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["app"]:
+        app_args = _app_parser().parse_args(arguments[1:])
+        return report_errors(lambda: _app_main(app_args, model), interrupted="app stopped")
+    args = _parser().parse_args(arguments)
     return report_errors(lambda: _main(args, model))
+
+
+def _app_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tl-jacobian-scopes app",
+        description="A local web app (Gradio) to explore Jacobian Scopes interactively; works offline.",
+    )
+    parser.add_argument("--model", help="a TransformerLens model name (needs the hub; default: embedded SmolLM2)")
+    parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    return parser
+
+
+def _app_main(args: argparse.Namespace, model: Any) -> int:
+    from .models.loading import check_backend, check_device, load_model
+
+    if not 0 < args.port < 65536:
+        raise OptionError(f"--port must be between 1 and 65535, got {args.port}.")
+    check_backend(args.backend)
+    check_device(args.device)
+    from .app import build_app, launch  # MissingPackageError names the extra to install
+
+    blocks = build_app(model, args.model, args.device,
+                       loader=lambda name, device: load_model(name, device=device, backend=args.backend))
+    print(f"Jacobian Scopes app on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    launch(blocks, host=args.host, port=args.port)
+    return 0
 
 
 def report_errors(body: Callable[[], int], interrupted: str = "interrupted") -> int:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 #: Seconds of work before a line appears (``progress=None``).
 DELAY = 2.0
@@ -42,6 +43,29 @@ DELAY = 2.0
 MIN_INTERVAL = 0.2
 
 _active = threading.local()
+_observer = threading.local()
+
+
+@contextlib.contextmanager
+def observe(callback: Callable[["Progress"], None]) -> Iterator[None]:
+    """Call ``callback(line)`` on every progress update made in this thread inside the block.
+
+    For front ends with their own progress display (the Gradio app). The callback may raise
+    to stop the work: the call then ends as after any error (model restored, line "stopped").
+
+    Example:
+        >>> seen = []
+        >>> with observe(lambda line: seen.append(line.done)):
+        ...     Progress("demo", total=2, enabled=False).advance(1)
+        >>> seen
+        [1.0]
+    """
+    previous = getattr(_observer, "callback", None)
+    _observer.callback = callback
+    try:
+        yield
+    finally:
+        _observer.callback = previous
 
 
 def disabled_by_environment() -> bool:
@@ -109,6 +133,9 @@ class Progress:
         """Set the amount of work done (clipped to ``total``) and redraw if due."""
         self.done = min(float(done), self.total)
         self._draw(final=False)
+        callback = getattr(_observer, "callback", None)
+        if callback is not None:
+            callback(self)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

@@ -1,0 +1,82 @@
+"""An interactive web app (Gradio, offline): type a prompt, pick a scope, see the tokens
+coloured by influence; click a token to explain the prediction there; internals, a
+side-by-side comparison, time series, downloads. ``pip install "tl_jacobian_scopes[app]"``.
+
+Run it with ``tl-jacobian-scopes app`` (binds 127.0.0.1:7860), or from Python:
+
+Example:
+    >>> from tl_jacobian_scopes.app import build_app, launch
+    >>> demo = build_app(model)  # doctest: +SKIP  (an already loaded model, or model_name=...)
+    >>> launch(demo)  # doctest: +SKIP
+
+Privacy: Gradio's analytics and the hub's telemetry are switched off (unless the user's
+environment already decides), the theme uses the system's fonts (no font CDN), and the
+views inline their JavaScript: the page makes no request beyond the app's own server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+# Before gradio is imported anywhere: no usage reports, no version checks, no hub telemetry.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from ..errors import MissingPackageError  # noqa: E402
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
+
+
+def _gradio() -> Any:
+    try:
+        import gradio
+    except ImportError as exc:
+        raise MissingPackageError('The app needs Gradio: pip install "tl_jacobian_scopes[app]"') from exc
+    return gradio
+
+
+def build_app(model: Any = None, model_name: Optional[str] = None, device: Optional[str] = None,
+              downloads: Optional[Path] = None, loader: Optional[Callable[..., Any]] = None) -> Any:
+    """The app's ``gradio.Blocks``, around an already loaded ``model`` or one loaded by name on
+    the first request (a load failure is shown in the page, and retried on the next request).
+
+    Args:
+        model: A loaded TransformerLens model (then ``model_name`` and ``device`` are ignored).
+        model_name: A TransformerLens model name (default: the embedded SmolLM2-135M-Instruct).
+        device: Where to load it (default: cuda when available).
+        downloads: Folder for the files the page offers (default: a new temporary folder).
+        loader: ``loader(name, device=...)`` loads the model (default: :func:`load_model`);
+            it starts at once in the background, and the first request waits for it.
+
+    Raises:
+        MissingPackageError: Gradio is not installed.
+    """
+    _gradio()
+    from .engine import Engine
+    from .layout import build_blocks
+    from .state import ModelSlot
+
+    slot = ModelSlot(model, model_name, device, loader)
+    slot.preload()
+    return build_blocks(Engine(slot), downloads)
+
+
+def theme() -> Any:
+    """Gradio's default look with the system's fonts (the stock theme fetches Google Fonts)."""
+    gr = _gradio()
+    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def launch(blocks: Any, host: str = DEFAULT_HOST, port: Optional[int] = DEFAULT_PORT, **kwargs: Any) -> Any:
+    """Serve ``blocks`` on ``host:port`` (127.0.0.1 by default: this machine only), queued,
+    with no share link, no server-side rendering and no MCP server."""
+    options: dict[str, Any] = dict(server_name=host, server_port=port, share=False, ssr_mode=False,
+                                   mcp_server=False, theme=theme(), footer_links=[], show_error=False)
+    options.update(kwargs)
+    return blocks.queue(default_concurrency_limit=1).launch(**options)
+
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_app", "launch", "theme"]

@@ -1,0 +1,94 @@
+"""The app's own HTML: clickable coloured tokens, the summary line, messages, and the
+library's views framed in a sandboxed iframe. Every string from data is escaped."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Optional
+
+from ..results.scope_result import ScopeResult
+from ..views.html import SCOPE_COLORS, ScopeView
+
+#: Runs once in the page (Gradio's ``js_on_load``): a click on a token sends its position.
+CLICK_JS = (
+    "element.addEventListener('click', function (e) {"
+    " var t = e.target.closest('[data-pos]');"
+    " if (t) { trigger('click', {position: parseInt(t.getAttribute('data-pos'), 10)}); } });"
+)
+
+TOKEN_CSS = """
+.tjs-tokens{font-family:ui-monospace,monospace;font-size:14px;line-height:1.9;white-space:pre-wrap}
+.tjs-tok{cursor:pointer;border-radius:3px;padding:1px 0;border:1px solid transparent}
+.tjs-tok:hover{border-color:#888}
+.tjs-tok.tjs-explained{outline:2px solid #000;outline-offset:1px}
+.tjs-msg{padding:8px 12px;border-radius:4px}
+.tjs-error{background:#fdecea;color:#7a1c15;border-left:4px solid #c0392b}
+.tjs-info{background:#eef5fb;border-left:4px solid #1f77b4}
+"""
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def _visible(token: str) -> str:
+    """A token as shown in a line of text: line breaks and tabs made visible."""
+    return token.replace("\n", "↵").replace("\t", "⇥")
+
+
+def token_html(result: ScopeResult) -> str:
+    """The prompt's tokens coloured by score (each scope in its own colour, scaled to the
+    maximum), the explained position outlined; each token carries its position for clicks."""
+    r, g, b = _rgb(SCOPE_COLORS.get(result.scope, "#444444"))
+    scores = result.scores.detach().float().cpu().tolist()
+    peak = max((s for s in scores if s == s), default=0.0) or 1.0
+    spans = []
+    for i, (token, score) in enumerate(zip(result.str_tokens, scores)):
+        alpha = max(0.0, min(1.0, score / peak)) if score == score else 0.0
+        cls = "tjs-tok tjs-explained" if i == result.position else "tjs-tok"
+        title = f"{i}: {token!r} score {score:.4g}"
+        spans.append(
+            f'<span class="{cls}" data-pos="{i}" data-score="{score:.6g}" title="{html.escape(title)}" '
+            f'style="background:rgba({r},{g},{b},{alpha:.3f})">{html.escape(_visible(token))}</span>'
+        )
+    return f'<div class="tjs-tokens" data-scope="{html.escape(result.scope)}">{"".join(spans)}</div>'
+
+
+def summary_html(result: ScopeResult) -> str:
+    """The explained position, the top prediction and its probability (and the target's)."""
+    r = result
+    text = (f"<b>{html.escape(r.scope)}</b> scope · position {r.position} "
+            f"({html.escape(repr(r.str_tokens[r.position]))}) → top prediction "
+            f'<b class="tjs-pred">{html.escape(repr(r.predicted_str))}</b> '
+            f'p=<span class="tjs-prob">{r.predicted_prob:.3f}</span>')
+    if r.scope == "semantic":
+        text += f" · target <b>{html.escape(repr(r.target_str))}</b> p={r.target_prob:.3f}"
+        if r.contrast_str is not None:
+            text += f" vs <b>{html.escape(repr(r.contrast_str))}</b> p={r.contrast_prob:.3f}"
+    return f'<div class="tjs-msg tjs-info" data-position="{r.position}">{text} · click a token to explain it</div>'
+
+
+def message_html(text: str, error: bool = False, run: Optional[int] = None) -> str:
+    """A message line (errors in red); ``text`` is plain text; ``run`` counts a session's results."""
+    kind = "tjs-error" if error else "tjs-info"
+    counter = "" if run is None else f' data-run="{int(run)}"'
+    return f'<div class="tjs-msg {kind}" role="{"alert" if error else "status"}"{counter}>{html.escape(text)}</div>'
+
+
+def frame_html(view: ScopeView, height: int = 420) -> str:
+    """A library view (CircuitsVis inlined, no CDN) in a sandboxed iframe: its scripts run in
+    the frame only, with no access to the app's page."""
+    return (f'<iframe class="tjs-frame" sandbox="allow-scripts" title="{html.escape(view.title)}" '
+            f'style="width:100%;height:{int(height)}px;border:1px solid #ddd;resize:vertical" '
+            f'srcdoc="{html.escape(view.to_html(), quote=True)}"></iframe>')
+
+
+def table_rows(rows: list[Any], columns: int) -> list[list[Any]]:
+    """Rows for a gr.Dataframe (an empty table keeps its column count)."""
+    return rows if rows else [[""] * columns]
+
+
+def none_if_blank(value: Optional[str]) -> Optional[str]:
+    """A dropdown's free text: '' and None mean "not given"; anything else is kept verbatim
+    (a leading space is part of a token such as ' Paris')."""
+    return None if value is None or value == "" else value

@@ -1,0 +1,129 @@
+"""What the app keeps between requests: the model (loaded once, used by one request at a
+time), the cached scope computations, and each browser session's stop switch."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Callable, Hashable, Optional
+
+from ..errors import ModelLoadError, ScopeError
+from ..models.access import model_lock
+
+
+class Stopped(Exception):
+    """The user pressed Stop: raised from a progress update to end the computation."""
+
+
+class ModelSlot:
+    """The app's model: given already loaded, or loaded by name on first use.
+
+    A failed load is reported (its :class:`ScopeError` message) on every request and retried
+    on the next one, so the page keeps working and says what to fix.
+
+    Example:
+        >>> slot = ModelSlot(model=my_model)  # doctest: +SKIP
+        >>> with slot.use() as model: ...  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Any = None, name: Optional[str] = None, device: Optional[str] = None,
+                 loader: Optional[Callable[..., Any]] = None):
+        self._model = model
+        self.name = name
+        self.device = device
+        self._loader = loader
+        self._load_guard = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        """The model's name for the page (before loading: the name asked for)."""
+        if self._model is not None:
+            cfg = getattr(self._model, "cfg", None)
+            return str(getattr(cfg, "model_name", None) or self.name or "model")
+        return self.name or "embedded SmolLM2-135M-Instruct"
+
+    def get(self) -> Any:
+        """The model, loading it now if needed.
+
+        Raises:
+            ModelLoadError: It cannot be loaded (the message names the fix).
+        """
+        with self._load_guard:
+            if self._model is None:
+                from ..models.loading import load_model
+
+                loader = self._loader or load_model
+                try:
+                    self._model = loader(self.name, device=self.device)
+                except ScopeError:
+                    raise
+                except Exception as exc:  # a foreign failure still becomes a message, not a traceback
+                    raise ModelLoadError(f"Could not load model {self.name!r} ({type(exc).__name__}: {exc}).") from exc
+            return self._model
+
+    def preload(self) -> None:
+        """Start loading the model in the background (a failure is reported by the next :meth:`get`)."""
+        if self._model is not None:
+            return
+
+        def load() -> None:
+            try:
+                self.get()
+            except Exception:
+                pass  # get() raises it again, with its message, for the next request
+
+        threading.Thread(target=load, name="tjs-app-model-load", daemon=True).start()
+
+    def lock(self) -> Any:
+        """The library's per-model lock (scope calls on one model never overlap)."""
+        return model_lock(self.get())
+
+
+class ResultCache:
+    """Least-recently-used results by key (prompt + options), shared by all sessions:
+    the same key always means the same computation, so sharing is safe."""
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self._items: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._guard:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        with self._guard:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return value
+
+
+class StopSwitches:
+    """One stop switch per browser session (Gradio's session hash)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._guard = threading.Lock()
+
+    def arm(self, session: str) -> threading.Event:
+        """A fresh switch for a new request of ``session``."""
+        with self._guard:
+            event = self._events[session] = threading.Event()
+            return event
+
+    def current(self, session: str) -> threading.Event:
+        """The switch of ``session``'s latest request (a new one if there is none)."""
+        with self._guard:
+            return self._events.setdefault(session, threading.Event())
+
+    def stop(self, session: str) -> None:
+        with self._guard:
+            event = self._events.get(session)
+        if event is not None:
+            event.set()
