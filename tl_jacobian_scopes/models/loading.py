@@ -396,8 +396,10 @@ def load_model(
         from transformer_lens.model_bridge import TransformerBridge
 
         if first is not None or device_map is not None:
+            # A plain dict (or strategy name): TL 3.9 annotates device_map as dict[str, str | int].
+            mapping: Any = dict(device_map) if isinstance(device_map, Mapping) else device_map
             return TransformerBridge.boot_transformers(name, n_devices=n if first is not None else None,
-                                                       device_map=device_map)
+                                                       device_map=mapping)
         return TransformerBridge.boot_transformers(name, device=device)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         # Unknown names, unsupported architectures and no hub access all end here.
