@@ -81,3 +81,18 @@ def test_the_cli_reports_a_run_wide_target_of_two_tokens_once_and_writes_no_reco
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "2 tokens" in err and "\n" not in err, err
     assert not (tmp_path / "out" / "set.jsonl").exists()
+
+
+def test_the_faithfulness_runner_refuses_an_out_folder_holding_its_data_file(tiny, tmp_path, capsys):
+    """Its records file ``<out>/<stem>.jsonl`` is the data file too: the error told the user to
+    delete it (or to "adopt" it, which rewrites it)."""
+    from tl_jacobian_scopes.evaluation import faithfulness
+
+    data = _data(tmp_path / "set.jsonl", [{"text": "the cat sat on the mat and the dog ran to the big red house"}])
+    before = data.read_bytes()
+    with pytest.raises(tjs.OutputPathError, match="another --out") as info:
+        faithfulness.run(tiny, data, tmp_path, n=1, methods=["semantic"], ig_steps=2)
+    assert "delete" not in str(info.value)
+    assert faithfulness.main([str(data), "--out", str(tmp_path), "--methods", "semantic"], model=tiny) == 2
+    assert "another --out" in capsys.readouterr().err
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["set.jsonl"]
