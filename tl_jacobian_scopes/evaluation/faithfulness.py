@@ -39,6 +39,7 @@ from ..models.access import ModelAccess
 from ..models.inputs import prepare_tokens
 from ..scopes.api import SCOPES, jacobian_scope
 from ..sweep.distributed import environment_ranks, local_device, process_group
+from ..sweep.jobs import output_layout
 from ..sweep.prompts import read_prompts
 from ..sweep.records import Layout, StrictCheck, model_params
 from ..sweep.records import record_key as sweep_record_key
@@ -361,15 +362,13 @@ def run(
             another data file or other settings; or no text could be evaluated.
         OutputPathError: ``out_dir`` (or the summary in it) cannot be written.
     """
-    from ..cli import check_output_dir
-
     methods = check_methods(methods)
     _check_n(n)
     _check_ig_steps(ig_steps)
     _check_seed(seed)
     data = Path(data)
     texts = read_texts(data)
-    out_dir = check_output_dir(out_dir, "--out")
+    out_dir = output_layout(data, out_dir).folder  # refuses the folder holding data (the records' name)
     stem = data.stem
     records_path = out_dir / f"{stem}.jsonl"
     params = run_params(model, methods, ig_steps, seed)
@@ -452,7 +451,6 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
 
 
 def _main(args: argparse.Namespace, model: Any) -> int:
-    from ..cli import check_output_dir
     from ..models.loading import check_device, load_model
 
     # Every input is checked before the model is loaded.
@@ -470,7 +468,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
                 "rename one, or run them with different --out folders."
             )
         stems[stem] = data
-    check_output_dir(args.out, "--out")
+        output_layout(Path(data), args.out)
     if model is None:
         check_device(args.device)
         model = load_model(args.model, device=local_device(args.device))

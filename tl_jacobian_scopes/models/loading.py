@@ -315,7 +315,7 @@ def load_default_model(
         >>> model = tjs.load_default_model()  # doctest: +SKIP
         >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
     """
-    from .placement import check_placement, hf_placement_kwargs
+    from .placement import check_loaded_placement, check_placement, hf_placement_kwargs
 
     with _quiet_local_loading():
         backend = _resolve_backend(backend)
@@ -323,6 +323,7 @@ def load_default_model(
         placement = hf_placement_kwargs(n, device_map) if backend == "bridge" else {}
         hf_model, tokenizer = load_default_hf_model(**placement)
         hf_model.config.name_or_path = DEFAULT_MODEL_NAME
+        check_loaded_placement(hf_model)
         if backend == "bridge":
             if placement and not getattr(hf_model, "hf_device_map", None):
                 device = next(hf_model.parameters()).device  # a one-device map: where transformers put it
@@ -379,7 +380,7 @@ def load_model(
         >>> model = load_model("gpt2")  # doctest: +SKIP
         >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # doctest: +SKIP
     """
-    from .placement import check_placement, place_hooked
+    from .placement import check_loaded_placement, check_placement, place_hooked
 
     if name is None or name in (DEFAULT_MODEL_NAME, "default", "SmolLM2-135M-Instruct"):
         return load_default_model(device=device, backend=backend, n_devices=n_devices, device_map=device_map)
@@ -398,9 +399,10 @@ def load_model(
         if first is not None or device_map is not None:
             # A plain dict (or strategy name): TL 3.9 annotates device_map as dict[str, str | int].
             mapping: Any = dict(device_map) if isinstance(device_map, Mapping) else device_map
-            return TransformerBridge.boot_transformers(name, n_devices=n if first is not None else None,
-                                                       device_map=mapping)
-        return TransformerBridge.boot_transformers(name, device=device)
+            split = TransformerBridge.boot_transformers(name, n_devices=n if first is not None else None,
+                                                        device_map=mapping)
+        else:
+            return TransformerBridge.boot_transformers(name, device=device)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         # Unknown names, unsupported architectures and no hub access all end here.
         raise ModelLoadError(
@@ -408,6 +410,8 @@ def load_model(
             "TransformerLens-supported model name and that the Hugging Face hub (or its cache) is reachable, "
             "or leave the name out to use the embedded SmolLM2-135M-Instruct."
         ) from exc
+    check_loaded_placement(getattr(split, "original_model", None))
+    return split
 
 
 def _first_line(exc: BaseException) -> str:

@@ -115,6 +115,29 @@ def check_placement(
     return n, torch.device("cuda", first)
 
 
+def check_loaded_placement(hf_model: Any) -> None:
+    """Refuse a model that Accelerate offloaded because it did not fit (a strategy such as
+    ``"auto"``, or ``n_devices=``, puts what the GPUs cannot hold on ``"cpu"`` or ``"disk"``).
+
+    Raises:
+        DeviceError: a module on ``"disk"``/``"meta"``, or on ``"cpu"`` next to GPUs, naming them.
+
+    Example:
+        >>> check_loaded_placement(torch.nn.Linear(1, 1))  # no hf_device_map: one device
+    """
+    placed = getattr(hf_model, "hf_device_map", None) or {}
+    names = {m: str(d).lower() for m, d in placed.items()}
+    types = {"cuda" if isinstance(d, int) else ("offload" if names[m] in ("disk", "meta") else torch.device(d).type)
+             for m, d in placed.items()}
+    offloaded = [m for m, d in names.items() if d in ("disk", "meta") or (d == "cpu" and len(types) > 1)]
+    if offloaded:
+        raise DeviceError(
+            f"The model does not fit on the GPUs it was given: Accelerate offloaded {offloaded[:3]}"
+            f"{' ...' if len(offloaded) > 3 else ''} to {sorted({names[m] for m in offloaded})}, placeholder weights "
+            "the scopes cannot read: split it over more GPUs (n_devices=), or pass a device_map with every module on a GPU."
+        )
+
+
 def hf_placement_kwargs(n_devices: int, device_map: Optional[DeviceMap]) -> dict[str, Any]:
     """The ``from_pretrained`` arguments that place a Hugging Face model (``{}``: one device).
 

@@ -59,11 +59,11 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
 
 
 def _main(args: argparse.Namespace, model: Any) -> int:
-    from ..cli import _scope_kwargs, check_output_dir
+    from ..cli import _scope_kwargs
     from ..models.loading import check_backend, check_device, load_model
     from ..scopes.api import resolve_scope
     from .distributed import environment_ranks, local_device
-    from .jobs import check_fields, check_limit, run
+    from .jobs import check_fields, check_limit, output_layout, run
     from .prompts import read_prompts
 
     # Everything that can be checked without the model is checked before loading it.
@@ -73,7 +73,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     check_limit(args.limit)
     check_fields(scope, read_prompts(args.data), Path(args.data))
-    check_output_dir(args.out, "--out")
+    output_layout(Path(args.data), args.out)
     ranks = environment_ranks()
     if model is None:
         check_backend(args.backend)

@@ -85,6 +85,56 @@ def check_fields(scope: str, prompts: list[Prompt], data: Path) -> None:
                               "fields, or choose a scope that takes one (e.g. --scope semantic).")
 
 
+def output_layout(data: Path, out: Union[str, Path]) -> Layout:
+    """The records files of a sweep of ``data`` into ``out`` (the folder checked and created).
+
+    Raises:
+        OutputPathError: ``out`` cannot be written, or its ``<stem>.jsonl`` is ``data`` itself.
+    """
+    from ..cli import check_output_dir
+
+    layout = Layout(check_output_dir(out, "--out"), data.stem)
+    if layout.merged.resolve() == data.resolve():
+        raise OutputPathError(f"--out {out} holds the data file {data.name}, and the sweep writes its records to "
+                              f"{layout.merged.name} there: choose another --out folder (e.g. results/).")
+    return layout
+
+
+def check_options(model: Any, scope: str, options: dict[str, Any]) -> None:
+    """Refuse run-wide options that would fail every prompt alike, before any record is written
+    (a per-prompt problem is recorded as skipped; these are not per-prompt).
+
+    Raises:
+        OptionError: ``positions=`` or ``progress=`` (a sweep explains one position per prompt
+            and shows its own progress), or a target or contrast the scope does not take.
+        TargetError: a target or contrast that is not one token, or both the same token.
+        PositionError: a position that is not an int.
+    """
+    from ..models.access import ModelAccess
+    from ..models.inputs import resolve_token
+    from ..scopes.driver import NEXT
+
+    for name in ("positions", "progress"):
+        if name in options:
+            raise OptionError(f"A sweep explains one position per prompt and shows its own progress: drop {name}= "
+                              "(pass position=, or a \"position\" per prompt in the data file).")
+    method = resolve_scope(scope).method
+    tokens = {}
+    for name, allowed in (("target", method.targeted), ("contrast", method.contrastive)):
+        value = options.get(name)
+        if value is None:
+            continue
+        if not allowed:
+            raise OptionError(f"The {scope} scope takes no {name}: drop {name}= (--{name}), or choose a scope that "
+                              "takes one (e.g. --scope semantic).")
+        tokens[name] = value if name == "target" and value == NEXT else resolve_token(ModelAccess(model), value, name)
+    if "target" in tokens and tokens["target"] == tokens.get("contrast"):
+        raise TargetError("target and contrast are the same token: their logit difference is 0.")
+    position = options.get("position")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
+        raise PositionError(f"position must be an int (negative from the end), got {type(position).__name__}.")
+
+
 def run(
     model: Any,
     data: Union[str, Path],
@@ -118,7 +168,8 @@ def run(
         DataFileError: a missing or malformed data file.
         StaleRecordsError: the output folder holds records of another data file or other
             settings (the message names the fix).
-        OutputPathError: the output folder cannot be written.
+        OutputPathError: the output folder cannot be written, or holds the data file.
+        OptionError, TargetError, PositionError: options that would fail every prompt.
 
     Example:
         >>> import tl_jacobian_scopes as tjs
@@ -126,14 +177,13 @@ def run(
         >>> tjs.run_sweep(model, "data.jsonl", "results/", scope="fisher", rank=1)  # doctest: +SKIP
         {'n_records': 1000, 'n_skipped': 0, ...}
     """
-    from ..cli import check_output_dir
-
     scope = resolve_scope(scope).method.name
     check_limit(limit)
     data = Path(data)
     prompts = read_prompts(data)
     check_fields(scope, prompts, data)
-    layout = Layout(check_output_dir(out, "--out"), data.stem)
+    layout = output_layout(data, out)
+    check_options(model, scope, options)
     params = sweep_params(model, scope, options)
     # The id is hashed too: a text that appears twice in the file gets two records.
     keys = [record_key({"id": p.id, "prompt": p.inputs(), "params": params}) for p in prompts]
