@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib
 import logging
@@ -53,6 +54,12 @@ def _progress_bridge(progress: Any) -> Callable[[Progress], None]:
     return update
 
 
+def session_folder(folder: Path, session_hash: Optional[str]) -> Path:
+    """The session's subfolder of ``folder``: named by a digest of Gradio's session hash, which
+    the client sends unchecked (``../..`` or an absolute path must not leave ``folder``)."""
+    return folder / hashlib.sha256((session_hash or "").encode("utf-8", "replace")).hexdigest()[:32]
+
+
 def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     """The app's page around ``engine``; launch it with :func:`tl_jacobian_scopes.app.launch`."""
     folder = Path(downloads or tempfile.mkdtemp(prefix="tjs-app-"))
@@ -94,7 +101,12 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         position = getattr(evt, "position", None) if evt is not None else None
         if not state or position is None:
             return [message_html("Run an explanation first, then click a token.")] + [gr.skip()] * (n_out - 1)
-        return click_at(state, int(position), internals, request, progress)
+        try:  # the position comes from the page's script: a hostile client may send anything
+            position = int(position)
+        except (TypeError, ValueError, OverflowError):
+            return [message_html(f"A click sent position {str(position)[:40]!r}, not a whole number.", error=True)
+                    ] + [gr.skip()] * (n_out - 1)
+        return click_at(state, position, internals, request, progress)
 
     def toggle_internals(state: Optional[dict[str, Any]], internals: bool, request: GrRequest,
                          progress: Any = gr.Progress()) -> list[Any]:
@@ -115,7 +127,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             return gr.skip(), message_html("Run an explanation first.")
         try:
             result = engine.result(state["request"], state["position"], internals)
-            sub = folder / (request.session_hash or "session")
+            sub = session_folder(folder, request.session_hash)
             paths = [str(p) for p in write_downloads(result, sub)]
             return paths, message_html(f"Files for position {result.position} ready below.", run=state["runs"])
         except Exception as exc:
@@ -146,7 +158,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
                     if f is not None else "Done.")
             figure = r.plot()
-            image = folder / (request.session_hash or "session") / "forecast.png"
+            image = session_folder(folder, request.session_hash) / "forecast.png"
             image.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(image, dpi=100, format="png")
             return message_html(text), frame_html(r.show(), 260), str(image)

@@ -1,0 +1,94 @@
+"""Hostile-input regressions for the app (issue 14 review): handlers called directly, no browser."""
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("gradio")
+
+from tl_jacobian_scopes.app import build_app  # noqa: E402
+from tl_jacobian_scopes.app.engine import Engine, Request  # noqa: E402
+from tl_jacobian_scopes.app.state import ModelSlot, Stopped  # noqa: E402
+from tl_jacobian_scopes.models.access import all_modules, hook_count  # noqa: E402
+
+PROMPT = "The capital of France is"
+
+
+def handler(blocks, name):
+    (fn,) = [f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == name]
+    return fn
+
+
+class Session:
+    def __init__(self, session_hash):
+        self.session_hash = session_hash
+
+
+@pytest.fixture(scope="module")
+def app_parts(default_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    folder = root / "a" / "downloads"
+    blocks = build_app(default_model, downloads=folder)
+    return blocks, root, folder
+
+
+@pytest.mark.parametrize("session_hash", ["../../escaped", "/tmp/tjs-review14-absolute", "..", "a/../../b"])
+def test_a_hostile_session_hash_cannot_write_outside_the_downloads_folder(app_parts, session_hash):
+    """The session hash comes from the client (Gradio does not check it): a file path built
+    from it must stay inside the app's downloads folder."""
+    blocks, root, folder = app_parts
+    state = {"request": Request(PROMPT, "temperature"), "position": 3, "runs": 1}
+    paths, _ = handler(blocks, "files")(state, False, Session(session_hash))
+    assert paths and all(str(p) for p in paths)
+    for path in paths:
+        resolved = folder.resolve()
+        assert resolved in type(resolved)(path).resolve().parents, f"{path} is outside {folder}"
+
+
+def test_a_non_numeric_click_position_is_a_message_not_a_crash(app_parts):
+    blocks, _, _ = app_parts
+    state = {"request": Request(PROMPT, "temperature"), "position": 3, "runs": 1}
+    for position in ("abc", 1e400, [1]):
+        out = handler(blocks, "click")(state, False, SimpleNamespace(position=position), Session("s"), None)
+        assert "tjs-error" in out[0] or "Run an explanation" in out[0]
+
+
+def test_stop_restores_train_mode_grad_flags_and_the_threads_grad_mode(default_model):
+    """Stop (an exception from a progress update) mid exact-Fisher: every module's train/eval
+    flag, every parameter's requires_grad, the worker thread's grad mode and the hooks are as before."""
+    modules = all_modules(default_model)
+    params = list(default_model.parameters())
+    modes, flags = [m.training for m in modules], [p.requires_grad for p in params]
+    modules[1].train()  # an unusual state the app must keep
+    params[0].requires_grad_(not flags[0])
+    try:
+        before = ([m.training for m in modules], [p.requires_grad for p in params], hook_count(default_model))
+        seen = {}
+
+        def worker():
+            torch.set_grad_enabled(False)  # a worker thread under no_grad, reused by the server
+            stop = threading.Event()
+
+            def progress(line):
+                stop.set()
+
+            try:
+                Engine(ModelSlot(model=default_model)).result(Request(PROMPT, "fisher", fisher_mode="exact"),
+                                                              stop=stop, progress=progress)
+            except Stopped:
+                seen["stopped"] = True
+            seen["grad"] = torch.is_grad_enabled()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert seen == {"stopped": True, "grad": False}
+        after = ([m.training for m in modules], [p.requires_grad for p in params], hook_count(default_model))
+        assert after == before
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
