@@ -92,3 +92,18 @@ def test_stop_restores_train_mode_grad_flags_and_the_threads_grad_mode(default_m
             m.training = mode
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+
+
+def test_a_series_longer_than_the_context_is_refused_before_it_is_generated(app_parts, default_model, monkeypatch):
+    """values=10**9 in the page must not integrate a billion-point Lorenz series (minutes of CPU,
+    gigabytes, the model's queue blocked, Stop powerless) only for the context check to refuse it."""
+    from tl_jacobian_scopes.models.access import ModelAccess
+    from tl_jacobian_scopes.timeseries import FAMILIES
+
+    blocks, _, _ = app_parts
+    asked = []
+    monkeypatch.setitem(FAMILIES, "lorenz", lambda n, seed: asked.append(n) or list(range(5)))
+    too_many = ModelAccess(default_model).n_ctx + 1
+    message, _, _ = handler(blocks, "forecast")("lorenz", too_many, 0, "", "temperature", Session("s"),
+                                                 lambda *a, **k: None)
+    assert asked == [] and "tjs-error" in message and "context" in message

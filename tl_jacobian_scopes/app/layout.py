@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 
-from ..errors import ScopeError
+from ..errors import PromptError, ScopeError
+from ..models.access import ModelAccess
 from ..progress import Progress
 from ..timeseries import FAMILIES
 from ..views.html import compare
@@ -152,7 +153,11 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                 series: Any = pasted_series(pasted or "")
             else:
                 generate: Any = FAMILIES[source]
-                series = generate(n=int(n or 60), seed=int(seed or 0))
+                count, context = int(n or 60), ModelAccess(engine.slot.get()).n_ctx
+                if count > context:  # refused before generating (a huge count would take minutes)
+                    raise PromptError(f"{count} values cannot fit in the model's context of {context} tokens "
+                                      "(each value takes at least one token): ask for fewer values.")
+                series = generate(n=count, seed=int(seed or 0))
             r = engine.forecast(series, scope, stop=stop, progress=_progress_bridge(progress))
             f = r.forecast
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
