@@ -1,6 +1,7 @@
 """Hostile-input regressions for the app (issue 14 review): handlers called directly, no browser."""
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +18,8 @@ PROMPT = "The capital of France is"
 
 
 def handler(blocks, name):
-    (fn,) = [f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == name]
+    fns = {id(f.fn): f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == name}
+    (fn,) = fns.values()  # one handler (some are wired to several events)
     return fn
 
 
@@ -144,3 +146,29 @@ def test_hostile_prompt_target_and_series_are_shown_as_text(server, browser):  #
     assert page.evaluate("() => window.__pwned") is None
     assert page.query_selector("#tjs-tokens img, #tjs-message img, #tjs-ts-message img, "
                                "#tjs-tokens script, #tjs-message script") is None
+
+
+def test_stop_ends_the_background_precompute_even_after_a_click(default_model, tmp_path):
+    """Explain, then click a token while every other position is being explained, then Stop:
+    the background work must end too (a click must not leave it without a stop switch)."""
+    from tl_jacobian_scopes.app.layout import build_blocks
+
+    engine = Engine(ModelSlot(model=default_model))
+    blocks = build_blocks(engine, tmp_path)
+    request = Request("word " * 100, "temperature")
+    n = engine.size(request)
+    state = {"request": request, "position": n - 1, "runs": 1}
+    session, quiet = Session("one-tab"), (lambda *a, **k: None)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(ready=handler(blocks, "precompute")(state, session, quiet)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while engine.cached(request, 0) is None and time.monotonic() < deadline:  # the first chunk is done
+        time.sleep(0.05)
+    clicked = handler(blocks, "click")(state, False, SimpleNamespace(position=1), session, quiet)
+    assert "data-run" in clicked[0]
+    handler(blocks, "stop_session")(session)
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    assert "Stopped" in out["ready"], out["ready"]
+    assert sum(engine.cached(request, p) is not None for p in range(n)) < n

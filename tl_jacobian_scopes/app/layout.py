@@ -179,7 +179,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             def update(done: int, total: int) -> None:
                 progress((done, total), desc="explaining every position", unit="positions")
 
-            ready = engine.precompute(req, stops.current(request.session_hash or ""), update)
+            ready = engine.precompute(req, stops.arm(request.session_hash or "", "background"), update)
             if req.full_trace:
                 return message_html(f"Fisher's {req.fisher_mode} estimate is computed per position: "
                                     "a click on a token computes that one (with progress; Stop cancels).")
