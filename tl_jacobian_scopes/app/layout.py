@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib
 import logging
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 
-from ..errors import ScopeError
+from ..errors import PromptError, ScopeError
+from ..models.access import ModelAccess
 from ..progress import Progress
 from ..timeseries import FAMILIES
 from ..views.html import compare
@@ -51,6 +53,12 @@ def _progress_bridge(progress: Any) -> Callable[[Progress], None]:
             progress((line.done, line.total), desc=line.desc, unit=line.unit)
 
     return update
+
+
+def session_folder(folder: Path, session_hash: Optional[str]) -> Path:
+    """The session's subfolder of ``folder``: named by a digest of Gradio's session hash, which
+    the client sends unchecked (``../..`` or an absolute path must not leave ``folder``)."""
+    return folder / hashlib.sha256((session_hash or "").encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
@@ -94,7 +102,12 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         position = getattr(evt, "position", None) if evt is not None else None
         if not state or position is None:
             return [message_html("Run an explanation first, then click a token.")] + [gr.skip()] * (n_out - 1)
-        return click_at(state, int(position), internals, request, progress)
+        try:  # the position comes from the page's script: a hostile client may send anything
+            position = int(position)
+        except (TypeError, ValueError, OverflowError):
+            return [message_html(f"A click sent position {str(position)[:40]!r}, not a whole number.", error=True)
+                    ] + [gr.skip()] * (n_out - 1)
+        return click_at(state, position, internals, request, progress)
 
     def toggle_internals(state: Optional[dict[str, Any]], internals: bool, request: GrRequest,
                          progress: Any = gr.Progress()) -> list[Any]:
@@ -115,7 +128,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             return gr.skip(), message_html("Run an explanation first.")
         try:
             result = engine.result(state["request"], state["position"], internals)
-            sub = folder / (request.session_hash or "session")
+            sub = session_folder(folder, request.session_hash)
             paths = [str(p) for p in write_downloads(result, sub)]
             return paths, message_html(f"Files for position {result.position} ready below.", run=state["runs"])
         except Exception as exc:
@@ -140,13 +153,17 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                 series: Any = pasted_series(pasted or "")
             else:
                 generate: Any = FAMILIES[source]
-                series = generate(n=int(n or 60), seed=int(seed or 0))
+                count, context = int(n or 60), ModelAccess(engine.slot.get()).n_ctx
+                if count > context:  # refused before generating (a huge count would take minutes)
+                    raise PromptError(f"{count} values cannot fit in the model's context of {context} tokens "
+                                      "(each value takes at least one token): ask for fewer values.")
+                series = generate(n=count, seed=int(seed or 0))
             r = engine.forecast(series, scope, stop=stop, progress=_progress_bridge(progress))
             f = r.forecast
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
                     if f is not None else "Done.")
             figure = r.plot()
-            image = folder / (request.session_hash or "session") / "forecast.png"
+            image = session_folder(folder, request.session_hash) / "forecast.png"
             image.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(image, dpi=100, format="png")
             return message_html(text), frame_html(r.show(), 260), str(image)
@@ -162,7 +179,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             def update(done: int, total: int) -> None:
                 progress((done, total), desc="explaining every position", unit="positions")
 
-            ready = engine.precompute(req, stops.current(request.session_hash or ""), update)
+            ready = engine.precompute(req, stops.arm(request.session_hash or "", "background"), update)
             if req.full_trace:
                 return message_html(f"Fisher's {req.fisher_mode} estimate is computed per position: "
                                     "a click on a token computes that one (with progress; Stop cancels).")

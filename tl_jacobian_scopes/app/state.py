@@ -105,25 +105,27 @@ class ResultCache:
 
 
 class StopSwitches:
-    """One stop switch per browser session (Gradio's session hash)."""
+    """Stop switches per browser session (Gradio's session hash), one per lane: the session's
+    latest request, and its background work (explaining every position), which a click must
+    not leave without a switch. Stop sets every lane of the session."""
 
     def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
+        self._events: dict[tuple[str, str], threading.Event] = {}
         self._guard = threading.Lock()
 
-    def arm(self, session: str) -> threading.Event:
-        """A fresh switch for a new request of ``session``."""
+    def arm(self, session: str, lane: str = "request") -> threading.Event:
+        """A fresh switch for a new request (or background job) of ``session``."""
         with self._guard:
-            event = self._events[session] = threading.Event()
+            event = self._events[(session, lane)] = threading.Event()
             return event
 
-    def current(self, session: str) -> threading.Event:
-        """The switch of ``session``'s latest request (a new one if there is none)."""
+    def current(self, session: str, lane: str = "request") -> threading.Event:
+        """The switch of ``session``'s latest request in ``lane`` (a new one if there is none)."""
         with self._guard:
-            return self._events.setdefault(session, threading.Event())
+            return self._events.setdefault((session, lane), threading.Event())
 
     def stop(self, session: str) -> None:
         with self._guard:
-            event = self._events.get(session)
-        if event is not None:
+            events = [event for (owner, _), event in self._events.items() if owner == session]
+        for event in events:
             event.set()

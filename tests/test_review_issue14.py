@@ -1,0 +1,174 @@
+"""Hostile-input regressions for the app (issue 14 review): handlers called directly, no browser."""
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("gradio")
+
+from tl_jacobian_scopes.app import build_app  # noqa: E402
+from tl_jacobian_scopes.app.engine import Engine, Request  # noqa: E402
+from tl_jacobian_scopes.app.state import ModelSlot, Stopped  # noqa: E402
+from tl_jacobian_scopes.models.access import all_modules, hook_count  # noqa: E402
+
+PROMPT = "The capital of France is"
+
+
+def handler(blocks, name):
+    fns = {id(f.fn): f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == name}
+    (fn,) = fns.values()  # one handler (some are wired to several events)
+    return fn
+
+
+class Session:
+    def __init__(self, session_hash):
+        self.session_hash = session_hash
+
+
+@pytest.fixture(scope="module")
+def app_parts(default_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    folder = root / "a" / "downloads"
+    blocks = build_app(default_model, downloads=folder)
+    return blocks, root, folder
+
+
+@pytest.mark.parametrize("session_hash", ["../../escaped", "/tmp/tjs-review14-absolute", "..", "a/../../b"])
+def test_a_hostile_session_hash_cannot_write_outside_the_downloads_folder(app_parts, session_hash):
+    """The session hash comes from the client (Gradio does not check it): a file path built
+    from it must stay inside the app's downloads folder."""
+    blocks, root, folder = app_parts
+    state = {"request": Request(PROMPT, "temperature"), "position": 3, "runs": 1}
+    paths, _ = handler(blocks, "files")(state, False, Session(session_hash))
+    assert paths and all(str(p) for p in paths)
+    for path in paths:
+        resolved = folder.resolve()
+        assert resolved in type(resolved)(path).resolve().parents, f"{path} is outside {folder}"
+
+
+def test_a_non_numeric_click_position_is_a_message_not_a_crash(app_parts):
+    blocks, _, _ = app_parts
+    state = {"request": Request(PROMPT, "temperature"), "position": 3, "runs": 1}
+    for position in ("abc", 1e400, [1]):
+        out = handler(blocks, "click")(state, False, SimpleNamespace(position=position), Session("s"), None)
+        assert "tjs-error" in out[0] or "Run an explanation" in out[0]
+
+
+def test_stop_restores_train_mode_grad_flags_and_the_threads_grad_mode(default_model):
+    """Stop (an exception from a progress update) mid exact-Fisher: every module's train/eval
+    flag, every parameter's requires_grad, the worker thread's grad mode and the hooks are as before."""
+    modules = all_modules(default_model)
+    params = list(default_model.parameters())
+    modes, flags = [m.training for m in modules], [p.requires_grad for p in params]
+    modules[1].train()  # an unusual state the app must keep
+    params[0].requires_grad_(not flags[0])
+    try:
+        before = ([m.training for m in modules], [p.requires_grad for p in params], hook_count(default_model))
+        seen = {}
+
+        def worker():
+            torch.set_grad_enabled(False)  # a worker thread under no_grad, reused by the server
+            stop = threading.Event()
+
+            def progress(line):
+                stop.set()
+
+            try:
+                Engine(ModelSlot(model=default_model)).result(Request(PROMPT, "fisher", fisher_mode="exact"),
+                                                              stop=stop, progress=progress)
+            except Stopped:
+                seen["stopped"] = True
+            seen["grad"] = torch.is_grad_enabled()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert seen == {"stopped": True, "grad": False}
+        after = ([m.training for m in modules], [p.requires_grad for p in params], hook_count(default_model))
+        assert after == before
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def test_a_series_longer_than_the_context_is_refused_before_it_is_generated(app_parts, default_model, monkeypatch):
+    """values=10**9 in the page must not integrate a billion-point Lorenz series (minutes of CPU,
+    gigabytes, the model's queue blocked, Stop powerless) only for the context check to refuse it."""
+    from tl_jacobian_scopes.models.access import ModelAccess
+    from tl_jacobian_scopes.timeseries import FAMILIES
+
+    blocks, _, _ = app_parts
+    asked = []
+    monkeypatch.setitem(FAMILIES, "lorenz", lambda n, seed: asked.append(n) or list(range(5)))
+    too_many = ModelAccess(default_model).n_ctx + 1
+    message, _, _ = handler(blocks, "forecast")("lorenz", too_many, 0, "", "temperature", Session("s"),
+                                                 lambda *a, **k: None)
+    assert asked == [] and "tjs-error" in message and "context" in message
+
+
+# ---- hostile text in a real browser ---------------------------------------------------------------------
+
+from test_app import _open, browser, needs_browser, server  # noqa: E402,F401
+
+HOSTILE = ('</textarea><img src=x onerror="window.__pwned=1">${window.__pwned=2}'
+           "{{constructor.constructor('window.__pwned=3')()}}<script>window.__pwned=4</script> é 😀 \"'")
+
+
+@needs_browser
+def test_hostile_prompt_target_and_series_are_shown_as_text(server, browser):  # noqa: F811
+    page = _open(browser, server)
+    page.fill("#tjs-prompt textarea", HOSTILE)
+    page.check("#tjs-scope input[value='temperature']")
+    page.click("#tjs-run")
+    page.wait_for_selector("#tjs-tokens [data-pos]", timeout=60_000)
+    shown = page.inner_text("#tjs-tokens")
+    assert "<img src=x" in shown and "${window.__pwned=2}" in shown.replace("\u21b5", "")
+    assert "{{constructor" in shown and "é" in shown  # (an emoji split over byte tokens shows as two U+FFFD)
+    page.check("#tjs-scope input[value='semantic']")
+    page.fill("#tjs-target input", "<script>window.__pwned=5</script>${1+1}{{x}}")
+    page.keyboard.press("Enter")
+    page.click("#tjs-run")
+    page.wait_for_selector("#tjs-message .tjs-error", timeout=60_000)
+    message = page.inner_text("#tjs-message")
+    assert "<script>window.__pwned=5</script>" in message and "${1+1}{{x}}" in message
+    page.get_by_role("tab", name="Time series").click()
+    page.fill("#tjs-ts-paste textarea", "1, 2, <img src=x onerror=window.__pwned=6>")
+    page.click("#tjs-ts-source input")
+    page.locator("[role='option']").filter(has_text="paste").first.click()
+    page.click("#tjs-ts-run")
+    page.wait_for_selector("#tjs-ts-message .tjs-error", timeout=60_000)
+    assert "item 2 is '<img'" in page.inner_text("#tjs-ts-message")
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.query_selector("#tjs-tokens img, #tjs-message img, #tjs-ts-message img, "
+                               "#tjs-tokens script, #tjs-message script") is None
+
+
+def test_stop_ends_the_background_precompute_even_after_a_click(default_model, tmp_path):
+    """Explain, then click a token while every other position is being explained, then Stop:
+    the background work must end too (a click must not leave it without a stop switch)."""
+    from tl_jacobian_scopes.app.layout import build_blocks
+
+    engine = Engine(ModelSlot(model=default_model))
+    blocks = build_blocks(engine, tmp_path)
+    request = Request("word " * 100, "temperature")
+    n = engine.size(request)
+    state = {"request": request, "position": n - 1, "runs": 1}
+    session, quiet = Session("one-tab"), (lambda *a, **k: None)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(ready=handler(blocks, "precompute")(state, session, quiet)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while engine.cached(request, 0) is None and time.monotonic() < deadline:  # the first chunk is done
+        time.sleep(0.05)
+    clicked = handler(blocks, "click")(state, False, SimpleNamespace(position=1), session, quiet)
+    assert "data-run" in clicked[0]
+    handler(blocks, "stop_session")(session)
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    assert "Stopped" in out["ready"], out["ready"]
+    assert sum(engine.cached(request, p) is not None for p in range(n)) < n
