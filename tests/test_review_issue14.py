@@ -106,7 +106,7 @@ def test_a_series_longer_than_the_context_is_refused_before_it_is_generated(app_
     asked = []
     monkeypatch.setitem(FAMILIES, "lorenz", lambda n, seed: asked.append(n) or list(range(5)))
     too_many = ModelAccess(default_model).n_ctx + 1
-    message, _, _ = handler(blocks, "forecast")("lorenz", too_many, 0, "", "temperature", Session("s"),
+    message, *_ = handler(blocks, "forecast")("lorenz", too_many, 0, "", "temperature", Session("s"),
                                                  lambda *a, **k: None)
     assert asked == [] and "tjs-error" in message and "context" in message
 
@@ -172,3 +172,37 @@ def test_stop_ends_the_background_precompute_even_after_a_click(default_model, t
     assert not worker.is_alive()
     assert "Stopped" in out["ready"], out["ready"]
     assert sum(engine.cached(request, p) is not None for p in range(n)) < n
+
+
+def test_the_time_series_tab_offers_the_library_files(app_parts):
+    """PNG, HTML and JSON of the current time-series view, as the library writes them."""
+    import json
+
+    from tl_jacobian_scopes import load
+
+    blocks, _, folder = app_parts
+    message, _, image, files = handler(blocks, "forecast")("paste", 60, 0, "1, 2, 3, 4, 5, 6, 7, 8", "temperature",
+                                                          Session("ts"), lambda *a, **k: None)
+    assert "tjs-error" not in message, message
+    by_suffix = {p.rsplit(".", 1)[-1]: p for p in files if not p.endswith("_tokens.json")}
+    assert image == by_suffix["png"] and open(image, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "<html" in open(by_suffix["html"], encoding="utf-8").read().lower()
+    values = json.loads(open(by_suffix["json"], encoding="utf-8").read())
+    assert values["step"] == 8 and len(values["value_scores"]) == 8
+    (tokens,) = [p for p in files if p.endswith("_tokens.json")]
+    assert load(tokens).scope == "temperature"
+
+
+def test_a_new_prompt_retires_the_old_prompts_background_job_only():
+    """The old prompt's background job is stopped (and marked retired, so it says nothing);
+    the session's new request and other sessions are untouched."""
+    from tl_jacobian_scopes.app.state import StopSwitches
+
+    stops = StopSwitches()
+    old_job, request, other = stops.arm("s", "background"), stops.arm("s"), stops.arm("t", "background")
+    stops.retire("s", "background")
+    assert old_job.is_set() and getattr(old_job, "retired", False)
+    assert not request.is_set() and not other.is_set()
+    new_job = stops.arm("s", "background")
+    assert not new_job.is_set() and not getattr(new_job, "retired", False)
+    stops.retire("nobody", "background")  # nothing to retire: no error

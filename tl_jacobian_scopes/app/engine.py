@@ -235,3 +235,18 @@ def write_downloads(result: ScopeResult, folder: Path, png: bool = True) -> list
         except ImportError:
             pass  # MissingPackageError: no matplotlib, the other two files still come
     return paths
+
+
+def write_forecast_downloads(result: Any, view: Any, folder: Path) -> list[Path]:
+    """A time-series view as the library writes it: the figure (PNG), the view (self-contained
+    HTML), the value-level scores and forecast (JSON) and the token-level result (the library's
+    result file)."""
+    from ..results.files import dump_strict_json, write_output
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"forecast_{result.scope}_value{result.step}"
+    png = write_output(folder / f"{stem}.png", lambda p: result.plot().savefig(p, dpi=100, format="png"))
+    text = dump_strict_json(result.to_dict())
+    values = write_output(folder / f"{stem}.json", lambda p: p.write_text(text, encoding="utf-8"))
+    tokens = result.result.save_json(folder / f"{stem}_tokens.json")
+    return [png, view.save(folder / f"{stem}.html"), values, tokens]

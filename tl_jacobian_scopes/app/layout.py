@@ -16,7 +16,8 @@ from ..models.access import ModelAccess
 from ..progress import Progress
 from ..timeseries import FAMILIES
 from ..views.html import compare
-from .engine import APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, write_downloads
+from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, write_downloads,
+                     write_forecast_downloads)
 from .render import (CLICK_JS, TOKEN_CSS, frame_html, message_html, none_if_blank, summary_html, table_rows,
                      token_html)
 from .state import Stopped, StopSwitches
@@ -89,6 +90,8 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                 samples: Any, seed: Any, internals: bool, state: Optional[dict[str, Any]], request: GrRequest,
                 progress: Any = gr.Progress()) -> list[Any]:
         stop = stops.arm(request.session_hash or "")
+        # The previous prompt's background job would hold the model between its chunks.
+        stops.retire(request.session_hash or "", "background")
         try:
             req = request_of(prompt, scope, target, contrast, mode, rank, samples, seed)
             out = show(req, None, internals, stop, progress, (state or {}).get("runs", 0))
@@ -162,30 +165,31 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             f = r.forecast
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
                     if f is not None else "Done.")
-            figure = r.plot()
-            image = session_folder(folder, request.session_hash) / "forecast.png"
-            image.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(image, dpi=100, format="png")
-            return message_html(text), frame_html(r.show(), 260), str(image)
+            view = r.show()
+            files = write_forecast_downloads(r, view, session_folder(folder, request.session_hash))
+            return message_html(text), frame_html(view, 260), str(files[0]), [str(p) for p in files]
         except Exception as exc:
-            return _failure(exc), gr.skip(), gr.skip()
+            return _failure(exc), gr.skip(), gr.skip(), gr.skip()
 
     def precompute(state: Optional[dict[str, Any]], request: GrRequest, progress: Any = gr.Progress()) -> Any:
         """After a result: explain every other position too, so that clicks are lookups."""
         if not state:
             return gr.skip()
         req = state["request"]
+        switch = stops.arm(request.session_hash or "", "background")
         try:
             def update(done: int, total: int) -> None:
                 progress((done, total), desc="explaining every position", unit="positions")
 
-            ready = engine.precompute(req, stops.arm(request.session_hash or "", "background"), update)
+            ready = engine.precompute(req, switch, update)
             if req.full_trace:
                 return message_html(f"Fisher's {req.fisher_mode} estimate is computed per position: "
                                     "a click on a token computes that one (with progress; Stop cancels).")
             return (f'<div class="tjs-msg tjs-info" data-ready="{ready}">All {ready} positions explained: '
                     "clicking a token shows its explanation at once.</div>")
         except Exception as exc:
+            if getattr(switch, "retired", False):  # replaced by a newer prompt's job: say nothing
+                return gr.skip()
             return _failure(exc)
 
     def stop_session(request: GrRequest) -> str:
@@ -245,6 +249,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             ts_frame = gr.HTML("", elem_id="tjs-ts-frame", js_on_load=None)
             ts_plot = gr.Image(label="Influence over the series and the forecast distribution", type="filepath",
                                elem_id="tjs-ts-plot", buttons=["download", "fullscreen"])  # no "share" (uploads)
+            ts_downloads = gr.Files(label="Downloads (PNG, HTML, JSON)", elem_id="tjs-ts-downloads")
 
         scope.change(lambda s: (gr.update(visible=s == "semantic"), gr.update(visible=s == "fisher")),
                      scope, [semantic_row, fisher_row], queue=False)
@@ -261,7 +266,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             internals.input(toggle_internals, [state, internals], outputs, **queue),
             compare_run.click(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],
                               **queue),
-            ts_run.click(forecast, [source, length, ts_seed, pasted, ts_scope], [ts_message, ts_frame, ts_plot],
+            ts_run.click(forecast, [source, length, ts_seed, pasted, ts_scope], [ts_message, ts_frame, ts_plot, ts_downloads],
                          **queue),
         ]
         prepare.click(files, [state, internals], [downloads, message], **queue)

@@ -124,6 +124,15 @@ class StopSwitches:
         with self._guard:
             return self._events.setdefault((session, lane), threading.Event())
 
+    def retire(self, session: str, lane: str) -> None:
+        """Stop ``session``'s work in ``lane`` because newer work replaces it (a new prompt's
+        explanation retires the old prompt's background job); its switch is marked ``retired``."""
+        with self._guard:
+            event = self._events.pop((session, lane), None)
+        if event is not None:
+            event.retired = True  # type: ignore[attr-defined]
+            event.set()
+
     def stop(self, session: str) -> None:
         with self._guard:
             events = [event for (owner, _), event in self._events.items() if owner == session]
