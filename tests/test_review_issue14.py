@@ -206,3 +206,10 @@ def test_a_new_prompt_retires_the_old_prompts_background_job_only():
     new_job = stops.arm("s", "background")
     assert not new_job.is_set() and not getattr(new_job, "retired", False)
     stops.retire("nobody", "background")  # nothing to retire: no error
+
+
+@pytest.mark.parametrize("source, n, fragment", [("no-such-series", 60, "Unknown series"), ("lorenz", 0, "at least 3")])
+def test_an_unknown_series_or_too_few_values_is_a_clear_message(app_parts, source, n, fragment):
+    blocks, _, _ = app_parts
+    message, *_ = handler(blocks, "forecast")(source, n, 0, "", "temperature", Session("s"), lambda *a, **k: None)
+    assert "tjs-error" in message and fragment in message and "Unexpected" not in message

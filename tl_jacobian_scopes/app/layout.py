@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 
-from ..errors import PromptError, ScopeError
+from ..errors import OptionError, PromptError, ScopeError
 from ..models.access import ModelAccess
 from ..progress import Progress
 from ..timeseries import FAMILIES
@@ -155,8 +155,13 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             if source == "paste":
                 series: Any = pasted_series(pasted or "")
             else:
+                if source not in FAMILIES:
+                    raise OptionError(f"Unknown series {str(source)[:40]!r}: pick one of {', '.join(FAMILIES)}, "
+                                      "or 'paste'.")
                 generate: Any = FAMILIES[source]
-                count, context = int(n or 60), ModelAccess(engine.slot.get()).n_ctx
+                count, context = (60 if n is None else int(n)), ModelAccess(engine.slot.get()).n_ctx
+                if count < 3:
+                    raise OptionError(f"values must be at least 3 (got {count}): ask for more values.")
                 if count > context:  # refused before generating (a huge count would take minutes)
                     raise PromptError(f"{count} values cannot fit in the model's context of {context} tokens "
                                       "(each value takes at least one token): ask for fewer values.")
