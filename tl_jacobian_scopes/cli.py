@@ -29,6 +29,14 @@ from .scopes.api import SCOPES, resolve_scope
 BAR_WIDTH = 40
 
 
+def add_fisher_options(parser: argparse.ArgumentParser) -> None:
+    """Fisher's options, shared by every command that runs a scope (read by :func:`_scope_kwargs`)."""
+    parser.add_argument("--rank", type=int, help="fisher: number of eigen-directions (default: 1)")
+    parser.add_argument("--exact", action="store_true", help="fisher: exact trace (d_model probes)")
+    parser.add_argument("--samples", type=int, help="fisher: estimate the exact trace from N random probes (e.g. 24)")
+    parser.add_argument("--seed", type=int, help="fisher --samples: random seed (default: 0)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tl-jacobian-scopes",
@@ -39,10 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="semantic: the token to explain, e.g. ' Paris' (default: top prediction)")
     parser.add_argument("--contrast", help="semantic: explain target minus this token's logit")
     parser.add_argument("--position", type=int, help="explained position (default: last token)")
-    parser.add_argument("--rank", type=int, help="fisher: number of eigen-directions (default: 1)")
-    parser.add_argument("--exact", action="store_true", help="fisher: exact trace (d_model probes)")
-    parser.add_argument("--samples", type=int, help="fisher: estimate the exact trace from N random probes (e.g. 24)")
-    parser.add_argument("--seed", type=int, help="fisher --samples: random seed (default: 0)")
+    add_fisher_options(parser)
     parser.add_argument("--positions", help="explain many positions: 'all' or a comma-separated list")
     parser.add_argument("--model", help="a TransformerLens model name (needs the hub; default: embedded SmolLM2)")
     parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..cli import add_fisher_options
 from ..scopes.api import SCOPES
 
 
@@ -34,10 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="semantic: the token to explain where a prompt gives none")
     parser.add_argument("--contrast", help="semantic: explain target minus this token's logit")
     parser.add_argument("--position", type=int, help="explained position where a prompt gives none (default: last)")
-    parser.add_argument("--rank", type=int, help="fisher: number of eigen-directions (default: 1)")
-    parser.add_argument("--exact", action="store_true", help="fisher: exact trace (d_model probes)")
-    parser.add_argument("--samples", type=int, help="fisher: estimate the exact trace from N random probes")
-    parser.add_argument("--seed", type=int, help="fisher --samples: random seed (default: 0)")
+    add_fisher_options(parser)
     parser.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     parser.add_argument("--model", help="a TransformerLens model name (default: embedded SmolLM2)")
     parser.add_argument("--backend", choices=["bridge", "hooked"], help="TransformerLens backend")
