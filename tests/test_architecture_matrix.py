@@ -1,0 +1,147 @@
+"""The architecture matrix (issue 19): every decoder family TransformerLens supports, on every
+backend installed, against a float64 brute force on the plain Hugging Face model's own logits.
+
+One tiny random model per family (``architectures.py``, built once per session), one
+reference per family, one TransformerLens model per (family, backend). A family either agrees
+with the reference on every scope, or TransformerLens cannot run it and the library says so
+with a :class:`ScopeError` naming the architecture. docs/architectures.md is written from the
+same table by ``benchmarks/architecture_matrix.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import torch
+
+import tl_jacobian_scopes as tjs
+from architectures import FAMILIES, FAMILY_BY_NAME, Family, check_reference, layer_jacobian, reference, tiny_family_model
+from tiny_models import BACKENDS, assert_close, tiny_tokenizer
+from tl_jacobian_scopes.models.loading import bridge_from_hf, hooked_from_hf
+
+PROMPT = "the cat sat on the mat and the dog ran to"
+SHORT = "a big red sun is in the"
+MID = 4  # an earlier explained position (teacher forcing)
+RTOL = 2e-4  # float32 library vs float64 reference, relative to the largest score
+
+
+def load(family: Family, backend: str) -> Any:
+    """The family's tiny model on ``backend``, or the ScopeError the library refuses it with."""
+    return _load(family.name, backend)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, backend: str) -> Any:
+    hf = tiny_family_model(name)
+    if backend == "bridge":
+        return bridge_from_hf(hf, tiny_tokenizer(), f"tiny-{name}", device="cpu")
+    return hooked_from_hf(hf, tiny_tokenizer(), device="cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name: str, tokens: tuple[int, ...], position: int) -> Any:
+    ref = reference(FAMILY_BY_NAME[name], tiny_family_model(name), torch.tensor(tokens), position)
+    check_reference(ref)
+    return ref
+
+
+def _tokens(text: str) -> torch.Tensor:
+    tok = tiny_tokenizer()
+    return torch.tensor([tok.bos_token_id] + tok(text, add_special_tokens=False).input_ids)
+
+
+def run_family(family: Family, backend: str) -> str:
+    """Every check of the matrix on one family and backend: ``"green"``, or raises.
+
+    Returns ``"refused: <message>"`` when the library refuses the model with a ScopeError that
+    names the architecture.
+    """
+    try:
+        model = load(family, backend)
+        return _check_family(family, model)
+    except tjs.ScopeError as exc:
+        message = str(exc)
+        assert family.arch in message or family.name in message, f"refusal does not name the family: {message}"
+        return f"refused: {message}"
+
+
+def _check_family(family: Family, model: Any) -> str:
+    tokens = _tokens(PROMPT)
+    T = len(tokens)
+    ids = tokens[None]
+    last = T - 1
+    ref = _reference(family.name, tuple(tokens.tolist()), last)
+    order = torch.argsort(ref.z, descending=True)
+    top, third = int(order[0]), int(order[2])
+
+    # p is the model's own softmax (transform included), and the top prediction is its argmax.
+    sem = tjs.semantic_scope(model, ids, target=third)
+    assert sem.predicted == top
+    assert sem.predicted_prob == pytest.approx(float(ref.p[top]), rel=1e-4, abs=1e-6)
+    assert sem.target_prob == pytest.approx(float(ref.p[third]), rel=1e-4, abs=1e-6)
+    assert_close(sem.scores, ref.semantic(third), RTOL)
+    con = tjs.semantic_scope(model, ids, target=third, contrast=top)
+    assert con.contrast_prob == pytest.approx(float(ref.p[top]), rel=1e-4, abs=1e-6)
+    assert_close(con.scores, ref.semantic(third, top), RTOL)
+
+    if family.scale_free_final_norm:
+        with pytest.raises(tjs.ScopeError) as info:
+            tjs.temperature_scope(model, ids)
+        assert "fold" not in str(info.value).lower(), "a parameter-free final norm is not folded weights"
+    else:
+        assert_close(tjs.temperature_scope(model, ids).scores, ref.temperature(), RTOL)
+
+    exact = tjs.fisher_scope(model, ids, rank=None)
+    assert_close(exact.scores, ref.fisher_exact(), RTOL)
+    rank1 = tjs.fisher_scope(model, ids, rank=1)
+    assert_close(rank1.scores, ref.fisher_rank(1), RTOL)
+    # Stochastic: unbiased, so within 6 standard errors of the exact trace for every token
+    # (fixed seed: deterministic; |t| > 6 with 31 degrees of freedom has probability < 1e-6).
+    stoch = tjs.fisher_scope(model, ids, rank=None, samples=32, deflate=1, seed=0)
+    assert stoch.stderr is not None
+    err = (stoch.scores - exact.scores).abs()
+    assert bool((err <= 6 * stoch.stderr + 1e-4 * float(exact.scores.max())).all()), (err, stoch.stderr)
+
+    # Internals: layer 0 is the token scope; layer 1 against a brute force at its residual.
+    for result, kind in ((tjs.semantic_scope(model, ids, target=third, internals=True), "semantic"),
+                         (tjs.fisher_scope(model, ids, rank=None, internals=True), "fisher")):
+        assert result.layer_scores is not None and result.head_scores is not None
+        assert_close(result.layer_scores[0], result.scores, 1e-5)
+        G1 = _layer_reference(family.name, tuple(tokens.tolist()), last, 1)
+        if G1 is not None:
+            expected = G1[third].norm(dim=-1) if kind == "semantic" else _fisher_from_logit_jacobian(G1, ref.p)
+            assert_close(result.layer_scores[1], expected, RTOL)
+        assert torch.isfinite(result.head_scores).all()
+
+    # Batches (two prompts of different lengths, padded) and positions="all" equal single calls.
+    short = _tokens(SHORT)
+    batch = tjs.fisher_scope(model, [tokens.tolist(), short.tolist()], rank=1)
+    torch.testing.assert_close(batch[0].scores, rank1.scores, rtol=1e-4, atol=1e-5 * float(rank1.scores.max()))
+    alone = tjs.fisher_scope(model, short.tolist(), rank=1)
+    torch.testing.assert_close(batch[1].scores, alone.scores, rtol=1e-4, atol=1e-5 * float(alone.scores.max()))
+    matrix = tjs.fisher_scope(model, ids, rank=1, positions="all")
+    assert matrix.scores.shape == (T, T)
+    mid = tjs.fisher_scope(model, ids, rank=1, position=MID)
+    for row, single in ((matrix.scores[-1], rank1.scores), (matrix.scores[MID], mid.scores)):
+        torch.testing.assert_close(row, single, rtol=1e-4, atol=1e-5 * float(single.max()))
+    return "green"
+
+
+def _fisher_from_logit_jacobian(G: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    Gp = torch.einsum("v,vti->ti", p, G)
+    return torch.einsum("v,vti->t", p, G.pow(2)) - Gp.pow(2).sum(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_reference(name: str, tokens: tuple[int, ...], position: int, layer: int) -> Any:
+    return layer_jacobian(FAMILY_BY_NAME[name], tiny_family_model(name), torch.tensor(tokens), position, layer)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", [f.name for f in FAMILIES])
+def test_architecture(name: str, backend: str) -> None:
+    """Green (every scope equals the brute force) or refused by a ScopeError naming the family."""
+    status = run_family(FAMILY_BY_NAME[name], backend)
+    assert status == "green" or status.startswith("refused: ")
