@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import MissingHookError, ModelLoadError
 from .hook_names import EMBED_HOOK, FINAL_HOOK
+from .readout import LogitTransform, read_logit_transform
 
 
 def backend_name(model: Any) -> str:
@@ -98,6 +99,14 @@ class ModelAccess:
     @property
     def b_U(self) -> Optional[Float[Tensor, " d_vocab"]]:
         return getattr(self.model, "b_U", None)
+
+    @property
+    def logit_transform(self) -> LogitTransform:
+        """The post-unembedding transform ``g`` TransformerLens declares (read once per access)."""
+        found: Optional[LogitTransform] = self.__dict__.get("_logit_transform")
+        if found is None:
+            found = self.__dict__["_logit_transform"] = read_logit_transform(self.model, self.backend)
+        return found
 
     @property
     def d_vocab(self) -> int:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, leaf_hook_names
+from ..models.readout import Slope, slope_row
 from . import probes as P
 from .driver import JobOutput, Plan, check_finite
 from .engine import attention_kernel, batched_vjp, forward_to_final_hidden, probe_chunk_size
@@ -42,11 +43,12 @@ class Probes:
     stochastic_from: Optional[int] = None
 
 
-#: ``(plan, job index, y, p) -> Probes``; ``y`` and ``p`` (float32) belong to the job.
-ProbeMaker = Callable[[Plan, int, Tensor, Tensor], Probes]
-#: ``(plan, Y, P) -> one Probes per job``: all jobs' probes at once (``Y`` [jobs, d], ``P`` [jobs, V]),
-#: for probes whose construction batches over positions (Fisher's eigen-solver).
-BatchProbeMaker = Callable[[Plan, Tensor, Tensor], list[Probes]]
+#: ``(plan, job index, y, p, g'(u)) -> Probes``; ``y``, ``p`` (float32) and the slope of the
+#: model's output transform (:data:`~..models.readout.Slope`) belong to the job.
+ProbeMaker = Callable[[Plan, int, Tensor, Tensor, Slope], Probes]
+#: ``(plan, Y, P, slopes) -> one Probes per job``: all jobs' probes at once (``Y`` [jobs, d], ``P``
+#: [jobs, V]), for probes whose construction batches over positions (Fisher's eigen-solver).
+BatchProbeMaker = Callable[[Plan, Tensor, Tensor, Slope], list[Probes]]
 
 
 def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> tuple[Tensor, Tensor, list[int]]:
@@ -78,10 +80,13 @@ def _padded_jobs(plan: Plan) -> tuple[Tensor, list[int], dict[str, Any], Tensor,
     return tokens, offsets, forward_kwargs, job_rows, job_cols
 
 
-def _distributions(plan: Plan, Y: Tensor) -> Tensor:
-    """``p`` (float32) from each job's final hidden state, after checking that it is finite."""
+def _distributions(plan: Plan, Y: Tensor, need_slope: bool = False) -> tuple[Tensor, Slope]:
+    """``p`` (float32) from each job's final hidden state, after checking that it is finite,
+    and the slope ``g'(u)`` of the model's output transform when ``need_slope``."""
     check_finite(plan, Y, "final hidden state y")
-    return torch.softmax(P.logits_at(Y, plan.access.W_U, plan.access.b_U), dim=-1)
+    access = plan.access
+    z, slope = P.output_at(Y, access.W_U, access.b_U, access.logit_transform, need_slope)
+    return torch.softmax(z, dim=-1), slope
 
 
 def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = False,
@@ -117,16 +122,17 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
                                         kernel=kernel, **forward_kwargs)
         device = state.y.device
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
-        probs = _distributions(plan, Y).to(device)
+        probs, slopes = _distributions(plan, Y, need_slope=True)
+        probs = probs.to(device)
         # Progress: making a job's probes counts as half of the job, its backward passes as the other half.
         if make_all_probes is not None:
-            probes = make_all_probes(plan, Y, probs)
+            probes = make_all_probes(plan, Y, probs, slopes)
             plan.bar.advance(0.5 * len(jobs))
         else:
             assert make_probes is not None, "run_jobs needs make_probes or make_all_probes"
             probes = []
             for i in range(len(jobs)):
-                probes.append(make_probes(plan, i, Y[i], probs[i]))
+                probes.append(make_probes(plan, i, Y[i], probs[i], slope_row(slopes, i)))
                 plan.bar.advance(0.5)
         k = probes[0].vectors.shape[0]
         assert all(p.vectors.shape[0] == k for p in probes), "a method must use one probe count per call"
@@ -194,5 +200,5 @@ def job_distributions(plan: Plan) -> list[Float[Tensor, " d_vocab"]]:
     tokens, _, forward_kwargs, rows, cols = _padded_jobs(plan)
     with plan.access.frozen(), torch.no_grad():
         state = forward_to_final_hidden(plan.access, tokens, perturb=(), **forward_kwargs)
-        probs = _distributions(plan, state.y[rows.to(state.y.device), cols.to(state.y.device)])
+        probs, _ = _distributions(plan, state.y[rows.to(state.y.device), cols.to(state.y.device)])
     return list(probs.unbind(0))
