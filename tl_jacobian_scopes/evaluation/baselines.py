@@ -124,7 +124,8 @@ def _integrated(
             (grad,) = torch.autograd.grad(
                 y, state.leaves[EMBED_HOOK], grad_outputs=v.to(y), retain_graph=i + 1 < len(objectives)
             )
-            out[objective] = captured["x"].float() * grad.float().mean(dim=0)
+            # x as it enters the residual stream (hook_embed times the model's fixed embedding scale).
+            out[objective] = captured["x"].float() * state.embed_scale * grad.float().mean(dim=0)
     return out, probs
 
 

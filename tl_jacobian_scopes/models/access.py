@@ -163,6 +163,19 @@ class ModelAccess:
             return bool(getattr(adapter, "_fold_ln_requested", True))
         return False
 
+    def final_norm_without_scale(self) -> Optional[str]:
+        """The final norm's class name when it has no scale parameter at all (OLMo v1's LayerNorm),
+        so that ‖y‖ is constant by construction on raw weights; None otherwise, or when the
+        weights were processed (a folded norm also has no scale: :meth:`final_norm_folded`).
+        A weight of exactly ones is not "no scale": it is what an unflagged fold leaves."""
+        norm = getattr(self.model, "ln_final", None)
+        if not isinstance(norm, torch.nn.Module) or self.final_norm_folded():
+            return None
+        if any(n.rsplit(".", 1)[-1] in ("weight", "w") for n, _ in norm.named_parameters()):
+            return None
+        inner = getattr(norm, "original_component", None)
+        return type(inner if isinstance(inner, torch.nn.Module) else norm).__name__
+
     def unembed_centered(self) -> bool:
         """True when W_U was centered over the vocabulary (`center_unembed=True`).
 

@@ -16,10 +16,11 @@ from typing import Any, Callable, Literal, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..errors import OptionError, ProcessedWeightsError, ProcessedWeightsWarning, TargetError
+from ..errors import ArchitectureError, OptionError, ProcessedWeightsError, ProcessedWeightsWarning, TargetError
 from ..models.access import ModelAccess, is_degenerate_norm
 from ..models.readout import Slope, slope_row
 from . import probes as P
+from .engine import model_family
 from .driver import NEXT, JobOutput, Plan, Strategy, check_positive_int, job_seed, warn_at_caller
 from .runner import ProbeMaker, Probes, run_jobs
 
@@ -114,7 +115,9 @@ FOLDED = (
 
 def _temperature_probes(plan: Plan, job: int, y: Tensor, probs: Tensor, slope: Slope) -> Probes:
     if is_degenerate_norm(y):
-        raise ProcessedWeightsError(f"‖y‖ = √d_model exactly at position {plan.jobs[job][1]}. {FOLDED}")
+        raise ProcessedWeightsError(
+            f"‖y‖ = √d_model exactly at position {plan.jobs[job][1]}: either the final norm's scale is exactly 1 "
+            f"everywhere (an untrained norm), or it was folded. {FOLDED}")
     return Probes(P.temperature_probe(y)[None], torch.ones(1), quadratic=False,
                   target=int(probs.argmax()), params={"y_norm": float(y.detach().float().norm())})
 
@@ -122,6 +125,14 @@ def _temperature_probes(plan: Plan, job: int, y: Tensor, probs: Tensor, slope: S
 def _temperature(plan: Plan) -> list[JobOutput]:
     if plan.access.final_norm_folded():
         raise ProcessedWeightsError(FOLDED)
+    unscaled = plan.access.final_norm_without_scale()
+    if unscaled is not None:
+        raise ArchitectureError(
+            f"Temperature Scope is undefined for this architecture ({model_family(plan.access)}): its final norm "
+            f"({unscaled}) has no learned scale, so ‖y‖ = √d_model·(1 - O(ε/σ²)) is constant by construction (as "
+            "in OLMo v1, whose LayerNorms have no parameters; the weights were not folded). Its gradient would be "
+            "that of the norm's epsilon term, not a change of confidence. Use the Semantic or Fisher scope, which "
+            "follow the logits (docs/method.md §2.5).")
     return run_jobs(plan, _temperature_probes)
 
 

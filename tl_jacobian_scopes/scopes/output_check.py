@@ -23,6 +23,7 @@ from ..errors import OutputMismatchError
 from ..models.access import ModelAccess
 from ..models.hook_names import FINAL_HOOK
 from . import probes as P
+from .engine import model_family, run_model
 
 #: Largest total-variation distance ``½ Σ|p_lib - p_model|`` accepted, by the model's dtype: the
 #: model rounds its logits to its dtype (bf16 keeps ~3 significant digits), the library works in float32.
@@ -78,7 +79,7 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int) -> No
 
     with access.frozen(), torch.no_grad():
         with model.hooks(fwd_hooks=[(FINAL_HOOK, capture)]):
-            logits = model(tokens.reshape(1, -1).to(access.input_device))
+            logits = run_model(access, tokens.reshape(1, -1).to(access.input_device))
         if not isinstance(logits, Tensor) or "y" not in captured:
             return  # not a logits-returning forward (nothing to compare): the scopes' own checks apply
         z, _ = P.output_at(captured["y"], access.W_U, access.b_U, access.logit_transform)
@@ -102,7 +103,7 @@ def _message(access: ModelAccess, position: int, z: Tensor, own: Tensor, p_lib: 
     affine = float((oc - ratio * zc).norm() / oc.norm().clamp_min(1e-30)) < 1e-3
     shape = (f" The model's logits are {ratio:.4g}× the library's (plus a constant): a logit scale "
              "that TransformerLens does not declare?" if affine and abs(ratio - 1) > 1e-3 else "")
-    family = getattr(access.cfg, "architecture", None) or type(access.model).__name__
+    family = model_family(access)
     return (
         f"The model's own next-token distribution differs from the one the scopes compute ({family}, "
         f"{access.backend}): at position {position} of the first prompt, total variation {distance:.3g}; "
