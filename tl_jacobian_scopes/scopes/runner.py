@@ -10,8 +10,9 @@ whole call costs one forward pass and ``k * G`` vectorized VJPs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -22,7 +23,8 @@ from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, leaf_hook_names
 from ..models.readout import Slope, slope_row
 from . import probes as P
 from .driver import JobOutput, Plan, check_finite
-from .engine import attention_kernel, batched_vjp, forward_to_final_hidden, probe_chunk_size
+from ..errors import ArchitectureError
+from .engine import attention_kernel, batched_vjp, forward_to_final_hidden, model_family, probe_chunk_size
 from .internals import assemble
 
 
@@ -89,6 +91,24 @@ def _distributions(plan: Plan, Y: Tensor, need_slope: bool = False) -> tuple[Ten
     return torch.softmax(z, dim=-1), slope
 
 
+def _checked_vjps(access: ModelAccess, Y: Tensor, leaves: list[Tensor], names: list[str], grad_outputs: Tensor,
+                  chunk: int) -> Iterator[tuple[slice, tuple[Tensor, ...]]]:
+    """:func:`.engine.batched_vjp`, where a perturbed hook that does not feed the output (an
+    observation-only hook point of the family's bridge) is an :class:`ArchitectureError`."""
+    try:
+        yield from batched_vjp(Y, leaves, grad_outputs, chunk)
+    except RuntimeError as exc:
+        found = re.search(r"Tensor at index (\d+) appears to not have been used in the graph", str(exc))
+        if found is None or int(found.group(1)) >= len(names):
+            raise
+        raise ArchitectureError(
+            f"This model's hook point '{names[int(found.group(1))]}' does not feed its output "
+            f"({model_family(access)}, {access.backend}): an edit there would change nothing, so TransformerLens "
+            "exposes the activation for observation only and no sensitivity can be taken there. Run without "
+            "internals=True, or use another TransformerLens version or backend for this family."
+        ) from exc
+
+
 def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = False,
              make_all_probes: Optional[BatchProbeMaker] = None) -> list[JobOutput]:
     """Explain every job of ``plan`` with one forward pass over its padded rows.
@@ -150,7 +170,7 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
         leaves = [state.leaves[n] for n in leaf_names]
         totals: dict[str, Tensor] = {}
         moments: dict[str, list[Tensor]] = {}
-        for sl, grads in batched_vjp(Y, leaves, grad_outputs, chunk):
+        for sl, grads in _checked_vjps(access, Y, leaves, leaf_names, grad_outputs, chunk):
             # Weight of VJP c for job i: its probe's weight if the job is in its group.
             member = in_group[vjp_group[sl]].float()  # [c, jobs]
             w = weights[vjp_probe[sl]] * member
