@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import MissingHookError, ModelLoadError
 from .hook_names import EMBED_HOOK, FINAL_HOOK
+from .readout import LogitTransform, read_logit_transform
 
 
 def backend_name(model: Any) -> str:
@@ -100,6 +101,14 @@ class ModelAccess:
         return getattr(self.model, "b_U", None)
 
     @property
+    def logit_transform(self) -> LogitTransform:
+        """The post-unembedding transform ``g`` TransformerLens declares (read once per access)."""
+        found: Optional[LogitTransform] = self.__dict__.get("_logit_transform")
+        if found is None:
+            found = self.__dict__["_logit_transform"] = read_logit_transform(self.model, self.backend)
+        return found
+
+    @property
     def d_vocab(self) -> int:
         return int(self.W_U.shape[-1])
 
@@ -153,6 +162,19 @@ class ModelAccess:
             adapter = getattr(self.model, "adapter", None)
             return bool(getattr(adapter, "_fold_ln_requested", True))
         return False
+
+    def final_norm_without_scale(self) -> Optional[str]:
+        """The final norm's class name when it has no scale parameter at all (OLMo v1's LayerNorm),
+        so that ‖y‖ is constant by construction on raw weights; None otherwise, or when the
+        weights were processed (a folded norm also has no scale: :meth:`final_norm_folded`).
+        A weight of exactly ones is not "no scale": it is what an unflagged fold leaves."""
+        norm = getattr(self.model, "ln_final", None)
+        if not isinstance(norm, torch.nn.Module) or self.final_norm_folded():
+            return None
+        if any(n.rsplit(".", 1)[-1] in ("weight", "w") for n, _ in norm.named_parameters()):
+            return None
+        inner = getattr(norm, "original_component", None)
+        return type(inner if isinstance(inner, torch.nn.Module) else norm).__name__
 
     def unembed_centered(self) -> bool:
         """True when W_U was centered over the vocabulary (`center_unembed=True`).
