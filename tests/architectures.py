@@ -95,6 +95,9 @@ class Family:
     post_scale: Callable[[Any], float] = lambda config: 1.0
     #: The final norm has no parameters: ‖y‖ is constant by construction (Temperature degenerate).
     scale_free_final_norm: bool = False
+    #: The token embedding also reaches later layers by another path (Gemma-4's per-layer
+    #: inputs, Zamba2's shared blocks), so the layer-0 residual map is not the token scope.
+    embedding_bypasses_layer0: bool = False
 
     @property
     def name(self) -> str:
@@ -131,7 +134,8 @@ FAMILIES: list[Family] = [
     _f("GemmaForCausalLM", "gemma"),
     _f("Gemma2ForCausalLM", "gemma2", overrides=dict(final_logit_softcapping=30.0)),
     _f("Gemma3ForCausalLM", "gemma3_text"),
-    _f("Gemma4ForCausalLM", "gemma4_text", overrides=dict(final_logit_softcapping=30.0, global_head_dim=8)),
+    _f("Gemma4ForCausalLM", "gemma4_text", overrides=dict(final_logit_softcapping=30.0, global_head_dim=8),
+       embedding_bypasses_layer0=True),
     _f("GlmForCausalLM", "glm"),
     _f("Glm4ForCausalLM", "glm4"),
     _f("Glm4MoeForCausalLM", "glm4_moe"),
@@ -169,7 +173,7 @@ FAMILIES: list[Family] = [
     _f("MixtralForCausalLM", "mixtral"),
     _f("ModernBertDecoderForCausalLM", "modernbert-decoder"),
     _f("MptForCausalLM", "mpt"),
-    _f("NanoChatForCausalLM", "nanochat", overrides=dict(final_logit_softcapping=15.0)),
+    _f("NanoChatForCausalLM", "nanochat", overrides=dict(final_logit_softcapping=15.0), scale_free_final_norm=True),
     _f("NemotronForCausalLM", "nemotron"),
     _f("NemotronHForCausalLM", "nemotron_h", overrides=dict(layers_block_type=["mamba", "attention"])),
     _f("OlmoForCausalLM", "olmo", scale_free_final_norm=True),
@@ -200,7 +204,8 @@ FAMILIES: list[Family] = [
     _f("XGLMForCausalLM", "xglm"),
     _f("YoutuForCausalLM", "youtu", overrides=_MLA),
     _f("Zamba2ForCausalLM", "zamba2", overrides=dict(layers_block_type=["mamba", "hybrid"], mamba_headdim=16,
-                                                   hybrid_layer_ids=[1], num_mem_blocks=1)),
+                                                   hybrid_layer_ids=[1], num_mem_blocks=1),
+       embedding_bypasses_layer0=True),
 ]
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
 
@@ -358,7 +363,7 @@ def reference(family: Family, hf_model: Any, tokens: torch.Tensor, position: int
     handles = [leaf_module.register_forward_hook(on_leaf), head.register_forward_pre_hook(on_head)]
     try:
         with torch.no_grad():
-            z = ref(input_ids=ids, use_cache=False).logits[0, position].detach()
+            z = ref(input_ids=ids, use_cache=False).logits[0, position].detach().double()
         x0, y0 = state["x"][0], state["y"]
 
         def logits_of_x(x: torch.Tensor) -> torch.Tensor:
@@ -396,7 +401,8 @@ def reference(family: Family, hf_model: Any, tokens: torch.Tensor, position: int
     finally:
         for h in handles:
             h.remove()
-    return Reference(G=G, J=J, A=A, y=y0, z=z)
+    # Some heads return float32 logits even from a float64 model (Mamba's ``.float()``).
+    return Reference(G=G.double(), J=J.double(), A=A.double(), y=y0.double(), z=z)
 
 
 def check_reference(ref: Reference) -> None:
@@ -449,6 +455,6 @@ def layer_jacobian(family: Family, hf_model: Any, tokens: torch.Tensor, position
             finally:
                 state.pop("new")
 
-        return _jacobian(logits_of_a, a0)
+        return _jacobian(logits_of_a, a0).double()
     finally:
         handle.remove()

@@ -33,6 +33,16 @@ def backend_name(model: Any) -> str:
     return type(model).__name__
 
 
+def architecture_name(model: Any) -> str:
+    """The model's architecture (``cfg.architecture``, else the wrapped HF config's), for messages."""
+    name = getattr(getattr(model, "cfg", None), "architecture", None)
+    if not name:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        archs = getattr(config, "architectures", None)
+        name = archs[0] if archs else type(model).__name__
+    return str(name)
+
+
 class ModelAccess:
     """The parts of a TransformerLens model that a Jacobian scope reads.
 
@@ -58,7 +68,7 @@ class ModelAccess:
         missing = [name for name in required_hooks if name not in hook_names]
         if missing:
             raise MissingHookError(
-                f"{type(model).__name__} has no hook point(s) {missing}; Jacobian scopes perturb "
+                f"{type(model).__name__} ({architecture_name(model)}) has no hook point(s) {missing}; Jacobian scopes perturb "
                 f"'{EMBED_HOOK}' and read '{FINAL_HOOK}'. Load the model with TransformerLens "
                 "(HookedTransformer.from_pretrained_no_processing or "
                 "TransformerBridge.boot_transformers) so that these hooks exist."

@@ -120,6 +120,14 @@ def forward_to_final_hidden(
             "forward pass early, or a model whose unembedding hook is not called. Remove such hooks, or load "
             "the model with TransformerLens so that the hook fires."
         )
+    unreached = [name for name in perturb if name not in state.leaves]
+    if unreached:
+        raise MissingHookError(
+            f"The forward pass never reached the hook point(s) {unreached} before '{FINAL_HOOK}' "
+            f"({model_family(access)}, {access.backend}): TransformerLens's support for this family does not "
+            "run them where the residual stream flows, so no sensitivity can be taken there. Run without "
+            "internals=True, or use another TransformerLens version or backend for this family."
+        )
     return state
 
 
