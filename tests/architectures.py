@@ -145,10 +145,12 @@ FAMILIES: list[Family] = [
     _f("Glm4MoeForCausalLM", "glm4_moe"),
     _f("Glm4MoeLiteForCausalLM", "glm4_moe_lite", overrides=_MLA),
     _f("GlmMoeDsaForCausalLM", "glm_moe_dsa", overrides=_MLA),
-    _f("GPT2LMHeadModel", "gpt2"),
+    # n_inner=None (d_mlp = 4 d): TransformerLens 3.9's HookedTransformer ignores n_inner.
+    _f("GPT2LMHeadModel", "gpt2", overrides=dict(n_inner=None)),
     _f("GPTBigCodeForCausalLM", "gpt_bigcode"),
-    _f("GPTJForCausalLM", "gptj"),
-    _f("GPTNeoForCausalLM", "gpt_neo", overrides=dict(attention_types=[[["global", "local"], 1]], window_size=16)),
+    _f("GPTJForCausalLM", "gptj", overrides=dict(n_inner=None)),
+    _f("GPTNeoForCausalLM", "gpt_neo", overrides=dict(attention_types=[[["global", "local"], 1]], window_size=16,
+                                                     intermediate_size=None)),
     _f("GPTNeoXForCausalLM", "gpt_neox"),
     _f("GptOssForCausalLM", "gpt_oss"),
     _f("GraniteForCausalLM", "granite", overrides=dict(logits_scaling=8.0, embedding_multiplier=12.0),
@@ -208,8 +210,8 @@ FAMILIES: list[Family] = [
     _f("VaultGemmaForCausalLM", "vaultgemma", overrides=dict(final_logit_softcapping=30.0)),
     _f("XGLMForCausalLM", "xglm"),
     _f("YoutuForCausalLM", "youtu", overrides=_MLA),
-    _f("Zamba2ForCausalLM", "zamba2", overrides=dict(layers_block_type=["mamba", "hybrid"], mamba_headdim=16,
-                                                   hybrid_layer_ids=[1], num_mem_blocks=1),
+    _f("Zamba2ForCausalLM", "zamba2", overrides=dict(layers_block_type=["mamba", "hybrid"], n_mamba_heads=4,
+                                                   head_dim=16, hybrid_layer_ids=[1], num_mem_blocks=1),
        embedding_bypasses_layer0=True),
 ]
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
@@ -366,6 +368,10 @@ def reference(family: Family, hf_model: Any, tokens: torch.Tensor, position: int
         return None
 
     handles = [leaf_module.register_forward_hook(on_leaf), head.register_forward_pre_hook(on_head)]
+    default_dtype = torch.get_default_dtype()
+    # float64 defaults: XGLM builds its mask floor with torch.full((), finfo(float64).min), which
+    # overflows the default float32.
+    torch.set_default_dtype(torch.float64)
     try:
         with torch.no_grad():
             z = ref(input_ids=ids, use_cache=False).logits[0, position].detach().double()
@@ -404,6 +410,7 @@ def reference(family: Family, hf_model: Any, tokens: torch.Tensor, position: int
         J = _jacobian(y_of_x, x0)
         A = _jacobian(logits_of_y, y0)
     finally:
+        torch.set_default_dtype(default_dtype)
         for h in handles:
             h.remove()
     # Some heads return float32 logits even from a float64 model (Mamba's ``.float()``).
@@ -448,6 +455,8 @@ def layer_jacobian(family: Family, hf_model: Any, tokens: torch.Tensor, position
         return None
 
     handle = blocks[layer].register_forward_pre_hook(pre, with_kwargs=True)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     try:
         with torch.no_grad():
             ref(input_ids=ids, use_cache=False)
@@ -462,4 +471,5 @@ def layer_jacobian(family: Family, hf_model: Any, tokens: torch.Tensor, position
 
         return _jacobian(logits_of_a, a0).double()
     finally:
+        torch.set_default_dtype(default_dtype)
         handle.remove()

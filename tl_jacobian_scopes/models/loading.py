@@ -315,31 +315,34 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
     config = copy.deepcopy(hf_model.config)
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
         config.n_ctx = config.n_positions  # TransformerLens 3.x reads the pre-transformers-5 name
-    with tempfile.TemporaryDirectory() as tmp:
-        config.save_pretrained(tmp)
-        cfg_dict = convert_hf_model_config(tmp)
-        cfg_dict.update(
-            model_name=getattr(hf_model.config, "name_or_path", "") or cfg_dict.get("model_name", "model"),
-            device=str(device),
-            dtype=hf_model.dtype,
-            init_weights=False,  # the weights are overwritten just below
-        )
-        cfg_dict.pop("tokenizer_name", None)
-        cfg = HookedTransformerConfig(**cfg_dict)
-        state_dict = get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=hf_model.dtype)
+    arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
+    try:
+        cfg, state_dict = _hooked_config_and_weights(config, hf_model, device, convert_hf_model_config,
+                                                     get_pretrained_state_dict, HookedTransformerConfig)
+    except (NotImplementedError, KeyError, AttributeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"TransformerLens {_tl_version()}'s HookedTransformer cannot build {arch} "
+            f"({type(exc).__name__}: {_first_line(exc)}): use backend='bridge' (TransformerBridge) for this family."
+        ) from exc
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    try:
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"TransformerLens {_tl_version()}'s HookedTransformer cannot load the weights of {arch} "
+            f"({type(exc).__name__}: {_first_line(exc)}): use backend='bridge' (TransformerBridge) for this family."
+        ) from exc
     if first is not None:
         place_hooked(model, n, first)  # from the CPU, block by block: no GPU holds the whole model
     else:
@@ -348,6 +351,24 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
     check_same_function(model, "HookedTransformer", hf_model.config, None if probe is None else probe.to(
         model.cfg.device if first is None else first), expected)
     return model
+
+
+def _hooked_config_and_weights(config: Any, hf_model: Any, device: Any, convert: Any, get_state_dict: Any,
+                               config_class: Any) -> tuple[Any, Any]:
+    """TransformerLens 3.x's config and weights for a HF model, from its config written to disk."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        cfg_dict = convert(tmp)
+        cfg_dict.update(
+            model_name=getattr(hf_model.config, "name_or_path", "") or cfg_dict.get("model_name", "model"),
+            device=str(device),
+            dtype=hf_model.dtype,
+            init_weights=False,  # the weights are overwritten just below
+        )
+        cfg_dict.pop("tokenizer_name", None)
+        cfg = config_class(**cfg_dict)
+        state_dict = get_state_dict(tmp, cfg, hf_model=hf_model, dtype=hf_model.dtype)
+    return cfg, state_dict
 
 
 def load_default_model(

@@ -160,13 +160,25 @@ def _raised_upstream(exc: BaseException) -> bool:
     return bool(files) and any(part in files[-1] for part in _UPSTREAM_PATHS)
 
 
+def _raised_by_transformer_lens(exc: BaseException) -> bool:
+    """True when a plain RuntimeError was raised by TransformerLens's own code (e.g. "Original
+    component not set" on GraniteMoeHybrid's bridge), not by a torch operation (out of memory, ...)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        tb = tb.tb_next
+    return last is not None and "/transformer_lens/" in last
+
+
 def run_model(access: ModelAccess, *args: Any, **kwargs: Any) -> Any:
     """``access.model(*args, **kwargs)``; an AttributeError or NotImplementedError raised inside
     TransformerLens or transformers becomes an :class:`~..errors.ArchitectureError` naming the family."""
     try:
         return access.model(*args, **kwargs)
-    except _UPSTREAM as exc:
-        if not _raised_upstream(exc):
+    except (*_UPSTREAM, RuntimeError) as exc:
+        if not (_raised_by_transformer_lens(exc) if type(exc) is RuntimeError else
+                isinstance(exc, _UPSTREAM) and _raised_upstream(exc)):
             raise
         raise ArchitectureError(
             f"TransformerLens cannot run this model's forward pass ({model_family(access)}, {access.backend}, "
