@@ -13,6 +13,7 @@ every leg's file present. Run it once per leg:
 from __future__ import annotations
 
 import json
+import re
 import platform
 import sys
 import time
@@ -63,21 +64,45 @@ def run_leg() -> Path:
     return path
 
 
-def _cell(status: str | None) -> str:
+def _cell(status: str | None, note: str = "") -> str:
+    """A short table cell; the full messages are in the leg's JSON file."""
     if status is None:
         return "not run"
     if status == "green":
-        return "green"
+        return "green" + note
     if status.startswith("green; internals refused: "):
-        return "green (internals=True refused: " + _short(status.split(": ", 1)[1]) + ")"
+        return "green; internals=True refused (" + _reason(status.split(": ", 1)[1]) + ")"
     if status.startswith("refused: "):
-        return "refused: " + _short(status.split(": ", 1)[1])
+        return "refused (" + _reason(status.split(": ", 1)[1]) + ")"
     return "**" + _short(status) + "**"
+
+
+def _reason(message: str) -> str:
+    found = re.search(r"differ by ([\d.]+%)", message)
+    if found:
+        return f"forward differs from HF by {found.group(1)}"
+    if "is not currently supported" in message:
+        return "no HookedTransformer support"
+    if "cannot load the weights" in message:
+        return "HookedTransformer weight conversion fails"
+    if "cannot build" in message:
+        found = re.search(r"\((\w+Error)", message)
+        return "HookedTransformer config conversion fails" + (f": {found.group(1)}" if found else "")
+    if "cannot run this model's forward pass" in message:
+        found = re.search(r"\): (\w+Error)", message)
+        return "forward raises in TransformerLens" + (f": {found.group(1)}" if found else "")
+    if "has no hook point(s)" in message:
+        return "hook points missing"
+    if "never reached the hook point" in message:
+        return "a hook point is never run"
+    if "does not feed its output" in message:
+        return "observation-only hook point"
+    return _short(message)
 
 
 def _short(text: str) -> str:
     text = text.replace("|", "/").replace("\n", " ")
-    return text if len(text) <= 140 else text[:137] + "..."
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def write_doc() -> None:
@@ -106,7 +131,8 @@ def write_doc() -> None:
         "  model), and the library refuses it with a `ScopeError` naming the family.",
         "- Anything in **bold** is a failure: a disagreement with the reference or a raw error.",
         "",
-        "Written by `benchmarks/architecture_matrix.py`, from the same checks as `tests/test_architecture_matrix.py`.",
+        "Written by `benchmarks/architecture_matrix.py`, from the same checks as `tests/test_architecture_matrix.py`;",
+        "each refusal's full message is in `benchmarks/results/architecture_matrix_tl4.json` / `_tl3.json`.",
         "",
     ]
     for leg, data in legs.items():
@@ -117,7 +143,8 @@ def write_doc() -> None:
     lines += ["", "| family | HF class | " + " | ".join(name for _, _, name in LEGS) + " |",
               "| --- | --- | " + " | ".join("---" for _ in LEGS) + " |"]
     for family in A.FAMILIES:
-        cells = [_cell(legs.get(leg, {}).get("families", {}).get(family.name, {}).get(backend)) for leg, backend, _ in LEGS]
+        note = " (Temperature: ArchitectureError, ‖y‖ constant by construction)" if family.scale_free_final_norm else ""
+        cells = [_cell(legs.get(leg, {}).get("families", {}).get(family.name, {}).get(backend), note) for leg, backend, _ in LEGS]
         lines.append(f"| {family.name} | `{family.arch}` | " + " | ".join(cells) + " |")
     lines += ["", "## Not in the matrix", "",
               "Registered by TransformerLens 4.x but not text decoders that `transformers` builds from its own classes:", ""]

@@ -177,7 +177,7 @@ FAMILIES: list[Family] = [
     _f("Ministral3ForCausalLM", "ministral3"),
     _f("MistralForCausalLM", "mistral"),
     _f("MixtralForCausalLM", "mixtral"),
-    _f("ModernBertDecoderForCausalLM", "modernbert-decoder"),
+    _f("ModernBertDecoderForCausalLM", "modernbert-decoder", leaf_module="model.embeddings.norm"),
     _f("MptForCausalLM", "mpt"),
     _f("NanoChatForCausalLM", "nanochat", overrides=dict(final_logit_softcapping=15.0), scale_free_final_norm=True,
        leaf_before_embedding_norm=True),
