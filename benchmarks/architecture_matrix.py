@@ -130,6 +130,11 @@ def write_doc() -> None:
         "- **refused: ...**: TransformerLens cannot run the family (or computes a different function from the HF",
         "  model), and the library refuses it with a `ScopeError` naming the family.",
         "- Anything in **bold** is a failure: a disagreement with the reference or a raw error.",
+        "- \"leaf = hook_embed, labelled unverified\": a known deviation from the leaf convention. A step",
+        "  TransformerLens does not expose sits between `hook_embed` and the first block (NanoChat's",
+        "  parameter-free norm, HRM's `×embedding_scale` into its recurrent stack), so the library takes",
+        "  `hook_embed` as the leaf and records `params[\"embedding_leaf\"] = \"hook_embed_unverified\"`;",
+        "  the reference differentiates at the same vector.",
         "",
         "Written by `benchmarks/architecture_matrix.py`, from the same checks as `tests/test_architecture_matrix.py`;",
         "each refusal's full message is in `benchmarks/results/architecture_matrix_tl4.json` / `_tl3.json`.",
@@ -143,7 +148,9 @@ def write_doc() -> None:
     lines += ["", "| family | HF class | " + " | ".join(name for _, _, name in LEGS) + " |",
               "| --- | --- | " + " | ".join("---" for _ in LEGS) + " |"]
     for family in A.FAMILIES:
-        note = " (Temperature: ArchitectureError, ‖y‖ constant by construction)" if family.scale_free_final_norm else ""
+        notes = (["Temperature: ArchitectureError, ‖y‖ constant by construction"] if family.scale_free_final_norm else []) + (
+            ["leaf = hook_embed, labelled unverified"] if family.leaf_is_raw_embedding else [])
+        note = f" ({'; '.join(notes)})" if notes else ""
         cells = [_cell(legs.get(leg, {}).get("families", {}).get(family.name, {}).get(backend), note) for leg, backend, _ in LEGS]
         lines.append(f"| {family.name} | `{family.arch}` | " + " | ".join(cells) + " |")
     lines += ["", "## Not in the matrix", "",

@@ -98,10 +98,12 @@ class Family:
     #: The token embedding also reaches later layers by another path (Gemma-4's per-layer
     #: inputs, Zamba2's shared blocks), so the layer-0 residual map is not the token scope.
     embedding_bypasses_layer0: bool = False
-    #: A parameter-free norm sits between the embedding and block 0 (NanoChat) and TransformerLens
-    #: has no hook after it: the library's leaf is ``hook_embed`` before that norm (its
-    #: ``params["embedding_leaf"]`` says ``"hook_embed_unverified"``), and so is the reference's.
-    leaf_before_embedding_norm: bool = False
+    #: A known deviation from the leaf convention: a step TransformerLens cannot see through sits
+    #: between ``hook_embed`` and block 0 (NanoChat's parameter-free norm, HRM's ×embedding_scale
+    #: into a recurrent H/L stack), so the library takes ``hook_embed`` itself as the leaf and says
+    #: so (``params["embedding_leaf"] == "hook_embed_unverified"``). The reference then
+    #: differentiates at the HF embedding module's output, the same vector.
+    leaf_is_raw_embedding: bool = False
 
     @property
     def name(self) -> str:
@@ -160,7 +162,7 @@ FAMILIES: list[Family] = [
     _f("GraniteMoeHybridForCausalLM", "granitemoehybrid", overrides=dict(
         logits_scaling=8.0, embedding_multiplier=12.0, layer_types=["mamba", "attention"]),
        post_scale=lambda c: c.embedding_multiplier),
-    _f("HrmTextForCausalLM", "hrm_text", post_scale=lambda c: float(getattr(c, "embedding_scale", None) or c.hidden_size ** 0.5)),
+    _f("HrmTextForCausalLM", "hrm_text", leaf_is_raw_embedding=True, scale_free_final_norm=True),
     _f("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense"),
     _f("Jais2ForCausalLM", "jais2"),
     _f("JambaForCausalLM", "jamba", overrides=dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
@@ -180,7 +182,7 @@ FAMILIES: list[Family] = [
     _f("ModernBertDecoderForCausalLM", "modernbert-decoder", leaf_module="model.embeddings.norm"),
     _f("MptForCausalLM", "mpt"),
     _f("NanoChatForCausalLM", "nanochat", overrides=dict(final_logit_softcapping=15.0), scale_free_final_norm=True,
-       leaf_before_embedding_norm=True),
+       leaf_is_raw_embedding=True),
     _f("NemotronForCausalLM", "nemotron"),
     _f("NemotronHForCausalLM", "nemotron_h", overrides=dict(layers_block_type=["mamba", "attention"])),
     _f("OlmoForCausalLM", "olmo", scale_free_final_norm=True),
@@ -348,7 +350,7 @@ def reference(family: Family, hf_model: Any, tokens: torch.Tensor, position: int
     ref = copy.deepcopy(hf_model).double().eval()
     leaf_module = _resolve(ref, family.leaf_module) if family.leaf_module else ref.get_input_embeddings()
     head = ref.get_output_embeddings()
-    scale = float(family.post_scale(ref.config))
+    scale = 1.0 if family.leaf_is_raw_embedding else float(family.post_scale(ref.config))
     ids = tokens.reshape(1, -1)
     state: dict[str, Any] = {}
 

@@ -95,6 +95,8 @@ def _check_tokens(family: Family, model: Any) -> None:
     assert sem.predicted_prob == pytest.approx(float(ref.p[top]), rel=1e-4, abs=1e-6)
     assert sem.target_prob == pytest.approx(float(ref.p[third]), rel=1e-4, abs=1e-6)
     assert_close(sem.scores, ref.semantic(third), RTOL)
+    # The leaf is documented in params; a family the library cannot verify says so.
+    assert (sem.params["embedding_leaf"] == "hook_embed_unverified") == family.leaf_is_raw_embedding, sem.params
     con = tjs.semantic_scope(model, ids, target=third, contrast=top)
     assert con.contrast_prob == pytest.approx(float(ref.p[top]), rel=1e-4, abs=1e-6)
     assert_close(con.scores, ref.semantic(third, top), RTOL)
@@ -144,9 +146,7 @@ def _check_internals(family: Family, model: Any) -> None:
                          (tjs.fisher_scope(model, ids, rank=None, internals=True), "fisher")):
         assert result.layer_scores is not None and result.head_scores is not None
         assert result.layer_scores.shape == (model.cfg.n_layers + 1, len(tokens))
-        if family.leaf_before_embedding_norm:
-            assert result.params["embedding_leaf"] == "hook_embed_unverified"
-        elif not family.embedding_bypasses_layer0:
+        if not (family.leaf_is_raw_embedding or family.embedding_bypasses_layer0):
             assert_close(result.layer_scores[0], result.scores, 1e-5)
         if G1 is not None:
             expected = G1[third].norm(dim=-1) if kind == "semantic" else _fisher_from_logit_jacobian(G1, ref.p)

@@ -178,13 +178,15 @@ class ModelAccess:
         so that ‖y‖ is constant by construction on raw weights; None otherwise, or when the
         weights were processed (a folded norm also has no scale: :meth:`final_norm_folded`).
         A weight of exactly ones is not "no scale": it is what an unflagged fold leaves."""
-        norm = getattr(self.model, "ln_final", None)
-        if not isinstance(norm, torch.nn.Module) or self.final_norm_folded():
+        # ``ln_final``; a recurrent-depth bridge (HRM) has one per stack: ``H_ln_final``, ``L_ln_final``.
+        norms = [m for name, m in getattr(self.model, "_modules", {}).items()
+                 if isinstance(m, torch.nn.Module) and (name == "ln_final" or name.endswith("_ln_final"))]
+        if not norms or self.final_norm_folded():
             return None
-        if any(n.rsplit(".", 1)[-1] in ("weight", "w") for n, _ in norm.named_parameters()):
+        if any(n.rsplit(".", 1)[-1] in ("weight", "w") for norm in norms for n, _ in norm.named_parameters()):
             return None
-        inner = getattr(norm, "original_component", None)
-        return type(inner if isinstance(inner, torch.nn.Module) else norm).__name__
+        inner = getattr(norms[0], "original_component", None)
+        return type(inner if isinstance(inner, torch.nn.Module) else norms[0]).__name__
 
     def unembed_centered(self) -> bool:
         """True when W_U was centered over the vocabulary (`center_unembed=True`).
