@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 
+from .hook_names import EMBED_HOOK, FINAL_HOOK
 from ..errors import ArchitectureError, DeviceError, MissingPackageError, ModelLoadError, OptionError
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -235,53 +236,95 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = No
     return bridge
 
 
-#: Token ids of the forward-pass check (all below the smallest vocabulary it is run on).
-_PROBE_IDS = (1, 5, 9, 3, 7, 2, 8, 4)
+#: Token ids of the forward-pass check (special tokens are skipped: TransformerLens masks a
+#: pad token where Hugging Face attends to it).
+_PROBE_IDS = (11, 5, 9, 3, 7, 12, 8, 4, 10, 6)
 
 
 def _hf_reference_logits(hf_model: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The plain HF model's logits on a few fixed tokens, before TransformerLens wraps or copies
-    it (a bridge edits the HF modules in place, so afterwards there is no plain forward left)."""
-    vocab = int(getattr(hf_model.config, "vocab_size", 0) or 0)
-    if vocab <= max(_PROBE_IDS):
+    """The plain HF model's final hidden states ``y`` (the unembedding's input) on a few fixed
+    tokens, before TransformerLens wraps or copies it (a bridge edits the HF modules in place,
+    so afterwards there is no plain forward left)."""
+    config = hf_model.config
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    special: set[int] = set()
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        value = getattr(config, attr, None)
+        special.update(v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, int))
+    ids = [i for i in _PROBE_IDS if i not in special and i < vocab][:8]
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    if len(ids) < 4 or not isinstance(head, torch.nn.Module):
         return None, None
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
     try:
         device = hf_model.get_input_embeddings().weight.device
-        probe = torch.tensor([_PROBE_IDS], device=device)
+        probe = torch.tensor([ids], device=device)
         with torch.no_grad():
-            logits = hf_model(input_ids=probe, use_cache=False).logits
+            hf_model(input_ids=probe, use_cache=False)
     except Exception:  # a model that cannot run this probe: nothing to compare with
         return None, None
-    return probe, logits.detach().float().cpu()
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        return None, None
+    return probe, seen[0].float().cpu()
 
 
 def check_same_function(model: Any, backend: str, config: Any, probe: Optional[torch.Tensor],
                         expected: Optional[torch.Tensor]) -> None:
-    """Refuse a TransformerLens model whose forward pass disagrees with the HF model it was built
-    from (e.g. Cohere2 or DeepSeek-V3 on TransformerLens 3.9's bridge): its scopes would explain
-    another function. A forward that raises is left to the scope call, which names the fault.
+    """Refuse a TransformerLens model whose final hidden state ``y`` (``unembed.hook_in``, what
+    every scope differentiates) disagrees with the HF model it was built from (e.g. Cohere2 or
+    DeepSeek-V3 on TransformerLens 3.9's bridge): its scopes would explain another function. A
+    forward that raises is left to the scope call, which names the fault.
 
     Raises:
         ArchitectureError: naming the architecture, the TransformerLens version and the gap.
     """
-    if probe is None or expected is None:
+    if probe is None or expected is None or FINAL_HOOK not in model.hook_dict:
         return
-    try:
-        with torch.no_grad():
-            got = model(probe).detach().float().cpu()
-    except Exception:
-        return
-    gap = float((got - expected).abs().max())
-    size = float(expected.abs().max()) + 1e-6
+    from ..scopes.engine import forward_to_final_hidden  # the scopes' own forward pass
+    from .access import ModelAccess
+
+    from ..scopes.engine import attention_kernel
+
+    archs = getattr(config, "architectures", None) or [type(config).__name__]
     tolerance = 1e-3 if expected.dtype == torch.float32 and model.cfg.dtype == torch.float32 else 5e-2
-    if got.shape != expected.shape or not math.isfinite(gap) or gap > tolerance * size:
-        archs = getattr(config, "architectures", None) or [type(config).__name__]
+    size = float(expected.abs().max()) + 1e-6
+
+    def gap_with(kernel: str) -> Optional[float]:
+        try:
+            access = ModelAccess(model)
+            with access.frozen(), torch.no_grad():
+                y = forward_to_final_hidden(access, probe, perturb=(), kernel=kernel).y
+        except Exception:
+            return None
+        got = y.detach().float().cpu()
+        return float((got - expected).abs().max()) if got.shape == expected.shape else None
+
+    # The token scopes' pass: their hooks and their attention kernel. On TransformerLens 3.9's
+    # bridge, TransformerLens's eager attention and PyTorch's sdpa can disagree (Cohere): internal
+    # maps, which need eager attention, are then refused (engine.forward_to_final_hidden).
+    default = attention_kernel(ModelAccess(model))
+    gap = gap_with(default)
+    if gap is None:
+        return
+    if default != "eager":
+        eager_gap = gap_with("eager")
+        if eager_gap is not None and not (eager_gap <= tolerance * size):
+            model._tjs_eager_mismatch = (
+                f"TransformerLens {_tl_version()}'s own (eager) attention for {archs[0]} computes a different "
+                f"function from the Hugging Face model (final hidden state off by {eager_gap / size:.1%}); the "
+                "token scopes use PyTorch's attention and are exact, but internals=True and hooks inside "
+                "attention need TransformerLens's: run without internals=True, or use another TransformerLens version."
+            )
+    if not math.isfinite(gap) or gap > tolerance * size:
         raise ArchitectureError(
             f"TransformerLens {_tl_version()}'s {backend} computes a different function from the Hugging Face "
-            f"model for {archs[0]}: its logits differ by {gap / size:.1%} of their largest value on a test "
-            "input, so every scope would explain another model. This is a fault in TransformerLens's support "
-            "for the family: use the other backend (HookedTransformer / TransformerBridge) or another "
-            "TransformerLens version, and report it to TransformerLens."
+            f"model for {archs[0]}: its final hidden state (unembed.hook_in) differs by {gap / size:.1%} of its "
+            "largest value on a test input, so every scope would explain another model. This is a fault in "
+            "TransformerLens's support for the family: use the other backend (HookedTransformer / "
+            "TransformerBridge) or another TransformerLens version, and report it to TransformerLens."
         )
 
 

@@ -105,6 +105,9 @@ def forward_to_final_hidden(
         )
     if kernel is None:
         kernel = attention_kernel(access, [name for name, _ in fwd_hooks])
+    mismatch = getattr(access.model, "_tjs_eager_mismatch", None)
+    if kernel == "eager" and mismatch:  # set at load by models.loading.check_same_function
+        raise ArchitectureError(str(mismatch))
     active.add(id(access.model))
     try:
         with torch.enable_grad(), _attention_running(access, kernel), access.model.hooks(fwd_hooks=fwd_hooks):
