@@ -80,7 +80,7 @@ def _cell(status: str | None, note: str = "") -> str:
 def _reason(message: str) -> str:
     found = re.search(r"differ by ([\d.]+%)", message)
     if found:
-        return f"forward differs from HF by {found.group(1)}"
+        return f"y differs from HF by {found.group(1)}"
     if "is not currently supported" in message:
         return "no HookedTransformer support"
     if "cannot load the weights" in message:
@@ -91,6 +91,9 @@ def _reason(message: str) -> str:
     if "cannot run this model's forward pass" in message:
         found = re.search(r"\): (\w+Error)", message)
         return "forward raises in TransformerLens" + (f": {found.group(1)}" if found else "")
+    if "(eager) attention" in message:
+        found = re.search(r"off by ([\d.]+%)", message)
+        return "TransformerLens's eager attention differs from HF" + (f" by {found.group(1)}" if found else "")
     if "has no hook point(s)" in message:
         return "hook points missing"
     if "never reached the hook point" in message:

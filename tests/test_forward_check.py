@@ -12,6 +12,6 @@ def test_a_forward_that_disagrees_with_hf_is_an_architecture_error():
     model = bridge_from_hf(hf, tiny_tokenizer(), "tiny-llama", device="cpu")  # agrees: no error
     check_same_function(model, "bridge", hf.config, probe, expected)
     wrong = expected.clone()
-    wrong[..., 3] += 0.1 * float(expected.abs().max())  # one logit moved by 10% of the largest
-    with pytest.raises(tjs.ArchitectureError, match="LlamaForCausalLM.*differ by 10.0%"):
+    wrong[..., 3] += 0.1 * float(expected.abs().max())  # one coordinate of y moved by 10% of the largest
+    with pytest.raises(tjs.ArchitectureError, match="LlamaForCausalLM.*differs by 10.0%"):
         check_same_function(model, "bridge", hf.config, probe, wrong)

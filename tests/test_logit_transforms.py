@@ -205,8 +205,11 @@ def test_embedding_leaf_is_the_residual_input_and_layer_zero_matches(family):
     name, model, _, _, tokens = family
     try:
         r = tjs.semantic_scope(model, tokens, internals=True)
-    except tjs.ArchitectureError as exc:  # TL 3.9's Granite bridge: observation-only residual hooks
-        assert name == "granite" and "does not feed its output" in str(exc) and "Granite" in str(exc)
+    except tjs.ArchitectureError as exc:
+        # TL 3.9's bridge: Granite's residual hooks are observation-only; Cohere's own (eager)
+        # attention differs from HF, which internals=True needs (tests/test_architecture_matrix.py).
+        assert (name == "granite" and "does not feed its output" in str(exc) and "Granite" in str(exc)) or (
+            name == "cohere" and "(eager) attention for CohereForCausalLM" in str(exc))
         from importlib.metadata import version
 
         assert version("transformer-lens").startswith("3")
