@@ -78,7 +78,7 @@ def _cell(status: str | None, note: str = "") -> str:
 
 
 def _reason(message: str) -> str:
-    found = re.search(r"differ by ([\d.]+%)", message)
+    found = re.search(r"differs? by ([\d.]+%)", message)
     if found:
         return f"y differs from HF by {found.group(1)}"
     if "is not currently supported" in message:
