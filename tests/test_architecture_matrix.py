@@ -11,6 +11,8 @@ same table by ``benchmarks/architecture_matrix.py``.
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,9 +168,30 @@ def _layer_reference(name: str, tokens: tuple[int, ...], position: int, layer: i
     return layer_jacobian(FAMILY_BY_NAME[name], tiny_family_model(name), torch.tensor(tokens), position, layer)
 
 
+def _category(status: str) -> str:
+    return status.split(":", 1)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _recorded() -> dict[str, Any]:
+    """docs/architectures.md's statuses for the installed TransformerLens (empty for another version)."""
+    from importlib.metadata import version
+
+    installed = version("transformer-lens")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"architecture_matrix_tl{installed[0]}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    return data.get("families", {}) if data.get("versions", {}).get("transformer-lens") == installed else {}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", [f.name for f in FAMILIES])
 def test_architecture(name: str, backend: str) -> None:
-    """Green (every scope equals the brute force) or refused by a ScopeError naming the family."""
+    """Green (every scope equals the brute force) or refused by a ScopeError naming the family,
+    and the same status as docs/architectures.md records for this TransformerLens version."""
     status = run_family(FAMILY_BY_NAME[name], backend)
     assert status == "green" or status.startswith(("green; internals refused: ", "refused: ")), status
+    recorded = _recorded().get(name, {}).get(backend)
+    if recorded is not None:
+        assert _category(status) == _category(recorded), (
+            f"{name} on {backend}: {status!r}, but docs/architectures.md says {recorded!r}: rerun "
+            "benchmarks/architecture_matrix.py on both legs")
