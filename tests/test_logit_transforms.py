@@ -230,3 +230,46 @@ def test_codegen_upstream_failure_is_a_clear_error():
     for scope in (tjs.semantic_scope, tjs.fisher_scope, tjs.leave_one_out):
         with pytest.raises(tjs.ArchitectureError, match="CodeGen.*TransformerLens [34]"):
             scope(model, PROMPT)
+
+
+# ---- HookedTransformer: cfg.output_logits_soft_cap ------------------------------------------------
+
+
+@pytest.mark.skipif(not has_hooked_transformer(), reason="HookedTransformer is TransformerLens 3.x")
+def test_hooked_transformer_soft_cap():
+    """A HookedTransformer with ``output_logits_soft_cap`` (Gemma-2's), against float64 brute force on
+    its own logits: ``∂z/∂x`` straight through the model's forward (``hook_embed`` replaced)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = tiny_tokenizer()
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=48, d_vocab=len(tok), n_ctx=32,
+                                  act_fn="gelu", normalization_type="LN", output_logits_soft_cap=2.0, seed=0)
+    model = HookedTransformer(cfg, tokenizer=tok).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln" in name:
+                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith("w") else 0.1 * torch.randn_like(param))
+            elif param.ndim >= 2:
+                param.mul_(3.0)
+    tokens = tok(PROMPT, return_tensors="pt").input_ids[0]
+    pos = len(tokens) - 1
+    ref = copy.deepcopy(model).to(torch.float64)
+    ref.cfg.dtype = torch.float64
+    with torch.no_grad():
+        x0 = ref.embed(tokens[None])
+
+    def logits_of(x):
+        return ref.run_with_hooks(tokens[None], fwd_hooks=[("hook_embed", lambda act, hook: x)])[0, pos]
+
+    Jz = torch.autograd.functional.jacobian(logits_of, x0)[:, 0]  # [V, T, d]
+    with torch.no_grad():
+        z = logits_of(x0)
+    p = torch.softmax(z, dim=-1)
+    assert float(z.abs().max()) > 1.0  # the cap (2) bends these logits
+    target, contrast = int(p.argmax()), int(p.argmin())
+    r = tjs.semantic_scope(model, tokens, target=target, contrast=contrast)
+    assert r.target_prob == pytest.approx(float(p[target]), rel=1e-5)
+    assert_close(r.scores, (Jz[target] - Jz[contrast]).norm(dim=-1))
+    cov = torch.diag(p) - torch.outer(p, p)
+    exact = torch.einsum("vti,vw,wti->t", Jz, cov, Jz)
+    assert_close(tjs.fisher_scope(model, tokens, rank=None).scores, exact, rtol=2e-4)

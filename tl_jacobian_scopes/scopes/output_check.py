@@ -82,6 +82,8 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int) -> No
             logits = run_model(access, tokens.reshape(1, -1).to(access.input_device))
         if not isinstance(logits, Tensor) or "y" not in captured:
             return  # not a logits-returning forward (nothing to compare): the scopes' own checks apply
+        if not (bool(torch.isfinite(captured["y"]).all()) and bool(torch.isfinite(logits[0, position]).all())):
+            return  # NaN or infinity: the scope's own check names the parameter (nothing is cached)
         z, _ = P.output_at(captured["y"], access.W_U, access.b_U, access.logit_transform)
         z = z.double()
         p_lib = torch.softmax(z, dim=-1)
