@@ -209,7 +209,7 @@ def embedding_leaf(access: ModelAccess, tokens: Tensor) -> EmbeddingLeaf:
     """
     model = access.model
     W_E = model.W_E
-    key = (W_E.data_ptr(), W_E._version, tuple(W_E.shape), W_E.dtype)
+    key = (W_E.data_ptr(), None if W_E.is_inference() else W_E._version, tuple(W_E.shape), W_E.dtype)
     found = _LEAVES.get(model)
     if found is not None and found[0] == key:
         leaf: EmbeddingLeaf = found[1]

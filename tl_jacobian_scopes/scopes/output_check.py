@@ -54,7 +54,10 @@ def skip_output_check(model: Any, skip: bool = True) -> None:
 
 
 def _version(t: Optional[Tensor]) -> Hashable:
-    return None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+    if t is None:
+        return None
+    # Inference tensors keep no version counter (frozen() refuses such a model with its own message).
+    return (t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape), t.dtype, str(t.device))
 
 
 def _key(access: ModelAccess) -> Hashable:
