@@ -273,3 +273,13 @@ def test_hooked_transformer_soft_cap():
     cov = torch.diag(p) - torch.outer(p, p)
     exact = torch.einsum("vti,vw,wti->t", Jz, cov, Jz)
     assert_close(tjs.fisher_scope(model, tokens, rank=None).scores, exact, rtol=2e-4)
+
+
+def test_embedding_leaf_is_measured_on_a_later_call_after_a_one_token_prompt():
+    """One token gives nothing to measure the embedding scale from: not cached as unverified."""
+    hf = family_hf_model("granite")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = bridge_from_hf(hf, tiny_tokenizer(), "tiny-granite", device="cpu")
+    assert tjs.semantic_scope(model, [5]).params["embedding_leaf"] == "hook_embed_unverified"
+    assert tjs.semantic_scope(model, PROMPT).params["embedding_leaf"] == "residual_input"
