@@ -283,3 +283,27 @@ def test_embedding_leaf_is_measured_on_a_later_call_after_a_one_token_prompt():
         model = bridge_from_hf(hf, tiny_tokenizer(), "tiny-granite", device="cpu")
     assert tjs.semantic_scope(model, [5]).params["embedding_leaf"] == "hook_embed_unverified"
     assert tjs.semantic_scope(model, PROMPT).params["embedding_leaf"] == "residual_input"
+
+
+# ---- reading the transform ------------------------------------------------------------------------
+
+
+def test_transform_classification():
+    """Identity: nothing extra (no slope); a scale: a number; soft-cap: g'(u) by autograd; a
+    transform that mixes logits is refused."""
+    from tl_jacobian_scopes.models.readout import _classify
+
+    u = torch.tensor([[-50.0, -2.0, 0.0, 1.5, 40.0]])
+    identity = _classify(lambda x: x, "test")
+    assert identity.is_identity and identity.apply(u, need_slope=True) == (u, None)
+    scale = _classify(lambda x: x / 8.0, "test")
+    z, slope = scale.apply(u, need_slope=True)
+    assert scale.kind == "scale" and slope == 0.125 and torch.equal(z, u / 8)
+    cap = _classify(lambda x: 30.0 * torch.tanh(x / 30.0), "test")
+    z, slope = cap.apply(u, need_slope=True)
+    assert cap.kind == "elementwise"
+    assert_close(z, 30 * torch.tanh(u / 30), rtol=1e-6)
+    assert isinstance(slope, torch.Tensor)
+    assert_close(slope, 1 - torch.tanh(u / 30) ** 2, rtol=1e-6)
+    with pytest.raises(tjs.ArchitectureError, match="not elementwise"):
+        _classify(lambda x: x - x.mean(dim=-1, keepdim=True), "test")
