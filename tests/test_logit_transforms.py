@@ -24,15 +24,30 @@ from tiny_models import assert_close, tiny_model, tiny_tokenizer
 PROMPT = "the cat sat on the mat and ran"
 
 
+def _raw_bridge(hf, name):
+    """A TransformerBridge booted directly (a user's own bridge: no loader-side checks), on a copy."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(f"tiny-{name}", hf_model=copy.deepcopy(hf),
+                                                     tokenizer=tiny_tokenizer(), device="cpu", dtype=hf.dtype)
+    return bridge.eval()
+
+
+def _tl3() -> bool:
+    from importlib.metadata import version
+
+    return version("transformer-lens").startswith("3")
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
     """``(name, bridge, reference, tokens)``: one build per family for the whole module."""
     name = request.param
     hf = family_hf_model(name)
     tok = tiny_tokenizer()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = bridge_from_hf(copy.deepcopy(hf), tok, f"tiny-{name}", device="cpu")
+    model = _raw_bridge(hf, name)
     tokens = tok(PROMPT, return_tensors="pt").input_ids[0]
     return name, model, hf, family_reference(hf, tokens, len(tokens) - 1), tokens
 
@@ -352,9 +367,7 @@ def test_self_check_compares_the_bridge_with_the_wrapped_hf_model():
     tokens = tok("the cat sat on the mat and ran to the house", return_tensors="pt").input_ids[0]
     with torch.no_grad():
         p = torch.softmax(hf(tokens[None]).logits[0, -1].double(), dim=-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = bridge_from_hf(copy.deepcopy(hf), tok, "tiny-cohere2", device="cpu")
+    model = _raw_bridge(hf, "cohere2")
     if version("transformer-lens").startswith("3"):  # the bridge's own attention differs
         with pytest.raises(tjs.OutputMismatchError,
                            match="(?s)Cohere2.*the wrapped Hugging Face model.*bridge computes a different function"):
