@@ -31,7 +31,8 @@ from .engine import forward_to_final_hidden, model_family, run_model
 #: model rounds its logits to its dtype (bf16 keeps ~3 significant digits), the library works in float32.
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
-_VERDICTS: "weakref.WeakKeyDictionary[Any, Hashable]" = weakref.WeakKeyDictionary()
+#: Per model: (key, the attention kernels whose ``y`` passed).
+_VERDICTS: "weakref.WeakKeyDictionary[Any, tuple[Hashable, frozenset[str]]]" = weakref.WeakKeyDictionary()
 _SKIPPED: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
@@ -62,10 +63,10 @@ def _version(t: Optional[Tensor]) -> Hashable:
     return (t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape), t.dtype, str(t.device))
 
 
-def _key(access: ModelAccess, kernel: str) -> Hashable:
+def _key(access: ModelAccess) -> Hashable:
     transform = access.logit_transform
     return (_version(access.W_U), _version(access.b_U), transform.describe(), transform.source,
-            id(getattr(access.model, "original_model", None)), kernel)
+            id(getattr(access.model, "original_model", None)))
 
 
 def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kernel: str = "eager") -> None:
@@ -79,26 +80,39 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kerne
     model = access.model
     if model in _SKIPPED:
         return
-    key = _key(access, kernel)
-    if _VERDICTS.get(model) == key:
+    key = _key(access)
+    cached = _VERDICTS.get(model)
+    passed: set[str] = set(cached[1]) if cached is not None and cached[0] == key else set()
+    if kernel in passed:
         return
+    # A bridge that can run SDPA is checked on the eager path too, at once: a later call with
+    # internal maps or a user's attention hook (eager) then needs no forward pass of its own.
+    kernels = [kernel] + (["eager"] if kernel == "sdpa" else [])
     row = tokens.reshape(1, -1).to(access.input_device)
     with access.frozen(), torch.no_grad():
-        y = forward_to_final_hidden(access, row, perturb=(), kernel=kernel).y[0, position].detach()
+        ys = {k: forward_to_final_hidden(access, row, perturb=(), kernel=k).y[0, position].detach() for k in kernels}
         reference, source = _wrapped_model_logits(access, tokens), "the wrapped Hugging Face model"
         if reference is None:
             reference, source = run_model(access, row), "the model's forward pass"
         if not isinstance(reference, Tensor):
             return  # not a logits-returning forward (nothing to compare): the scopes' own checks apply
         own = reference[0, position].detach().double()
-        if not (bool(torch.isfinite(y).all()) and bool(torch.isfinite(own).all())):
+        if not (all(bool(torch.isfinite(y).all()) for y in ys.values()) and bool(torch.isfinite(own).all())):
             return  # NaN or infinity: the scope's own check names the parameter (nothing is cached)
-        z, _ = P.output_at(y, access.W_U, access.b_U, access.logit_transform)
-        z = z.double()
-        own = own.to(z.device)
-        p_lib, p_model = torch.softmax(z, dim=-1), torch.softmax(own, dim=-1)
-        distance = float(0.5 * (p_lib - p_model).abs().sum())
-        if distance > TOLERANCE.get(access.dtype, 1e-4):
+        p_model = torch.softmax(own, dim=-1)
+        failure = None
+        for k, y in ys.items():
+            z, _ = P.output_at(y, access.W_U, access.b_U, access.logit_transform)
+            z = z.double()
+            p_lib = torch.softmax(z, dim=-1)
+            distance = float(0.5 * (p_lib - p_model.to(z.device)).abs().sum())
+            if distance <= TOLERANCE.get(access.dtype, 1e-4):
+                passed.add(k)
+            elif k == kernel:
+                failure = (z, p_lib, distance)
+        if failure is not None:
+            z, p_lib, distance = failure
+            own, p_model = own.to(z.device), p_model.to(z.device)
             bridge_own = None
             if source != "the model's forward pass":  # does the bridge's own forward agree with HF?
                 logits = run_model(access, row)
@@ -106,16 +120,18 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kerne
                     bridge_own = torch.softmax(logits[0, position].double().to(z.device), dim=-1)
             raise OutputMismatchError(_message(access, position, z, own, p_lib, p_model, distance, source,
                                                bridge_own, kernel))
-    _VERDICTS[model] = key
+    _VERDICTS[model] = (key, frozenset(passed))
 
 
 def _wrapped_model_logits(access: ModelAccess, tokens: Tensor) -> Optional[Tensor]:
     """The wrapped Hugging Face model's own logits, on a bridge: its forward pass with every bridge
     component swapped back for the HF module it wraps (restored afterwards). None on a
     HookedTransformer, when hooks are attached (they would change the bridge's output on purpose),
-    or when the unwrapped model cannot run (then only the bridge's own output is checked)."""
+    when the bridge processed its weights (the HF modules keep the raw ones), or when the unwrapped
+    model cannot run (then only the bridge's own output is checked)."""
     root = getattr(access.model, "original_model", None)
-    if access.backend != "bridge" or not isinstance(root, torch.nn.Module) or hook_count(access.model):
+    if (access.backend != "bridge" or not isinstance(root, torch.nn.Module) or hook_count(access.model)
+            or getattr(access.model, "_weights_processed", False)):  # processed weights live in the bridge
         return None
     swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     stack, seen = [root], set()
