@@ -88,6 +88,8 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kerne
     # A bridge that can run SDPA is checked on the eager path too, at once: a later call with
     # internal maps or a user's attention hook (eager) then needs no forward pass of its own.
     kernels = [kernel] + (["eager"] if kernel == "sdpa" else [])
+    # Causal: the tokens after the explained position cannot change its prediction.
+    tokens = tokens.reshape(-1)[: position + 1]
     row = tokens.reshape(1, -1).to(access.input_device)
     with access.frozen(), torch.no_grad():
         ys = {k: forward_to_final_hidden(access, row, perturb=(), kernel=k).y[0, position].detach() for k in kernels}
