@@ -24,15 +24,30 @@ from tiny_models import assert_close, tiny_model, tiny_tokenizer
 PROMPT = "the cat sat on the mat and ran"
 
 
+def _raw_bridge(hf, name):
+    """A TransformerBridge booted directly (a user's own bridge: no loader-side checks), on a copy."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(f"tiny-{name}", hf_model=copy.deepcopy(hf),
+                                                     tokenizer=tiny_tokenizer(), device="cpu", dtype=hf.dtype)
+    return bridge.eval()
+
+
+def _tl3() -> bool:
+    from importlib.metadata import version
+
+    return version("transformer-lens").startswith("3")
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
     """``(name, bridge, reference, tokens)``: one build per family for the whole module."""
     name = request.param
     hf = family_hf_model(name)
     tok = tiny_tokenizer()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = bridge_from_hf(copy.deepcopy(hf), tok, f"tiny-{name}", device="cpu")
+    model = _raw_bridge(hf, name)
     tokens = tok(PROMPT, return_tensors="pt").input_ids[0]
     return name, model, hf, family_reference(hf, tokens, len(tokens) - 1), tokens
 
@@ -133,6 +148,23 @@ def test_leave_one_out_kl_on_the_real_output(family):
 # ---- the self-check ------------------------------------------------------------------------------
 
 
+class _Hook:
+    def __init__(self, model):
+        self.model = model
+
+    def remove(self):
+        self.model.reset_hooks(including_permanent=True)
+
+
+def _scale_logits(model, backend, factor):
+    """A hook that scales the logits after the unembedding: a TransformerLens hook on a bridge
+    (so the model, not only the wrapped HF model, is edited), a module hook on a HookedTransformer."""
+    if backend == "bridge":
+        model.add_hook("unembed.hook_out", lambda act, hook: act * factor, is_permanent=True)
+        return _Hook(model)
+    return model.unembed.register_forward_hook(lambda module, args, out: out * factor)
+
+
 def _state(model):
     from tl_jacobian_scopes.models.access import all_modules, hook_count
 
@@ -146,7 +178,7 @@ def test_self_check_catches_a_wrong_output_transform(backend):
     declare) is caught, under set_grad_enabled(False), with the model's state restored; the
     opt-out runs the scope anyway; a model that passed is not re-checked."""
     model, _ = tiny_model("llama", backend)
-    handle = model.unembed.register_forward_hook(lambda module, args, out: out * 3.0)
+    handle = _scale_logits(model, backend, 3.0)
     try:
         with torch.set_grad_enabled(False):
             before = _state(model)
@@ -183,9 +215,10 @@ def test_self_check_catches_a_wrongly_declared_transform(monkeypatch):
 
 
 def test_self_check_is_redone_when_the_unembedding_changes():
-    model, _ = tiny_model("gpt2", "bridge")
+    backend = "hooked" if has_hooked_transformer() else "bridge"
+    model, _ = tiny_model("gpt2", backend)
     tjs.semantic_scope(model, PROMPT)
-    handle = model.unembed.register_forward_hook(lambda module, args, out: out * 2.0)
+    handle = _scale_logits(model, backend, 2.0)
     try:
         tjs.semantic_scope(model, PROMPT)  # cached verdict: a hook added later is not re-checked
         with torch.no_grad():
@@ -202,16 +235,17 @@ def test_self_check_is_redone_when_the_unembedding_changes():
 def test_embedding_leaf_is_the_residual_input_and_layer_zero_matches(family):
     """Layer 0 of the layer scope equals the token scope (the leaf is blocks.0.hook_resid_pre's
     token part on every architecture, whatever hook_embed shows)."""
+    from importlib.metadata import version
+
     name, model, _, _, tokens = family
     try:
         r = tjs.semantic_scope(model, tokens, internals=True)
-    except tjs.ArchitectureError as exc:
-        # TL 3.9's bridge: Granite's residual hooks are observation-only; Cohere's own (eager)
-        # attention differs from HF, which internals=True needs (tests/test_architecture_matrix.py).
-        assert (name == "granite" and "does not feed its output" in str(exc) and "Granite" in str(exc)) or (
-            name == "cohere" and "(eager) attention for CohereForCausalLM" in str(exc))
-        from importlib.metadata import version
-
+    except tjs.ArchitectureError as exc:  # TL 3.9's Granite bridge: observation-only residual hooks
+        assert name == "granite" and "does not feed its output" in str(exc) and "Granite" in str(exc)
+        assert version("transformer-lens").startswith("3")
+        return
+    except tjs.OutputMismatchError as exc:  # TL 3.9's Cohere bridge: its eager attention is not HF's
+        assert name == "cohere" and "bridge computes a different function" in str(exc)
         assert version("transformer-lens").startswith("3")
         return
     assert_close(r.internal("layer")[0], r.scores, rtol=1e-5)
@@ -233,3 +267,113 @@ def test_codegen_upstream_failure_is_a_clear_error():
     for scope in (tjs.semantic_scope, tjs.fisher_scope, tjs.leave_one_out):
         with pytest.raises(tjs.ArchitectureError, match="CodeGen.*TransformerLens [34]"):
             scope(model, PROMPT)
+
+
+# ---- HookedTransformer: cfg.output_logits_soft_cap ------------------------------------------------
+
+
+@pytest.mark.skipif(not has_hooked_transformer(), reason="HookedTransformer is TransformerLens 3.x")
+def test_hooked_transformer_soft_cap():
+    """A HookedTransformer with ``output_logits_soft_cap`` (Gemma-2's), against float64 brute force on
+    its own logits: ``∂z/∂x`` straight through the model's forward (``hook_embed`` replaced)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = tiny_tokenizer()
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=48, d_vocab=len(tok), n_ctx=32,
+                                  act_fn="gelu", normalization_type="LN", output_logits_soft_cap=2.0, seed=0)
+    model = HookedTransformer(cfg, tokenizer=tok).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln" in name:
+                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith("w") else 0.1 * torch.randn_like(param))
+            elif param.ndim >= 2:
+                param.mul_(3.0)
+    tokens = tok(PROMPT, return_tensors="pt").input_ids[0]
+    pos = len(tokens) - 1
+    ref = copy.deepcopy(model).to(torch.float64)
+    ref.cfg.dtype = torch.float64
+    with torch.no_grad():
+        x0 = ref.embed(tokens[None])
+
+    def logits_of(x):
+        return ref.run_with_hooks(tokens[None], fwd_hooks=[("hook_embed", lambda act, hook: x)])[0, pos]
+
+    Jz = torch.autograd.functional.jacobian(logits_of, x0)[:, 0]  # [V, T, d]
+    with torch.no_grad():
+        z = logits_of(x0)
+    p = torch.softmax(z, dim=-1)
+    assert float(z.abs().max()) > 1.0  # the cap (2) bends these logits
+    target, contrast = int(p.argmax()), int(p.argmin())
+    r = tjs.semantic_scope(model, tokens, target=target, contrast=contrast)
+    assert r.target_prob == pytest.approx(float(p[target]), rel=1e-5)
+    assert_close(r.scores, (Jz[target] - Jz[contrast]).norm(dim=-1))
+    cov = torch.diag(p) - torch.outer(p, p)
+    exact = torch.einsum("vti,vw,wti->t", Jz, cov, Jz)
+    assert_close(tjs.fisher_scope(model, tokens, rank=None).scores, exact, rtol=2e-4)
+
+
+def test_embedding_leaf_is_measured_on_a_later_call_after_a_one_token_prompt():
+    """One token gives nothing to measure the embedding scale from: not cached as unverified."""
+    hf = family_hf_model("granite")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = bridge_from_hf(hf, tiny_tokenizer(), "tiny-granite", device="cpu")
+    assert tjs.semantic_scope(model, [5]).params["embedding_leaf"] == "hook_embed_unverified"
+    assert tjs.semantic_scope(model, PROMPT).params["embedding_leaf"] == "residual_input"
+
+
+# ---- reading the transform ------------------------------------------------------------------------
+
+
+def test_transform_classification():
+    """Identity: nothing extra (no slope); a scale: a number; soft-cap: g'(u) by autograd; a
+    transform that mixes logits is refused."""
+    from tl_jacobian_scopes.models.readout import _classify
+
+    u = torch.tensor([[-50.0, -2.0, 0.0, 1.5, 40.0]])
+    identity = _classify(lambda x: x, "test")
+    assert identity.is_identity and identity.apply(u, need_slope=True) == (u, None)
+    scale = _classify(lambda x: x / 8.0, "test")
+    z, slope = scale.apply(u, need_slope=True)
+    assert scale.kind == "scale" and slope == 0.125 and torch.equal(z, u / 8)
+    cap = _classify(lambda x: 30.0 * torch.tanh(x / 30.0), "test")
+    z, slope = cap.apply(u, need_slope=True)
+    assert cap.kind == "elementwise"
+    assert_close(z, 30 * torch.tanh(u / 30), rtol=1e-6)
+    assert isinstance(slope, torch.Tensor)
+    assert_close(slope, 1 - torch.tanh(u / 30) ** 2, rtol=1e-6)
+    with pytest.raises(tjs.ArchitectureError, match="not elementwise"):
+        _classify(lambda x: x - x.mean(dim=-1, keepdim=True), "test")
+
+
+def test_self_check_compares_the_bridge_with_the_wrapped_hf_model():
+    """TransformerLens 3.9's bridge runs Cohere2 as a different function from the HF model (~10% of
+    the logits here): refused, naming the cause; 4.x agrees with the HF model."""
+    import transformers as T
+    from importlib.metadata import version
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = T.Cohere2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                             bos_token_id=1, eos_token_id=1, pad_token_id=2, sliding_window=4,
+                             layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    config.architectures = ["Cohere2ForCausalLM"]
+    hf = T.Cohere2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            if param.ndim >= 2:
+                param.mul_(5.0)
+    tokens = tok("the cat sat on the mat and ran to the house", return_tensors="pt").input_ids[0]
+    with torch.no_grad():
+        p = torch.softmax(hf(tokens[None]).logits[0, -1].double(), dim=-1)
+    model = _raw_bridge(hf, "cohere2")
+    if version("transformer-lens").startswith("3"):  # the bridge's own attention differs
+        with pytest.raises(tjs.OutputMismatchError,
+                           match="(?s)Cohere2.*the wrapped Hugging Face model.*bridge computes a different function"):
+            tjs.semantic_scope(model, tokens)
+        tjs.skip_output_check(model)  # explains the bridge's function, on request
+        assert torch.isfinite(tjs.semantic_scope(model, tokens).scores).all()
+        return
+    assert tjs.semantic_scope(model, tokens).predicted_prob == pytest.approx(float(p.max()), rel=1e-5)
+    assert tjs.semantic_scope(model, tokens, internals=True).predicted_prob == pytest.approx(float(p.max()), rel=1e-5)

@@ -480,7 +480,7 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
     plan.kernel = attention_kernel(access, [*leaf_hook_names(access.n_layers, plan.internals), FINAL_HOOK])
     check_memory(access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals,
                  kernel=plan.kernel)
-    check_model_output(access, plan.rows[plan.jobs[0][0]], plan.jobs[0][1])
+    check_model_output(access, plan.rows[plan.jobs[0][0]], plan.jobs[0][1], plan.kernel)
     leaf = embedding_leaf(access, plan.rows[0])
     outputs: list[JobOutput] = []
     unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"

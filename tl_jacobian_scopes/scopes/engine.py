@@ -105,9 +105,6 @@ def forward_to_final_hidden(
         )
     if kernel is None:
         kernel = attention_kernel(access, [name for name, _ in fwd_hooks])
-    mismatch = getattr(access.model, "_tjs_eager_mismatch", None)
-    if kernel == "eager" and mismatch:  # set at load by models.loading.check_same_function
-        raise ArchitectureError(str(mismatch))
     active.add(id(access.model))
     try:
         with torch.enable_grad(), _attention_running(access, kernel), access.model.hooks(fwd_hooks=fwd_hooks):
@@ -222,17 +219,18 @@ _LEAVES: "weakref.WeakKeyDictionary[Any, tuple[Any, EmbeddingLeaf]]" = weakref.W
 
 def embedding_leaf(access: ModelAccess, tokens: Tensor) -> EmbeddingLeaf:
     """The factor ``m`` between ``hook_embed`` and the token's vector as it enters the residual
-    stream, measured once per model (cached until ``W_E`` changes) from one embedding-only pass.
+    stream, measured once per model (cached until ``W_E`` changes) from one embedding-only pass
+    over two rows (the call's first tokens, and the same reversed).
 
-    ``blocks.0.hook_resid_pre - hook_pos_embed`` (positions only where they are added) is compared
-    with ``hook_embed``: TransformerLens 4.x's bridge exposes Granite's ``embedding_multiplier``
+    The difference of ``blocks.0.hook_resid_pre`` between the rows (positional embeddings cancel)
+    is compared with that of ``hook_embed``: TransformerLens 4.x's bridge exposes Granite's ``embedding_multiplier``
     at ``hook_embed`` (``m = 1``), 3.9's does not (``m = 12`` on granite-3), and either bridge
     shows Gemma's embedding before its ``√d`` normalizer (``m = √d``). Not a scalar multiple
     (a non-linear step between them): ``m = 1`` and the label says the leaf is unverified.
     """
     model = access.model
     W_E = model.W_E
-    key = (W_E.data_ptr(), W_E._version, tuple(W_E.shape), W_E.dtype)
+    key = (W_E.data_ptr(), None if W_E.is_inference() else W_E._version, tuple(W_E.shape), W_E.dtype)
     found = _LEAVES.get(model)
     if found is not None and found[0] == key:
         leaf: EmbeddingLeaf = found[1]
@@ -246,29 +244,35 @@ def embedding_leaf(access: ModelAccess, tokens: Tensor) -> EmbeddingLeaf:
         if name == first_block:
             raise _StopForward
 
-    names = [n for n in (EMBED_HOOK, "hook_pos_embed", first_block) if n in model.hook_dict]
+    names = [n for n in (EMBED_HOOK, first_block) if n in model.hook_dict]
     row = tokens.reshape(-1, tokens.shape[-1])[:1, :8]
+    # The same tokens in reverse order: additive positional embeddings (hooked or not, learned or
+    # sinusoidal) depend on the position alone, so they cancel in the difference of the two rows.
+    rows = torch.cat([row, row.flip(-1)])
     try:
         with torch.no_grad(), model.hooks(fwd_hooks=[(n, partial(keep, name=n)) for n in names]):
-            run_model(access, row)
+            run_model(access, rows)
     except _StopForward:
         pass
-    leaf = _measure(seen.get(EMBED_HOOK), seen.get("hook_pos_embed"), seen.get(first_block), access.dtype)
-    _LEAVES[model] = (key, leaf)
-    return leaf
+    measured = _measure(seen.get(EMBED_HOOK), seen.get(first_block), access.dtype)
+    if measured is None:  # one token, or a palindrome: measured again on the next call's tokens
+        return EmbeddingLeaf(1.0, HOOK_EMBED)
+    _LEAVES[model] = (key, measured)
+    return measured
 
 
-def _measure(embed: Optional[Tensor], pos: Optional[Tensor], resid: Optional[Tensor], dtype: torch.dtype) -> EmbeddingLeaf:
-    if embed is None or resid is None or embed.shape != resid.shape:
+def _measure(embed: Optional[Tensor], resid: Optional[Tensor], dtype: torch.dtype) -> Optional[EmbeddingLeaf]:
+    """``m`` from ``resid[0] - resid[1] = m (embed[0] - embed[1])`` (positions cancel), when it holds."""
+    if embed is None or resid is None or embed.shape != resid.shape or embed.shape[0] != 2:
         return EmbeddingLeaf(1.0, HOOK_EMBED)
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
-    a = embed.double().flatten()
-    for offset in ([pos] if pos is not None and pos.shape[-1] == resid.shape[-1] else []) + [None]:
-        r = resid.double() - (offset.double().expand_as(resid) if offset is not None else 0)
-        r = r.flatten()
-        m = float((r @ a) / (a @ a).clamp_min(1e-300))
-        if m > 0 and float((r - m * a).norm()) <= tol * float(r.norm()):
-            return EmbeddingLeaf(1.0 if abs(m - 1) <= tol else m, RESIDUAL_INPUT)
+    a = (embed[0].double() - embed[1].double()).flatten()
+    r = (resid[0].double() - resid[1].double()).flatten()
+    if float(a.norm()) == 0.0:  # a palindrome (or one token): nothing to compare
+        return None
+    m = float((r @ a) / (a @ a))
+    if m > 0 and float((r - m * a).norm()) <= tol * float(r.norm()):
+        return EmbeddingLeaf(1.0 if abs(m - 1) <= tol else m, RESIDUAL_INPUT)
     return EmbeddingLeaf(1.0, HOOK_EMBED)
 
 

@@ -158,9 +158,9 @@ def fisher_sample_probes(
     mean = torch.zeros(W_U.shape[0], dtype=torch.float32, device=W_U.device)
     weight_sum = torch.zeros(n_samples, dtype=torch.float32, device=W_U.device)
     for cols, W in _vocab_chunks(W_U):
-        zc = z[:, cols]
-        out.addmm_(zc * row_weights[cols], W.T)
-        weight_sum += (zc * sqrt_p[cols]).sum(dim=-1)
+        zs = z[:, cols] * sqrt_p[cols]
+        out.addmm_(zs if slope is None else z[:, cols] * row_weights[cols], W.T)
+        weight_sum += zs.sum(dim=-1)
         mean.add_(W @ mean_weights[cols])
     return out - weight_sum[:, None] * mean[None, :]
 
