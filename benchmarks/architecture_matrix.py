@@ -91,6 +91,9 @@ def _reason(message: str) -> str:
     if "cannot run this model's forward pass" in message:
         found = re.search(r"\): (\w+Error)", message)
         return "forward raises in TransformerLens" + (f": {found.group(1)}" if found else "")
+    if "next-token distribution differs" in message:
+        found = re.search(r"total variation ([\d.]+)", message)
+        return "self-check: the scopes' p is not the model's" + (f", total variation {found.group(1)}" if found else "")
     if "(eager) attention" in message:
         found = re.search(r"off by ([\d.]+%)", message)
         return "TransformerLens's eager attention differs from HF" + (f" by {found.group(1)}" if found else "")
