@@ -8,6 +8,7 @@ Example:
 """
 
 from .errors import (
+    ArchitectureError,
     DataFileError,
     DeviceError,
     MissingHookError,
@@ -15,6 +16,7 @@ from .errors import (
     ModelLoadError,
     NonFiniteError,
     OptionError,
+    OutputMismatchError,
     OutputPathError,
     PositionError,
     ProcessedWeightsError,
@@ -51,12 +53,14 @@ from .evaluation import (
     PatchOutcome,
 )
 from .evaluation import PatchingCell, PatchingResult, RawSensitivityWarning
+from .scopes.output_check import skip_output_check
 from . import sweep
 from .sweep import run_sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchitectureError",
     "CellScore",
     "HeadScore",
     "DEFAULT_MODEL_NAME",
@@ -67,6 +71,7 @@ __all__ = [
     "ModelLoadError",
     "NonFiniteError",
     "OptionError",
+    "OutputMismatchError",
     "OutputPathError",
     "Scope",
     "MissingHookError",
@@ -116,6 +121,7 @@ __all__ = [
     "load_model",
     "save_html",
     "semantic_scope",
+    "skip_output_check",
     "sweep",
     "temperature_scope",
 ]

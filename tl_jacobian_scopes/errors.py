@@ -40,6 +40,18 @@ class ProcessedWeightsError(ScopeError):
     """The model's weights were processed in a way that breaks this scope."""
 
 
+class ArchitectureError(ScopeError):
+    """The model's architecture (or TransformerLens's support for it) cannot give this scope:
+    a final norm without a learned scale for Temperature, a post-unembedding transform that is
+    not elementwise, or a TransformerLens failure inside the family's forward pass."""
+
+
+class OutputMismatchError(ScopeError):
+    """The library's next-token distribution differs from the model's own output (an output
+    transform TransformerLens does not declare, or a bridge whose forward pass differs from the
+    wrapped Hugging Face model's): the scopes would explain a function the model does not compute."""
+
+
 class NonFiniteError(ScopeError):
     """NaN or infinity in the model's weights or activations: scores would be meaningless."""
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..errors import OptionError
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK
+from ..models.readout import Slope
 from ..scopes import probes as P
 from ..scopes.api import Scope, register
 from ..scopes.declarations import Method, vjp_strategy
@@ -37,13 +38,14 @@ REDUCTIONS = ("l2", "sum")
 
 
 def _objective_probe(
-    access: ModelAccess, target: int, probs: Float[Tensor, "... d_vocab"], objective: str
+    access: ModelAccess, target: int, probs: Float[Tensor, "... d_vocab"], objective: str, slope: Slope = None
 ) -> Float[Tensor, "... d_model"]:
-    """``∂L/∂y``: ``w_t`` for the logit; ``w_t - W_U p`` for the log-probability."""
-    w = P.semantic_probe(access.W_U, target).to(probs.device)
+    """``∂L/∂y``: ``Aᵀe_t = g'(u_t) w_t`` for the logit; ``Aᵀ(e_t - p)`` for the log-probability
+    (``A = ∂z/∂y``, docs/method.md §1.1)."""
+    w = P.semantic_probe(access.W_U, target, slope=slope).to(probs.device)
     if objective == "logit":
         return w.expand(*probs.shape[:-1], -1)
-    return w - P.mean_unembedding(access.W_U, probs).to(w.device)
+    return w - P.mean_unembedding(access.W_U, probs, slope).to(w.device)
 
 
 def _check_choices(options: dict[str, Any], access: ModelAccess) -> None:
@@ -60,16 +62,17 @@ def final_distribution(
     """``p`` at ``position`` for every row of ``tokens``, in float32, without gradients."""
     with access.frozen(), torch.no_grad():
         state = forward_to_final_hidden(access, tokens, perturb=(), extra_hooks=fwd_hooks)
-        return torch.softmax(P.logits_at(state.y[:, position], access.W_U, access.b_U), dim=-1)
+        z, _ = P.output_at(state.y[:, position], access.W_U, access.b_U, access.logit_transform)
+        return torch.softmax(z, dim=-1)
 
 
 # ---- gradient × input -----------------------------------------------------------------------
 
 
-def _gxi_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+def _gxi_probes(plan: Plan, job: int, y: Tensor, probs: Tensor, slope: Slope) -> Probes:
     target = plan.target_for(job, probs)
     objective = plan.options["objective"]
-    v = _objective_probe(plan.access, target, probs, objective)
+    v = _objective_probe(plan.access, target, probs, objective, slope)
     return Probes(v[None], torch.ones(1), quadratic=False, target=target, params={"objective": objective})
 
 
@@ -113,14 +116,16 @@ def _integrated(
     with access.frozen():
         state = forward_to_final_hidden(access, batch, extra_hooks=[(EMBED_HOOK, scale)])
         y = state.y[:, pos]  # [steps, d]
-        probs = torch.softmax(P.logits_at(y, access.W_U, access.b_U), dim=-1)
+        z, slope = P.output_at(y, access.W_U, access.b_U, access.logit_transform, need_slope=True)
+        probs = torch.softmax(z, dim=-1)
         out = {}
         for i, objective in enumerate(objectives):
-            v = _objective_probe(access, target, probs, objective)
+            v = _objective_probe(access, target, probs, objective, slope)
             (grad,) = torch.autograd.grad(
                 y, state.leaves[EMBED_HOOK], grad_outputs=v.to(y), retain_graph=i + 1 < len(objectives)
             )
-            out[objective] = captured["x"].float() * grad.float().mean(dim=0)
+            # x as it enters the residual stream (hook_embed times the model's fixed embedding scale).
+            out[objective] = captured["x"].float() * state.embed_scale * grad.float().mean(dim=0)
     return out, probs
 
 
@@ -235,7 +240,8 @@ def _leave_one_out(plan: Plan) -> list[JobOutput]:
             with access.frozen(), torch.no_grad():
                 state = forward_to_final_hidden(access, tokens[None].expand(len(ablated), -1), perturb=(),
                                                 extra_hooks=hooks)
-                logits = P.logits_at(state.y[:, positions], access.W_U, access.b_U)  # [abl, jobs, vocab]
+                logits, _ = P.output_at(state.y[:, positions], access.W_U, access.b_U,
+                                        access.logit_transform)  # [abl, jobs, vocab]
                 log_abl = torch.log_softmax(logits, dim=-1)
             kl = (p_orig * (log_orig - log_abl)).sum(dim=-1)  # [abl, jobs]
             scores[:, ablated] = kl.T.float().cpu()

@@ -25,7 +25,7 @@ from ..models.hook_names import EMBED_HOOK, site_hook, site_hooks
 from ..models.inputs import prepare_tokens, resolve_token
 from ..results.scope_result import ScopeResult
 from ..scopes.engine import forward_to_final_hidden
-from ..scopes.probes import semantic_probe
+from ..scopes.probes import output_at, semantic_probe
 from .interventions import patch_activations
 from .patching_result import ESTIMATED, RESTORED, PatchingResult, as_values, cell_label
 
@@ -442,7 +442,8 @@ def attribution_patching_map(
     with access.frozen():
         state = forward_to_final_hidden(access, pair.corrupted, perturb=names, keep_activations=True)
         y = state.y[0, -1]
-        v = semantic_probe(access.W_U, pair.answer, pair.wrong).to(y)
+        _, slope = output_at(y, access.W_U, access.b_U, access.logit_transform, need_slope=True)
+        v = semantic_probe(access.W_U, pair.answer, pair.wrong, slope).to(y)
         grads = torch.autograd.grad(y, [state.leaves[n] for n in names], grad_outputs=v)
     effect = []
     for name, grad in zip(names, grads):

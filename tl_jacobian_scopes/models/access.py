@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import MissingHookError, ModelLoadError
 from .hook_names import EMBED_HOOK, FINAL_HOOK
+from .readout import LogitTransform, read_logit_transform
 
 
 def backend_name(model: Any) -> str:
@@ -30,6 +31,16 @@ def backend_name(model: Any) -> str:
     if "HookedTransformer" in names:
         return "hooked"
     return type(model).__name__
+
+
+def architecture_name(model: Any) -> str:
+    """The model's architecture (``cfg.architecture``, else the wrapped HF config's), for messages."""
+    name = getattr(getattr(model, "cfg", None), "architecture", None)
+    if not name:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        archs = getattr(config, "architectures", None)
+        name = archs[0] if archs else type(model).__name__
+    return str(name)
 
 
 class ModelAccess:
@@ -57,7 +68,7 @@ class ModelAccess:
         missing = [name for name in required_hooks if name not in hook_names]
         if missing:
             raise MissingHookError(
-                f"{type(model).__name__} has no hook point(s) {missing}; Jacobian scopes perturb "
+                f"{type(model).__name__} ({architecture_name(model)}) has no hook point(s) {missing}; Jacobian scopes perturb "
                 f"'{EMBED_HOOK}' and read '{FINAL_HOOK}'. Load the model with TransformerLens "
                 "(HookedTransformer.from_pretrained_no_processing or "
                 "TransformerBridge.boot_transformers) so that these hooks exist."
@@ -98,6 +109,14 @@ class ModelAccess:
     @property
     def b_U(self) -> Optional[Float[Tensor, " d_vocab"]]:
         return getattr(self.model, "b_U", None)
+
+    @property
+    def logit_transform(self) -> LogitTransform:
+        """The post-unembedding transform ``g`` TransformerLens declares (read once per access)."""
+        found: Optional[LogitTransform] = self.__dict__.get("_logit_transform")
+        if found is None:
+            found = self.__dict__["_logit_transform"] = read_logit_transform(self.model, self.backend)
+        return found
 
     @property
     def d_vocab(self) -> int:
@@ -153,6 +172,21 @@ class ModelAccess:
             adapter = getattr(self.model, "adapter", None)
             return bool(getattr(adapter, "_fold_ln_requested", True))
         return False
+
+    def final_norm_without_scale(self) -> Optional[str]:
+        """The final norm's class name when it has no scale parameter at all (OLMo v1's LayerNorm),
+        so that ‖y‖ is constant by construction on raw weights; None otherwise, or when the
+        weights were processed (a folded norm also has no scale: :meth:`final_norm_folded`).
+        A weight of exactly ones is not "no scale": it is what an unflagged fold leaves."""
+        # ``ln_final``; a recurrent-depth bridge (HRM) has one per stack: ``H_ln_final``, ``L_ln_final``.
+        norms = [m for name, m in getattr(self.model, "_modules", {}).items()
+                 if isinstance(m, torch.nn.Module) and (name == "ln_final" or name.endswith("_ln_final"))]
+        if not norms or self.final_norm_folded():
+            return None
+        if any(n.rsplit(".", 1)[-1] in ("weight", "w") for norm in norms for n, _ in norm.named_parameters()):
+            return None
+        inner = getattr(norms[0], "original_component", None)
+        return type(inner if isinstance(inner, torch.nn.Module) else norms[0]).__name__
 
     def unembed_centered(self) -> bool:
         """True when W_U was centered over the vocabulary (`center_unembed=True`).

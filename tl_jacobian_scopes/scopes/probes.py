@@ -1,18 +1,26 @@
 """Probe vectors in the space of y (docs/method.md §2), computed in float32.
 
-- Semantic: the unembedding direction of a target (or a target minus a contrast).
+The model's output is ``z = g(u)``, ``u = W_Uᵀ y + b_U``, with an elementwise ``g`` (the
+identity for most architectures, docs/method.md §1.1) and ``A = ∂z/∂y = diag(g'(u)) W_Uᵀ``.
+Every function takes ``slope`` = ``g'(u)`` (:data:`~..models.readout.Slope`: None for the
+identity, a number for a constant scale, a ``[..., V]`` tensor otherwise): A's rows are W_U's
+columns scaled by ``g'(u_v)``, so no scaled copy of W_U is made.
+
+- Semantic: ``Aᵀe_target = g'(u_t) w_t`` (minus ``g'(u_c) w_c`` for a contrast).
 - Temperature: ŷ = y/‖y‖, the direction in which ‖y‖ (the inverse temperature) grows.
-- Fisher: eigenpairs of F = W^T (diag(p) - p p^T) W, formed over vocabulary chunks so that
+- Fisher: eigenpairs of F = Aᵀ (diag(p) - p pᵀ) A, formed over vocabulary chunks so that
   no V x V (or even V x d float32 copy of a bf16 W_U) is ever materialised.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from ..models.readout import IDENTITY, LogitTransform, Slope, slope_row
 
 VOCAB_CHUNK = 8192
 #: Columns per chunk in :func:`fisher_apply`: 1024 x d_model float32 (2.4 MB at d=576) stays in
@@ -38,11 +46,38 @@ def logits_at(
     return z
 
 
+def output_at(
+    y: Float[Tensor, "... d_model"], W_U: Float[Tensor, "d_model d_vocab"], b_U: Optional[Tensor],
+    transform: LogitTransform = IDENTITY, need_slope: bool = False,
+) -> tuple[Float[Tensor, "... d_vocab"], Slope]:
+    """The model's logits ``z = g(y @ W_U + b_U)`` in float32, and ``g'(u)`` when ``need_slope``
+    (None for the identity: then nothing beyond :func:`logits_at` runs)."""
+    return transform.apply(logits_at(y, W_U, b_U), need_slope)
+
+
+def _weighted(probs: Tensor, slope: Slope, power: int) -> Tensor:
+    """``p ⊙ g'(u)^power`` (``p`` itself for the identity)."""
+    if slope is None:
+        return probs
+    if isinstance(slope, Tensor):
+        return probs * slope.to(probs).pow(power)
+    return probs * float(slope) ** power
+
+
+def _slope_at(slope: Slope, index: int) -> Union[float, Tensor]:
+    """``g'(u_index)`` (``[...]`` for a batch of positions)."""
+    if slope is None:
+        return 1.0
+    if isinstance(slope, Tensor):
+        return slope[..., index, None].float()
+    return float(slope)
+
+
 def mean_unembedding(
-    W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, "... d_vocab"]
+    W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, "... d_vocab"], slope: Slope = None
 ) -> Float[Tensor, "... d_model"]:
-    """``W_U p``: the probability-weighted mean unembedding direction, in float32."""
-    probs = probs.detach().float().to(W_U.device)
+    """``Aᵀp = W_U (p ⊙ g'(u))``: the probability-weighted mean of A's rows, in float32."""
+    probs = _weighted(probs.detach().float().to(W_U.device), slope, 1)
     total = torch.zeros(*probs.shape[:-1], W_U.shape[0], dtype=torch.float32, device=W_U.device)
     for cols, W in _vocab_chunks(W_U):
         total = total + probs[..., cols] @ W.T
@@ -50,12 +85,16 @@ def mean_unembedding(
 
 
 def semantic_probe(
-    W_U: Float[Tensor, "d_model d_vocab"], target: int, contrast: Optional[int] = None
-) -> Float[Tensor, " d_model"]:
-    """``w_target`` (or ``w_target - w_contrast`` for a logit difference)."""
+    W_U: Float[Tensor, "d_model d_vocab"], target: int, contrast: Optional[int] = None, slope: Slope = None
+) -> Float[Tensor, "... d_model"]:
+    """``∂z_target/∂y = g'(u_t) w_target`` (minus ``g'(u_c) w_contrast`` for a logit difference);
+    ``[..., d_model]`` for a ``[..., V]`` slope."""
     v = W_U[:, target].detach().float()
+    if slope is not None:
+        v = v * _slope_at(slope, target)
     if contrast is not None:
-        v = v - W_U[:, contrast].detach().float()
+        w = W_U[:, contrast].detach().float()
+        v = v - (w if slope is None else w * _slope_at(slope, contrast))
     return v
 
 
@@ -67,17 +106,17 @@ def temperature_probe(y: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_m
 
 
 def fisher_matrix(
-    W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, " d_vocab"]
+    W_U: Float[Tensor, "d_model d_vocab"], probs: Float[Tensor, " d_vocab"], slope: Slope = None
 ) -> Float[Tensor, "d_model d_model"]:
-    """``F = W_U diag(p) W_U^T - (W_U p)(W_U p)^T`` in float32, on W_U's device."""
+    """``F = Aᵀ diag(p) A - (Aᵀp)(Aᵀp)ᵀ`` (``A = diag(g'(u)) W_Uᵀ``) in float32, on W_U's device."""
     probs = probs.detach().float().to(W_U.device)
+    weights, mean_weights = _weighted(probs, slope, 2), _weighted(probs, slope, 1)
     d_model = W_U.shape[0]
     F = torch.zeros(d_model, d_model, dtype=torch.float32, device=W_U.device)
     mean = torch.zeros(d_model, dtype=torch.float32, device=W_U.device)
     for cols, W in _vocab_chunks(W_U):
-        p = probs[cols]
-        F.addmm_(W * p, W.T)
-        mean.add_(W @ p)
+        F.addmm_(W * weights[cols], W.T)
+        mean.add_(W @ mean_weights[cols])
     F.sub_(torch.outer(mean, mean))
     return (F + F.T) / 2
 
@@ -103,24 +142,26 @@ def fisher_sample_probes(
     probs: Float[Tensor, " d_vocab"],
     n_samples: int,
     generator: torch.Generator,
+    slope: Slope = None,
 ) -> Float[Tensor, "n_samples d_model"]:
-    """Random probes ``a = A^T z`` with ``A^T A = F`` and Rademacher ``z`` in output space.
+    """Random probes ``a = Bᵀ z`` with ``BᵀB = F`` and Rademacher ``z`` in output space.
 
-    ``A = diag(√p)(W - 1 m^T)`` (``W = W_U^T``, ``m = W_U p``), so ``E[a a^T] = F`` and
-    ``E‖J^T a‖² = tr(J^T F J)``: the average over probes is an unbiased estimate of the
+    ``B = diag(√p)(A - 1 mᵀ)`` (``A = diag(g'(u)) W_Uᵀ``, ``m = Aᵀp``), so ``E[a aᵀ] = F`` and
+    ``E‖Jᵀ a‖² = tr(Jᵀ F J)``: the average over probes is an unbiased estimate of the
     exact Fisher score. Costs one pass over W_U; F itself is never formed.
     """
     probs = probs.detach().float().to(W_U.device)
     z = torch.randint(0, 2, (n_samples, W_U.shape[-1]), generator=generator, device=W_U.device).float() * 2 - 1
     sqrt_p = probs.sqrt()
+    row_weights, mean_weights = _weighted(sqrt_p, slope, 1), _weighted(probs, slope, 1)
     out = torch.zeros(n_samples, W_U.shape[0], dtype=torch.float32, device=W_U.device)
     mean = torch.zeros(W_U.shape[0], dtype=torch.float32, device=W_U.device)
     weight_sum = torch.zeros(n_samples, dtype=torch.float32, device=W_U.device)
     for cols, W in _vocab_chunks(W_U):
         zs = z[:, cols] * sqrt_p[cols]
-        out.addmm_(zs, W.T)
+        out.addmm_(zs if slope is None else z[:, cols] * row_weights[cols], W.T)
         weight_sum += zs.sum(dim=-1)
-        mean.add_(W @ probs[cols])
+        mean.add_(W @ mean_weights[cols])
     return out - weight_sum[:, None] * mean[None, :]
 
 
@@ -164,16 +205,17 @@ def fisher_trace(
     probs: Float[Tensor, "... d_vocab"],
     mean: Optional[Float[Tensor, "... d_model"]] = None,
     sq_norms: Optional[Float[Tensor, " d_vocab"]] = None,
+    slope: Slope = None,
 ) -> Float[Tensor, "..."]:
-    """``tr F = Σ_v p_v ‖w_v‖² - ‖W_U p‖²`` without forming F.
+    """``tr F = Σ_v p_v g'(u_v)² ‖w_v‖² - ‖Aᵀp‖²`` without forming F.
 
-    ``mean`` (``W_U p``) and ``sq_norms`` (:func:`unembedding_sq_norms`), when the caller has
-    them, spare a pass over W_U each.
+    ``mean`` (``Aᵀp``, :func:`mean_unembedding` with the same slope) and ``sq_norms``
+    (:func:`unembedding_sq_norms`), when the caller has them, spare a pass over W_U each.
     """
     probs = probs.detach().float().to(W_U.device)
     sq_norms = unembedding_sq_norms(W_U) if sq_norms is None else sq_norms
-    mean = mean_unembedding(W_U, probs) if mean is None else mean
-    return probs @ sq_norms - mean.pow(2).sum(dim=-1)
+    mean = mean_unembedding(W_U, probs, slope) if mean is None else mean
+    return _weighted(probs, slope, 2) @ sq_norms - mean.pow(2).sum(dim=-1)
 
 
 def fisher_apply(
@@ -182,7 +224,10 @@ def fisher_apply(
     mean: Float[Tensor, "n d_model"],
     vectors: Float[Tensor, "n m d_model"],
 ) -> Float[Tensor, "n m d_model"]:
-    """``F_i v = W_U (p_i ⊙ W_Uᵀ v) - μ_i (μ_iᵀ v)`` for ``m`` vectors of each of ``n`` distributions.
+    """``F_i v = W_U (q_i ⊙ W_Uᵀ v) - μ_i (μ_iᵀ v)`` for ``m`` vectors of each of ``n`` distributions.
+
+    ``probs`` holds the weights ``q = p ⊙ g'(u)²`` (``p`` for the identity) and ``mean`` is
+    ``μ = Aᵀp``.
 
     Two matmuls over each vocabulary chunk (``2·V·d`` per vector); F is never formed. The
     chunks are small enough that the second matmul reads its chunk from cache.
@@ -223,6 +268,7 @@ def fisher_top_eigenpairs_iterative(
     tol: float = RESIDUAL_TOL,
     mean: Optional[Float[Tensor, "n d_model"]] = None,
     sq_norms: Optional[Float[Tensor, " d_vocab"]] = None,
+    slope: Slope = None,
 ) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k d_model"], Tensor]:
     """Top-``rank`` eigenpairs of every position's F by block Lanczos, matrix-free.
 
@@ -243,8 +289,10 @@ def fisher_top_eigenpairs_iterative(
     max_blocks = min(max_blocks, d // b)
     device = W_U.device
     generator = torch.Generator().manual_seed(0)
-    mean = mean_unembedding(W_U, probs) if mean is None else mean
+    mean = mean_unembedding(W_U, probs, slope) if mean is None else mean
     sq_norms = unembedding_sq_norms(W_U) if sq_norms is None else sq_norms
+    top_ids = probs.argmax(dim=-1)
+    probs = _weighted(probs, slope, 2)  # F's weights q = p ⊙ g'(u)² from here on
     floor = NOISE_FLOOR * (probs @ sq_norms)  # [n]
     evals = torch.zeros(n, rank, dtype=torch.float32, device=device)
     evecs = torch.zeros(n, rank, d, dtype=torch.float32, device=device)
@@ -256,7 +304,11 @@ def fisher_top_eigenpairs_iterative(
         # Tilted towards the position's own w_top - μ, which F's top direction is usually close
         # to: about 1.3 fewer products on the default model (5.4 instead of 6.7); the random part
         # keeps every eigen-direction in the Krylov space. (Measured at rank 1 only.)
-        top = W_U[:, probs.argmax(dim=-1)].T.float() - mean  # [n, d]
+        top = W_U[:, top_ids].T.float()  # [n, d]
+        if slope is not None:
+            top = top * (slope[torch.arange(n, device=device), top_ids, None].float()
+                         if isinstance(slope, Tensor) else float(slope))
+        top = top - mean
         top = top / top.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         start = (START_RANDOM_SHARE * start / start.norm(dim=1, keepdim=True) + top[:, :, None])
     Q = _orthonormalize(start, None, generator)  # [n, d, b]
@@ -299,22 +351,24 @@ def fisher_top_eigenpairs(
     rank: int,
     mean: Optional[Float[Tensor, "n d_model"]] = None,
     sq_norms: Optional[Float[Tensor, " d_vocab"]] = None,
+    slope: Slope = None,
 ) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k d_model"]]:
     """Top-``rank`` eigenpairs of each position's F, by whichever of the two paths is cheaper.
 
     Matrix-free block Lanczos when the cost model favours it (positions it does not converge
     for fall back to the formed F); otherwise F is formed and eigendecomposed per position.
     Eigenvectors are rows, eigenvalues largest first, float32. ``mean`` (``W_U p``) and
-    ``sq_norms`` as for :func:`fisher_trace`.
+    ``sq_norms`` as for :func:`fisher_trace`; ``slope``: ``g'(u)`` per position.
     """
     probs = probs.detach().float().to(W_U.device)
     n, d = probs.shape[0], W_U.shape[0]
     if iterative_is_cheaper(d, rank):
-        evals, evecs, converged = fisher_top_eigenpairs_iterative(W_U, probs, rank, mean=mean, sq_norms=sq_norms)
+        evals, evecs, converged = fisher_top_eigenpairs_iterative(W_U, probs, rank, mean=mean, sq_norms=sq_norms,
+                                                                  slope=slope)
     else:
         evals = torch.zeros(n, rank, device=W_U.device)
         evecs = torch.zeros(n, rank, d, device=W_U.device)
         converged = torch.zeros(n, dtype=torch.bool, device=W_U.device)
     for i in (~converged).nonzero().flatten().tolist():
-        evals[i], evecs[i] = fisher_eigenpairs(fisher_matrix(W_U, probs[i]), rank)
+        evals[i], evecs[i] = fisher_eigenpairs(fisher_matrix(W_U, probs[i], slope_row(slope, i)), rank)
     return evals, evecs

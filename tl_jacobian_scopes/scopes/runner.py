@@ -10,8 +10,9 @@ whole call costs one forward pass and ``k * G`` vectorized VJPs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -19,9 +20,11 @@ from torch import Tensor
 
 from ..models.access import ModelAccess
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, leaf_hook_names
+from ..models.readout import Slope, slope_row
 from . import probes as P
 from .driver import JobOutput, Plan, check_finite
-from .engine import attention_kernel, batched_vjp, forward_to_final_hidden, probe_chunk_size
+from ..errors import ArchitectureError
+from .engine import attention_kernel, batched_vjp, forward_to_final_hidden, model_family, probe_chunk_size
 from .internals import assemble
 
 
@@ -42,11 +45,12 @@ class Probes:
     stochastic_from: Optional[int] = None
 
 
-#: ``(plan, job index, y, p) -> Probes``; ``y`` and ``p`` (float32) belong to the job.
-ProbeMaker = Callable[[Plan, int, Tensor, Tensor], Probes]
-#: ``(plan, Y, P) -> one Probes per job``: all jobs' probes at once (``Y`` [jobs, d], ``P`` [jobs, V]),
-#: for probes whose construction batches over positions (Fisher's eigen-solver).
-BatchProbeMaker = Callable[[Plan, Tensor, Tensor], list[Probes]]
+#: ``(plan, job index, y, p, g'(u)) -> Probes``; ``y``, ``p`` (float32) and the slope of the
+#: model's output transform (:data:`~..models.readout.Slope`) belong to the job.
+ProbeMaker = Callable[[Plan, int, Tensor, Tensor, Slope], Probes]
+#: ``(plan, Y, P, slopes) -> one Probes per job``: all jobs' probes at once (``Y`` [jobs, d], ``P``
+#: [jobs, V]), for probes whose construction batches over positions (Fisher's eigen-solver).
+BatchProbeMaker = Callable[[Plan, Tensor, Tensor, Slope], list[Probes]]
 
 
 def pad_rows(access: ModelAccess, rows: Sequence[Tensor], padding_side: str) -> tuple[Tensor, Tensor, list[int]]:
@@ -78,10 +82,31 @@ def _padded_jobs(plan: Plan) -> tuple[Tensor, list[int], dict[str, Any], Tensor,
     return tokens, offsets, forward_kwargs, job_rows, job_cols
 
 
-def _distributions(plan: Plan, Y: Tensor) -> Tensor:
-    """``p`` (float32) from each job's final hidden state, after checking that it is finite."""
+def _distributions(plan: Plan, Y: Tensor, need_slope: bool = False) -> tuple[Tensor, Slope]:
+    """``p`` (float32) from each job's final hidden state, after checking that it is finite,
+    and the slope ``g'(u)`` of the model's output transform when ``need_slope``."""
     check_finite(plan, Y, "final hidden state y")
-    return torch.softmax(P.logits_at(Y, plan.access.W_U, plan.access.b_U), dim=-1)
+    access = plan.access
+    z, slope = P.output_at(Y, access.W_U, access.b_U, access.logit_transform, need_slope)
+    return torch.softmax(z, dim=-1), slope
+
+
+def _checked_vjps(access: ModelAccess, Y: Tensor, leaves: list[Tensor], names: list[str], grad_outputs: Tensor,
+                  chunk: int) -> Iterator[tuple[slice, tuple[Tensor, ...]]]:
+    """:func:`.engine.batched_vjp`, where a perturbed hook that does not feed the output (an
+    observation-only hook point of the family's bridge) is an :class:`ArchitectureError`."""
+    try:
+        yield from batched_vjp(Y, leaves, grad_outputs, chunk)
+    except RuntimeError as exc:
+        found = re.search(r"Tensor at index (\d+) appears to not have been used in the graph", str(exc))
+        if found is None or int(found.group(1)) >= len(names):
+            raise
+        raise ArchitectureError(
+            f"This model's hook point '{names[int(found.group(1))]}' does not feed its output "
+            f"({model_family(access)}, {access.backend}): an edit there would change nothing, so TransformerLens "
+            "exposes the activation for observation only and no sensitivity can be taken there. Run without "
+            "internals=True, or use another TransformerLens version or backend for this family."
+        ) from exc
 
 
 def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = False,
@@ -117,16 +142,17 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
                                         kernel=kernel, **forward_kwargs)
         device = state.y.device
         Y = state.y[job_rows.to(device), job_cols.to(device)]  # [jobs, d_model]
-        probs = _distributions(plan, Y).to(device)
+        probs, slopes = _distributions(plan, Y, need_slope=True)
+        probs = probs.to(device)
         # Progress: making a job's probes counts as half of the job, its backward passes as the other half.
         if make_all_probes is not None:
-            probes = make_all_probes(plan, Y, probs)
+            probes = make_all_probes(plan, Y, probs, slopes)
             plan.bar.advance(0.5 * len(jobs))
         else:
             assert make_probes is not None, "run_jobs needs make_probes or make_all_probes"
             probes = []
             for i in range(len(jobs)):
-                probes.append(make_probes(plan, i, Y[i], probs[i]))
+                probes.append(make_probes(plan, i, Y[i], probs[i], slope_row(slopes, i)))
                 plan.bar.advance(0.5)
         k = probes[0].vectors.shape[0]
         assert all(p.vectors.shape[0] == k for p in probes), "a method must use one probe count per call"
@@ -144,7 +170,7 @@ def run_jobs(plan: Plan, make_probes: Optional[ProbeMaker], times_input: bool = 
         leaves = [state.leaves[n] for n in leaf_names]
         totals: dict[str, Tensor] = {}
         moments: dict[str, list[Tensor]] = {}
-        for sl, grads in batched_vjp(Y, leaves, grad_outputs, chunk):
+        for sl, grads in _checked_vjps(access, Y, leaves, leaf_names, grad_outputs, chunk):
             # Weight of VJP c for job i: its probe's weight if the job is in its group.
             member = in_group[vjp_group[sl]].float()  # [c, jobs]
             w = weights[vjp_probe[sl]] * member
@@ -194,5 +220,5 @@ def job_distributions(plan: Plan) -> list[Float[Tensor, " d_vocab"]]:
     tokens, _, forward_kwargs, rows, cols = _padded_jobs(plan)
     with plan.access.frozen(), torch.no_grad():
         state = forward_to_final_hidden(plan.access, tokens, perturb=(), **forward_kwargs)
-        probs = _distributions(plan, state.y[rows.to(state.y.device), cols.to(state.y.device)])
+        probs, _ = _distributions(plan, state.y[rows.to(state.y.device), cols.to(state.y.device)])
     return list(probs.unbind(0))
