@@ -372,8 +372,9 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     with gr.Blocks(title="Jacobian Scopes", analytics_enabled=False,
                    delete_cache=(max(60, int(budget.idle_s // 4)), int(budget.idle_s))) as blocks:
         gr.HTML(f"<style>{TOKEN_CSS}</style><h2>Jacobian Scopes</h2><p>Model: <b>{html.escape(engine.slot.label)}"
-                "</b> · which input tokens drive a prediction (arXiv 2601.16407)</p>"
-                f'<p class="tjs-budget" id="tjs-budget">{html.escape(budget.describe())}</p>', js_on_load=None)
+                "</b> · which input tokens drive a prediction (arXiv 2601.16407)</p>", js_on_load=None)
+        gr.HTML(f'<p class="tjs-budget">{html.escape(budget.describe())}</p>', elem_id="tjs-budget-line",
+                js_on_load=None)
         state = gr.State(None, time_to_live=budget.idle_s)
         with gr.Tab("Explain"):
             prompt = gr.Textbox(label="Prompt", value=EXAMPLE, lines=3, elem_id="tjs-prompt",
