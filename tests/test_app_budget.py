@@ -254,3 +254,77 @@ def test_stop_is_not_a_cancellation(app):
     worker.start()
     worker.join(120)
     assert "Stopped" in out["r"][0], out["r"][0]
+
+
+# ---- a served app: no uploads, the named API, a closed page ends its work --------------------------
+
+from test_app import CHROMIUM, HAVE_BROWSER, _free_port, needs_browser  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(default_model, tmp_path_factory):
+    from tl_jacobian_scopes.app import launch
+
+    blocks = build_app(default_model, downloads=tmp_path_factory.mktemp("served"))
+    _, url, _ = launch(blocks, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    yield blocks, url
+    blocks.close()
+
+
+def test_uploads_are_refused(served):
+    import httpx
+
+    _, url = served
+    response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("x.txt", b"x" * 4096)})
+    assert response.status_code == 413, (response.status_code, response.text[:200])
+
+
+def test_the_named_api_scripts_the_app_within_the_budget(served, default_model):
+    from gradio_client import Client
+
+    _, url = served
+    client = Client(url, verbose=False)
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == {"/explain", "/click", "/compare", "/forecast"}
+    out = client.predict(PROMPT, "temperature", api_name="/explain")
+    expected = tjs.temperature_scope(default_model, PROMPT, progress=False)
+    assert out["position"] == expected.position and out["predicted"] == expected.predicted_str
+    assert max(abs(a - b) for a, b in zip(out["scores"], expected.scores.tolist())) <= 1e-4 * float(
+        expected.scores.abs().max())
+    at2 = client.predict(PROMPT, 2, "temperature", api_name="/click")
+    assert at2["position"] == 2
+    left, right = client.predict(PROMPT, "semantic", "fisher", api_name="/compare")
+    assert (left["scope"], right["scope"]) == ("semantic", "fisher")
+    forecast = client.predict("1, 2, 3, 4, 5, 6", "temperature", api_name="/forecast")
+    assert len(forecast["value_scores"]) == 6 and forecast["mean"] is not None
+    with pytest.raises(Exception, match="samples 100000 is over"):
+        client.predict(PROMPT, "fisher", "", "", "stochastic", 1, 100_000, api_name="/explain")
+
+
+@needs_browser
+def test_a_closed_page_ends_its_work_within_seconds(served):
+    """Exact Fisher started from a page, then the page closed: the server's work ends within a few
+    seconds (old code: it ran to the end with no client)."""
+    from playwright.sync_api import sync_playwright
+
+    blocks, url = served
+    engine = blocks.tjs_engine
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#tjs-run")
+        page.fill("#tjs-prompt textarea", "Closing the page, one two three")
+        page.check("#tjs-mode input[value='exact']")
+        page.click("#tjs-run")
+        deadline = time.monotonic() + 30
+        while engine.active == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.active > 0
+        time.sleep(0.5)
+        page.close()
+        closed = time.monotonic()
+        while engine.active > 0 and time.monotonic() - closed < 20:
+            time.sleep(0.1)
+        assert engine.active == 0 and time.monotonic() - closed < 10, time.monotonic() - closed
+        browser.close()

@@ -437,7 +437,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             ts_downloads = gr.Files(label="Downloads (PNG, HTML, JSON)", elem_id="tjs-ts-downloads",
                                     interactive=False)
 
-        private = dict(api_visibility="private")
+        private = dict(api_visibility="private", api_name="page")  # hidden, and never taking the API's names
         scope.change(lambda s: (gr.update(visible=s == "semantic"), gr.update(visible=s == "fisher"),
                                 SCOPE_HELP.get(s, "")),
                      scope, [semantic_row, fisher_row, scope_help], queue=False, **private)
