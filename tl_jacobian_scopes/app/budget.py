@@ -28,6 +28,8 @@ class Budget:
             explained token first).
         chunk: Positions per background step: between steps the model is free for any
             session's request, so a request waits at most one step for background work.
+        max_seconds: Longest time one request may hold the model; a request still running then
+            is stopped with a message (so another session waits at most this long).
         idle_s: A session's state and files are freed after this long without a request.
         cache_mb: The downloads folder (all sessions) is kept under this size.
     """
@@ -39,6 +41,7 @@ class Budget:
     max_series: int = 200
     precompute: int = 64
     chunk: int = 4
+    max_seconds: float = 8.0
     idle_s: float = 1800.0
     cache_mb: float = 64.0
 
@@ -46,8 +49,8 @@ class Budget:
         for name in ("max_tokens", "max_trace_tokens", "max_rank", "max_samples", "max_series", "chunk"):
             if int(getattr(self, name)) < 1:
                 raise OptionError(f"The app's {name} must be at least 1, got {getattr(self, name)}.")
-        if self.precompute < 0 or self.idle_s <= 0 or self.cache_mb <= 0:
-            raise OptionError("The app's precompute must be >= 0, idle_s and cache_mb > 0.")
+        if self.precompute < 0 or self.idle_s <= 0 or self.cache_mb <= 0 or self.max_seconds <= 0:
+            raise OptionError("The app's precompute must be >= 0, max_seconds, idle_s and cache_mb > 0.")
 
     @property
     def max_chars(self) -> int:
@@ -83,9 +86,14 @@ class Budget:
             raise PromptError(f"The series has {count} values; this app forecasts series of up to "
                               f"{self.max_series} values: use fewer values.")
 
+    def over_time(self) -> str:
+        return (f"Stopped: this request held the model for {self.max_seconds:g} s, this app's limit per request "
+                "(other sessions share the model): use a shorter prompt, the rank estimate, or fewer samples, "
+                "or run the library in a notebook.")
+
     def describe(self) -> str:
         """The budget as one line of plain text for the page."""
-        return (f"Work budget per request: prompts up to {self.max_tokens} tokens ({self.max_trace_tokens} for "
+        return (f"Work budget per request: at most {self.max_seconds:g} s of model time, prompts up to {self.max_tokens} tokens ({self.max_trace_tokens} for "
                 f"Fisher exact/stochastic), rank ≤ {self.max_rank}, samples ≤ {self.max_samples}, series ≤ "
                 f"{self.max_series} values; after a result, up to {self.precompute} positions nearest the "
                 f"explained token are explained in the background, {self.chunk} at a time (any session's request "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -20,7 +21,7 @@ from ..progress import Progress, observe
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
 from .budget import Budget
-from .state import ModelSlot, ResultCache, Stopped
+from .state import ModelSlot, OverTime, ResultCache, Stopped
 
 #: The scopes the app offers (baselines are for the faithfulness study, not this page).
 APP_SCOPES = ("semantic", "temperature", "fisher")
@@ -106,10 +107,15 @@ class Engine:
 
     def _run(self, stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]],
              body: Callable[[Any], Any], background: bool = False) -> Any:
-        """``body(model)`` holding the model once, reporting progress and honouring Stop."""
+        """``body(model)`` holding the model once, reporting progress and honouring Stop and
+        the budget's ``max_seconds`` (checked at each progress step)."""
+        held = [float("inf")]
+
         def update(line: Progress) -> None:
             if stop is not None and stop.is_set():
                 raise Stopped()
+            if time.monotonic() - held[0] > self.budget.max_seconds:
+                raise OverTime(self.budget.over_time())
             if progress is not None:
                 progress(line)
 
@@ -119,6 +125,7 @@ class Engine:
             self._active += 1
         try:
             with self.slot.hold(background, stop) as model, observe(update):
+                held[0] = time.monotonic()
                 if stop is not None and stop.is_set():
                     raise Stopped()
                 return body(model)

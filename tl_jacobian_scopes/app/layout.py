@@ -23,7 +23,7 @@ from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, w
                      write_forecast_downloads)
 from .render import (CLICK_JS, TOKEN_CSS, frame_html, message_html, none_if_blank, summary_html, table_rows,
                      token_html)
-from .state import Sessions, Stopped, StopSwitches
+from .state import OverTime, Sessions, Stopped, StopSwitches
 
 #: Gradio, untyped here: its stubs vary between releases, and the app only wires its components.
 gr: Any = importlib.import_module("gradio")
@@ -43,6 +43,8 @@ EXAMPLE = "The capital of France is Paris, and the capital of Germany is"
 def _failure(exc: BaseException) -> str:
     """The message the page shows for an error: the library's own for bad input, a one-line
     summary otherwise (the traceback goes to the server's log, never to the page)."""
+    if isinstance(exc, OverTime):
+        return message_html(str(exc), error=True)
     if isinstance(exc, Stopped):
         return message_html("Stopped: the computation was cancelled; the model is unchanged.")
     if isinstance(exc, ScopeError):
@@ -330,8 +332,8 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             return work(stop)
         except ScopeError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        except Stopped:
-            raise gr.Error("Stopped.", print_exception=False) from None
+        except Stopped as exc:
+            raise gr.Error(str(exc) or "Stopped.", print_exception=False) from None
 
     def api_explain(prompt: str, scope: str = "fisher", target: str = "", contrast: str = "",
                     fisher_mode: str = "rank", rank: float = 1, samples: float = 24, seed: float = 0,

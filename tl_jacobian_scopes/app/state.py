@@ -17,6 +17,10 @@ class Stopped(Exception):
     """The user pressed Stop: raised from a progress update to end the computation."""
 
 
+class OverTime(Stopped):
+    """A request held the model longer than the app's budget allows: stopped, with a message."""
+
+
 class ModelSlot:
     """The app's model: given already loaded, or loaded by name on first use.
 
