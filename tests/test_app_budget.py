@@ -343,3 +343,25 @@ def test_a_closed_page_ends_its_work_within_seconds(served):
             time.sleep(0.1)
         assert engine.active == 0 and time.monotonic() - closed < 10, time.monotonic() - closed
         browser.close()
+
+
+def test_the_tokens_come_with_a_colour_legend(default_model):
+    from tl_jacobian_scopes.app.render import token_html
+
+    result = tjs.fisher_scope(default_model, PROMPT, progress=False)
+    text = token_html(result)
+    peak = float(result.scores.max())
+    assert 'class="tjs-legend"' in text and f"{peak:.3g}" in text and "linear-gradient" in text
+
+
+def test_the_time_series_line_reads_as_text(app):
+    message, frame, _, _ = handler(app, "forecast")("paste", 60, 0, "1, 2, 3, 4, 5, 6", "temperature",
+                                                   Session("ts-text"), QUIET)
+    assert "tjs-error" not in message, message
+    import html as html_module
+    import re
+
+    shown = html_module.unescape(frame)
+    assert "forecast of the next value (value #6" in shown
+    norm = re.search(r"‖y‖ ([0-9.e+-]+)", shown).group(1)
+    assert len(norm.replace(".", "")) <= 5  # 4 significant digits, not 60.6840934753418
