@@ -365,3 +365,13 @@ def test_the_time_series_line_reads_as_text(app):
     assert "forecast of the next value (value #6" in shown
     norm = re.search(r"‖y‖ ([0-9.e+-]+)", shown).group(1)
     assert len(norm.replace(".", "")) <= 5  # 4 significant digits, not 60.6840934753418
+
+
+def test_one_progress_bar_and_no_overlay_from_background_work(app):
+    """Old code: progress on all 7 outputs of a request (stacked bars) and a "processing" overlay
+    from the background job right after "Done"."""
+    fns = {getattr(d.fn, "__name__", ""): d for d in app.fns.values()}
+    for name in ("explain", "click", "toggle_internals", "forecast", "compare_scopes"):
+        shown_on = fns[name].show_progress_on
+        assert shown_on is not None and len(shown_on) == 1, name
+    assert fns["precompute"].show_progress == "hidden"
