@@ -133,7 +133,10 @@ def main() -> None:
             page.fill("#tjs-prompt textarea", long_prompt + " again")
             page.check("#tjs-mode input[value='exact']")
             page.click("#tjs-run")
-            time.sleep(3.0)
+            time.sleep(1.0)
+            cpu0 = _cpu_s(proc.pid)
+            time.sleep(2.0)
+            out["disconnect_server_cpu_share_before_close"] = (_cpu_s(proc.pid) - cpu0) / 2.0
             cpu0 = _cpu_s(proc.pid)
             page.close()
             closed = time.perf_counter()

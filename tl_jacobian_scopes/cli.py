@@ -250,8 +250,8 @@ def _app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="longest prompt the app explains, in tokens (default: 256; the work budget)")
-    parser.add_argument("--max-seconds", type=float, default=8.0,
-                        help="longest time one request may hold the model (default: 8; other sessions wait at most this)")
+    parser.add_argument("--max-seconds", type=float, default=5.0,
+                        help="longest time one request may hold the model (default: 5; other sessions wait about this long at most)")
     return parser
 
 

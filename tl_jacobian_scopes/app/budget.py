@@ -41,7 +41,7 @@ class Budget:
     max_series: int = 200
     precompute: int = 64
     chunk: int = 4
-    max_seconds: float = 8.0
+    max_seconds: float = 5.0
     idle_s: float = 1800.0
     cache_mb: float = 64.0
 
