@@ -100,9 +100,15 @@ def main() -> None:
         _wait_up(url, proc)
         clients = [Client(url, verbose=False) for _ in range(5)]
         model = tjs.load_default_model(device="cpu")
-        long_prompt = model.tokenizer.decode(model.to_tokens("word " * 200, prepend_bos=False)[0][:budget.max_trace_tokens - 1])
-        while model.to_tokens(long_prompt).shape[-1] > budget.max_trace_tokens:
-            long_prompt = long_prompt[:-1]
+        def longest(word: str) -> str:
+            """A prompt of the budget's max_trace_tokens tokens (BOS included)."""
+            ids = model.to_tokens(word * 200, prepend_bos=False)[0][:budget.max_trace_tokens - 1]
+            text = model.tokenizer.decode(ids)
+            while model.to_tokens(text).shape[-1] > budget.max_trace_tokens:
+                text = text[:-1]
+            return str(text)
+
+        long_prompt = longest("word ")
         out["longest_job"] = f"fisher exact, {int(model.to_tokens(long_prompt).shape[-1])} tokens"
         clients[0].predict(PROMPTS[0], "temperature", api_name="/explain")  # warm up
         out["rss_mb_start"] = _rss_mb(proc.pid)
@@ -130,7 +136,7 @@ def main() -> None:
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#tjs-run")
-            page.fill("#tjs-prompt textarea", long_prompt + " again")
+            page.fill("#tjs-prompt textarea", longest("page "))
             page.check("#tjs-mode input[value='exact']")
             page.click("#tjs-run")
             time.sleep(1.0)

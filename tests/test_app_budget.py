@@ -375,3 +375,18 @@ def test_one_progress_bar_and_no_overlay_from_background_work(app):
         shown_on = fns[name].show_progress_on
         assert shown_on is not None and len(shown_on) == 1, name
     assert fns["precompute"].show_progress == "hidden"
+
+
+def test_many_sessions_leave_nothing_behind(default_model, tmp_path):
+    """A cheap version of the load test (benchmarks/app_load.py): 30 sessions each explain, write
+    their files and close; the app then holds no session, no switch and no file."""
+    blocks = build_app(default_model, downloads=tmp_path / "many")
+    for i in range(30):
+        session = f"many-{i}"
+        out = _explain(blocks, PROMPT, "temperature", session=session)
+        assert "data-run" in out[0]
+        handler(blocks, "files")(out[5], False, Session(session))
+        handler(blocks, "unload")(Session(session))
+    assert len(blocks.tjs_sessions) == 0 and len(blocks.tjs_stops) == 0
+    assert not any((tmp_path / "many").iterdir())
+    blocks.close()
