@@ -311,7 +311,7 @@ def test_bad_input_shows_its_message_and_the_next_request_works(server, browser,
     for prompt, scope, target, message in (
         ("", "fisher", "", "The prompt is empty"),
         (PROMPT, "semantic", " Paris is lovely", "single token"),
-        ("word " * 9000, "temperature", "", "context"),
+        ("word " * 9000, "temperature", "", "up to 256 tokens"),
     ):
         page.fill("#tjs-prompt textarea", prompt)
         page.check(f"#tjs-scope input[value='{scope}']")

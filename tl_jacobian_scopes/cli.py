@@ -248,6 +248,10 @@ def _app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--max-tokens", type=int, default=256,
+                        help="longest prompt the app explains, in tokens (default: 256; the work budget)")
+    parser.add_argument("--max-seconds", type=float, default=5.0,
+                        help="longest time one request may hold the model (default: 5; other sessions wait about this long at most)")
     return parser
 
 
@@ -259,9 +263,17 @@ def _app_main(args: argparse.Namespace, model: Any) -> int:
     check_backend(args.backend)
     check_device(args.device)
     from .app import build_app, launch  # MissingPackageError names the extra to install
+    from .app.budget import Budget
 
+    if args.max_tokens < 1:
+        raise OptionError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
+    if not args.max_seconds > 0:
+        raise OptionError(f"--max-seconds must be positive, got {args.max_seconds}.")
     blocks = build_app(model, args.model, args.device,
-                       loader=lambda name, device: load_model(name, device=device, backend=args.backend))
+                       loader=lambda name, device: load_model(name, device=device, backend=args.backend),
+                       budget=Budget(max_tokens=args.max_tokens,
+                                     max_trace_tokens=min(args.max_tokens, Budget.max_trace_tokens),
+                                     max_seconds=args.max_seconds))
     print(f"Jacobian Scopes app on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
     launch(blocks, host=args.host, port=args.port)
     return 0

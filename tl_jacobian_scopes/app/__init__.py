@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A closed page ends its session's work within a few seconds (Gradio's default heartbeat: 15 s).
+os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "2")
 
 from ..errors import MissingPackageError  # noqa: E402
 
@@ -39,7 +41,8 @@ def _gradio() -> Any:
 
 
 def build_app(model: Any = None, model_name: Optional[str] = None, device: Optional[str] = None,
-              downloads: Optional[Path] = None, loader: Optional[Callable[..., Any]] = None) -> Any:
+              downloads: Optional[Path] = None, loader: Optional[Callable[..., Any]] = None,
+              budget: Any = None) -> Any:
     """The app's ``gradio.Blocks``, around an already loaded ``model`` or one loaded by name on
     the first request (a load failure is shown in the page, and retried on the next request).
 
@@ -50,6 +53,8 @@ def build_app(model: Any = None, model_name: Optional[str] = None, device: Optio
         downloads: Folder for the files the page offers (default: a new temporary folder).
         loader: ``loader(name, device=...)`` loads the model (default: :func:`load_model`);
             it starts at once in the background, and the first request waits for it.
+        budget: The work budget per request (:class:`~tl_jacobian_scopes.app.budget.Budget`;
+            default ``Budget()``), shown in the page.
 
     Raises:
         MissingPackageError: Gradio is not installed.
@@ -61,7 +66,7 @@ def build_app(model: Any = None, model_name: Optional[str] = None, device: Optio
 
     slot = ModelSlot(model, model_name, device, loader)
     slot.preload()
-    return build_blocks(Engine(slot), downloads)
+    return build_blocks(Engine(slot, budget=budget), downloads)
 
 
 def theme() -> Any:
@@ -72,11 +77,19 @@ def theme() -> Any:
 
 def launch(blocks: Any, host: str = DEFAULT_HOST, port: Optional[int] = DEFAULT_PORT, **kwargs: Any) -> Any:
     """Serve ``blocks`` on ``host:port`` (127.0.0.1 by default: this machine only), queued,
-    with no share link, no server-side rendering and no MCP server."""
+    with no share link, no server-side rendering, no MCP server and no uploads (the page has
+    no upload component: ``max_file_size=0``). When the server stops, everything the app
+    wrote is removed."""
     options: dict[str, Any] = dict(server_name=host, server_port=port, share=False, ssr_mode=False,
-                                   mcp_server=False, theme=theme(), footer_links=[], show_error=False)
+                                   mcp_server=False, theme=theme(), footer_links=[], show_error=False,
+                                   max_file_size=0)
     options.update(kwargs)
-    return blocks.queue(default_concurrency_limit=1).launch(**options)
+    try:
+        return blocks.queue(default_concurrency_limit=1).launch(**options)
+    finally:
+        cleanup = getattr(blocks, "tjs_cleanup", None)
+        if cleanup is not None and not options.get("prevent_thread_lock"):
+            cleanup()  # the server has stopped (Ctrl-C, or closed)
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_app", "launch", "theme"]

@@ -16,10 +16,12 @@ import torch
 from ..cli import _scope_kwargs
 from ..errors import OptionError, PromptError
 from ..models.access import ModelAccess
+from ..models.inputs import prepare_tokens
 from ..progress import Progress, observe
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
-from .state import ModelSlot, ResultCache, Stopped
+from .budget import Budget
+from .state import ModelSlot, OverTime, ResultCache, Stopped
 
 #: The scopes the app offers (baselines are for the faithfulness study, not this page).
 APP_SCOPES = ("semantic", "temperature", "fisher")
@@ -77,7 +79,11 @@ class Request:
 
 
 class Engine:
-    """The model, the caches and the computations behind the page.
+    """The model, the caches and the computations behind the page, within a :class:`Budget`.
+
+    Each request holds the model once (tokenizing, the scope call and the top predictions
+    together); background work holds it one small step at a time and lets waiting requests go
+    first (:meth:`ModelSlot.hold`).
 
     Example:
         >>> engine = Engine(ModelSlot(model=model))  # doctest: +SKIP
@@ -85,36 +91,73 @@ class Engine:
         >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups  # doctest: +SKIP
     """
 
-    def __init__(self, slot: ModelSlot, cache_size: int = 32):
+    def __init__(self, slot: ModelSlot, cache_size: int = 32, budget: Optional[Budget] = None):
         self.slot = slot
+        self.budget = budget or Budget()
         self.rows = ResultCache(128 * cache_size)  # per (request, position, internals)
         self.predictions = ResultCache(cache_size)
+        self._active = 0  # computations running or waiting for the model (for the page and the tests)
+        self._active_guard = threading.Lock()
+
+    @property
+    def active(self) -> int:
+        """How many computations are running or waiting for the model now."""
+        with self._active_guard:
+            return self._active
 
     def _run(self, stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]],
-             body: Callable[[Any], Any]) -> Any:
-        """``body(model)`` under the model's lock, reporting progress and honouring Stop."""
+             body: Callable[[Any], Any], background: bool = False) -> Any:
+        """``body(model)`` holding the model once, reporting progress and honouring Stop and
+        the budget's ``max_seconds`` (checked at each progress step)."""
+        held = [float("inf")]
+
         def update(line: Progress) -> None:
             if stop is not None and stop.is_set():
                 raise Stopped()
+            if time.monotonic() - held[0] > self.budget.max_seconds:
+                raise OverTime(self.budget.over_time())
             if progress is not None:
                 progress(line)
 
-        model = self.slot.get()
-        with self.slot.lock(), observe(update):
-            if stop is not None and stop.is_set():
-                raise Stopped()
-            return body(model)
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        with self._active_guard:
+            self._active += 1
+        try:
+            with self.slot.hold(background, stop) as model, observe(update):
+                held[0] = time.monotonic()
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+                return body(model)
+        finally:
+            with self._active_guard:
+                self._active -= 1
 
-    def n_tokens(self, model: Any, prompt: str) -> int:
-        return int(ModelAccess(model).to_tokens(prompt, prepend_bos=None).shape[-1])
+    def check(self, request: Request) -> dict[str, Any]:
+        """Everything about ``request`` that needs no model (its options and the budget), before any model work.
+
+        Raises:
+            ScopeError: An option out of range or over the budget, or a prompt far too long.
+        """
+        kwargs = request.scope_kwargs()
+        self.budget.check_options(request.rank, request.samples, request.full_trace, request.fisher_mode)
+        self.budget.check_chars(request.prompt)
+        return kwargs
+
+    def n_tokens(self, model: Any, request: Request) -> int:
+        """The prompt's length in tokens (BOS included), with the library's prompt checks and the budget's."""
+        n = int(prepare_tokens(ModelAccess(model), request.prompt, prepend_bos=None).shape[-1])
+        self.budget.check_tokens(n, request.full_trace, request.fisher_mode)
+        return n
 
     def cached(self, request: Request, position: int, internals: bool = False) -> Optional[ScopeResult]:
         """The result at ``position`` if it was computed already (a click on a ready page)."""
         return self.rows.get((request, position, internals))  # type: ignore[no-any-return]
 
-    def _call(self, request: Request, positions: list[int], n: int, internals: bool,
-              stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]]) -> list[ScopeResult]:
-        """One library call for ``positions`` (one of them: ``position=``; several: ``positions=``)."""
+    def _compute(self, model: Any, request: Request, positions: list[int], n: int,
+                 internals: bool) -> list[ScopeResult]:
+        """One library call for ``positions`` (one of them: ``position=``; several: ``positions=``);
+        the caller holds the model."""
         kwargs = request.scope_kwargs()
         kwargs.pop("positions")
         if request.scope == "semantic":  # the target given applies to the last position only
@@ -126,91 +169,128 @@ class Engine:
             kwargs["position"] = positions[0]
         else:
             kwargs["positions"] = positions
-
-        def body(model: Any) -> list[ScopeResult]:
-            out = resolve_scope(request.scope)(model, request.prompt, internals=internals, progress=False, **kwargs)
-            return [out] if isinstance(out, ScopeResult) else list(out)
-
-        results: list[ScopeResult] = self._run(stop, progress, body)
+        out = resolve_scope(request.scope)(model, request.prompt, internals=internals, progress=False, **kwargs)
+        results = [out] if isinstance(out, ScopeResult) else list(out)
         for p, r in zip(positions, results):
             self.rows.put((request, p, internals), r)
         return results
 
     def size(self, request: Request, stop: Optional[threading.Event] = None) -> int:
         """The prompt's length in tokens (BOS included), checking the request first."""
-        request.scope_kwargs()
-        return int(self._run(stop, None, lambda model: self.n_tokens(model, request.prompt)))
+        self.check(request)
+        return int(self._run(stop, None, lambda model: self.n_tokens(model, request)))
+
+    def explain(self, request: Request, position: Optional[int] = None, internals: bool = False,
+                stop: Optional[threading.Event] = None, progress: Optional[Callable[[Progress], None]] = None,
+                predictions: int = 0) -> tuple[ScopeResult, list[tuple[str, float]]]:
+        """The explanation at ``position`` (default: the last; computed once, then cached) and,
+        with ``predictions=k``, the ``k`` most probable next tokens after the prompt: one hold
+        of the model for both.
+
+        Raises:
+            ScopeError: Bad input (the library's message), over the budget, or ``position``
+                outside the prompt.
+        """
+        self.check(request)
+
+        def body(model: Any) -> tuple[ScopeResult, list[tuple[str, float]]]:
+            n = self.n_tokens(model, request)
+            pos = n - 1 if position is None else int(position)
+            if not 0 <= pos < n:
+                raise OptionError(f"position {pos} is outside the prompt's {n} tokens.")
+            result = self.cached(request, pos, internals)
+            if result is None:
+                result = self._compute(model, request, [pos], n, internals)[0]
+            top = self._top(model, request.prompt, predictions) if predictions else []
+            return result, top
+
+        return self._run(stop, progress, body)  # type: ignore[no-any-return]
 
     def result(self, request: Request, position: Optional[int] = None, internals: bool = False,
                stop: Optional[threading.Event] = None,
                progress: Optional[Callable[[Progress], None]] = None) -> ScopeResult:
-        """The explanation at ``position`` (default: the last): computed once, then cached.
-
-        Raises:
-            ScopeError: Bad input (the library's message), or ``position`` outside the prompt.
-        """
-        n = self.size(request, stop)
-        pos = n - 1 if position is None else int(position)
-        if not 0 <= pos < n:
-            raise OptionError(f"position {pos} is outside the prompt's {n} tokens.")
-        cached = self.cached(request, pos, internals)
-        if cached is not None:
-            return cached
-        return self._call(request, [pos], n, internals, stop, progress)[0]
+        """The explanation at ``position`` (default: the last): :meth:`explain` without predictions."""
+        return self.explain(request, position, internals, stop, progress)[0]
 
     def precompute(self, request: Request, stop: Optional[threading.Event] = None,
-                   progress: Optional[Callable[[int, int], None]] = None, chunk: int = 16) -> int:
-        """Explain every position not explained yet (``positions=`` calls of ``chunk``
-        positions, so a click waits at most one chunk for the model), so that clicks are
-        lookups. Fisher's full-trace estimates (exact, stochastic) are left to clicks: they
-        cost hundreds of probes per position. Returns the number of positions ready."""
+                   progress: Optional[Callable[[int, int], None]] = None, chunk: Optional[int] = None,
+                   around: Optional[int] = None) -> int:
+        """Explain the positions not explained yet, nearest ``around`` (default: the last) first
+        and at most the budget's ``precompute`` of them, so that clicks are lookups. Each step
+        of ``chunk`` positions (default: the budget's) holds the model as background work, so
+        a waiting request goes first. Fisher's full-trace estimates (exact, stochastic) are
+        left to clicks: they cost hundreds of probes per position. Returns the number of
+        positions ready."""
         n = self.size(request, stop)
         if request.full_trace:
             return sum(self.cached(request, p) is not None for p in range(n))
-        todo = [p for p in range(n) if self.cached(request, p) is None]
-        for start in range(0, len(todo), chunk):
-            self._call(request, todo[start:start + chunk], n, False, stop, None)
+        step = chunk or self.budget.chunk
+        centre = n - 1 if around is None else around
+        todo = sorted((p for p in range(n) if self.cached(request, p) is None), key=lambda p: (abs(p - centre), p))
+        todo = todo[:self.budget.precompute]
+        ready = n - len([p for p in range(n) if self.cached(request, p) is None])
+        total = ready + len(todo)
+        for start in range(0, len(todo), step):
+            part = todo[start:start + step]
+            self._run(stop, None, lambda model: self._compute(model, request, part, n, False), background=True)
             if progress is not None:
-                progress(n - len(todo) + min(start + chunk, len(todo)), n)
-            time.sleep(0.01)  # let a waiting click take the model between chunks
-        return n
+                progress(ready + min(start + step, len(todo)), total)
+        return sum(self.cached(request, p) is not None for p in range(n))
 
-    def top_predictions(self, prompt: str, k: int = 8) -> list[tuple[str, float]]:
-        """The ``k`` most probable next tokens after ``prompt`` (for the target choices)."""
+    def _top(self, model: Any, prompt: str, k: int) -> list[tuple[str, float]]:
         cached = self.predictions.get((prompt, k))
         if cached is not None:
             return cached  # type: ignore[no-any-return]
+        access = ModelAccess(model)
+        tokens = prepare_tokens(access, prompt, prepend_bos=None)
+        with access.frozen(), torch.no_grad():
+            logits = model(tokens)[0, -1].float()
+        probs, ids = torch.topk(torch.softmax(logits, -1), k)
+        top = [(access.token_str(int(i)), float(p)) for p, i in zip(probs, ids)]
+        return self.predictions.put((prompt, k), top)  # type: ignore[no-any-return]
 
-        def body(model: Any) -> list[tuple[str, float]]:
-            access = ModelAccess(model)
-            tokens = access.to_tokens(prompt, prepend_bos=None)
-            with access.frozen(), torch.no_grad():
-                logits = model(tokens)[0, -1].float()
-            probs, ids = torch.topk(torch.softmax(logits, -1), k)
-            return [(access.token_str(int(i)), float(p)) for p, i in zip(probs, ids)]
+    def top_predictions(self, prompt: str, k: int = 8) -> list[tuple[str, float]]:
+        """The ``k`` most probable next tokens after ``prompt`` (for the target choices).
 
+        Raises:
+            PromptError: The library's prompt checks (not valid text, too long), or over the budget.
+        """
         if not prompt or not prompt.strip():
             return []
-        return self.predictions.put((prompt, k), self._run(None, None, body))  # type: ignore[no-any-return]
+        self.budget.check_chars(prompt)
+
+        def body(model: Any) -> list[tuple[str, float]]:
+            self.n_tokens(model, Request(prompt, "temperature"))
+            return self._top(model, prompt, k)
+
+        return self._run(None, None, body)  # type: ignore[no-any-return]
 
     def forecast(self, series: Sequence[float], scope: str, digits: int = 2,
                  stop: Optional[threading.Event] = None,
                  progress: Optional[Callable[[Progress], None]] = None) -> Any:
         """The time-series scope of the value after ``series`` (value-level influence and the
-        forecast distribution): :func:`tl_jacobian_scopes.timeseries.forecast_scope`."""
+        forecast distribution): :func:`tl_jacobian_scopes.timeseries.forecast_scope`, within
+        the budget's series length (checked before any model work)."""
         from ..timeseries import forecast_scope
 
+        self.budget.check_series(len(series))
         return self._run(stop, progress, lambda model: forecast_scope(model, list(series), scope, digits=digits,
                                                                         progress=False))
 
 
-def pasted_series(text: str) -> list[float]:
-    """Numbers pasted into the page, separated by commas, spaces or line breaks.
+def pasted_series(text: str, limit: Optional[int] = None) -> list[float]:
+    """Numbers pasted into the page, separated by commas, spaces or line breaks (at most ``limit``).
 
     Raises:
-        PromptError: Something that is not a number, or fewer than 3 values.
+        PromptError: Something that is not a number, fewer than 3 values, or more than ``limit``.
     """
+    if limit is not None and len(text) > 64 * limit:  # refused before splitting a huge paste
+        raise PromptError(f"The pasted series has {len(text)} characters; this app forecasts series of up to "
+                          f"{limit} values: paste fewer values.")
     items = [item for item in re.split(r"[,;\s]+", text.strip()) if item]
+    if limit is not None and len(items) > limit:
+        raise PromptError(f"The pasted series has {len(items)} values; this app forecasts series of up to "
+                          f"{limit} values: paste fewer values.")
     values = []
     for i, item in enumerate(items):
         try:

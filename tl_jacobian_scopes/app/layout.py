@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import html
 import importlib
 import logging
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -20,7 +23,7 @@ from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, w
                      write_forecast_downloads)
 from .render import (CLICK_JS, TOKEN_CSS, frame_html, message_html, none_if_blank, summary_html, table_rows,
                      token_html)
-from .state import Stopped, StopSwitches
+from .state import OverTime, Sessions, Stopped, StopSwitches
 
 #: Gradio, untyped here: its stubs vary between releases, and the app only wires its components.
 gr: Any = importlib.import_module("gradio")
@@ -40,6 +43,8 @@ EXAMPLE = "The capital of France is Paris, and the capital of Germany is"
 def _failure(exc: BaseException) -> str:
     """The message the page shows for an error: the library's own for bad input, a one-line
     summary otherwise (the traceback goes to the server's log, never to the page)."""
+    if isinstance(exc, OverTime):
+        return message_html(str(exc), error=True)
     if isinstance(exc, Stopped):
         return message_html("Stopped: the computation was cancelled; the model is unchanged.")
     if isinstance(exc, ScopeError):
@@ -49,11 +54,35 @@ def _failure(exc: BaseException) -> str:
 
 
 def _progress_bridge(progress: Any) -> Callable[[Progress], None]:
+    """The library's progress as one bar in the page, a fraction with its step counts spelt out
+    (the library counts in fractions of a prediction, which reads badly as "0.5/1 prediction")."""
     def update(line: Progress) -> None:
         if line.total:
-            progress((line.done, line.total), desc=line.desc, unit=line.unit)
+            share = min(1.0, max(0.0, float(line.done) / float(line.total)))
+            progress(share, desc=f"{line.desc}: {share:.0%}")
 
     return update
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes in the files under ``folder`` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def trim_folder(folder: Path, limit_bytes: float, keep: Optional[Path] = None) -> None:
+    """Delete the oldest session folders under ``folder`` until it holds at most ``limit_bytes``
+    (``keep``, the folder just written, goes last)."""
+    subs = sorted((p for p in folder.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime) \
+        if folder.exists() else []
+    if keep is not None and keep.exists():
+        subs.append(keep)
+    total = folder_size(folder)
+    for sub in subs:
+        if total <= limit_bytes:
+            break
+        size = folder_size(sub)
+        shutil.rmtree(sub, ignore_errors=True)
+        total -= size
 
 
 def session_folder(folder: Path, session_hash: Optional[str]) -> Path:
@@ -62,43 +91,120 @@ def session_folder(folder: Path, session_hash: Optional[str]) -> Path:
     return folder / hashlib.sha256((session_hash or "").encode("utf-8", "replace")).hexdigest()[:32]
 
 
+SCOPE_HELP = {
+    "semantic": "**Semantic**: how much each input token moves the logit of one *target* token (minus a "
+                "*contrast*, if given). Ask it about a specific next word.",
+    "temperature": "**Temperature**: how much each input token changes the *confidence* of the prediction "
+                   "(the norm of the final hidden state, an inverse temperature), whatever the word.",
+    "fisher": "**Fisher**: how much each input token changes the *whole next-token distribution* (the Fisher "
+              "information of the prediction, pulled back to the input).",
+}
+MODE_HELP = {
+    "rank": "*rank*: the top `rank` directions of the Fisher matrix (fast; rank 1 is usually enough).",
+    "exact": "*exact*: the full trace, one backward pass per hidden dimension (slow; short prompts only).",
+    "stochastic": "*stochastic*: an unbiased estimate of the trace from `samples` random probes, with "
+                  "standard errors (`seed` makes it repeatable).",
+}
+
+
 def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
-    """The app's page around ``engine``; launch it with :func:`tl_jacobian_scopes.app.launch`."""
+    """The app's page around ``engine``; launch it with :func:`tl_jacobian_scopes.app.launch`.
+
+    Every session's state and files are freed when its page closes (Gradio's unload, a few
+    seconds after the connection drops) or after the budget's idle time; the downloads folder
+    stays under the budget's size; at shutdown (``blocks.close()`` or exit) everything the app
+    wrote is removed.
+    """
+    budget = engine.budget
+    owned = downloads is None
     folder = Path(downloads or tempfile.mkdtemp(prefix="tjs-app-"))
     stops = StopSwitches()
+    sessions = Sessions()
     n_out = 7  # message, tokens, summary, top tokens, internals frame, state, target choices
+
+    def session_of(request: GrRequest) -> str:
+        session = request.session_hash or ""
+        sessions.touch(session)
+        return session
+
+    def end_session(session: str) -> None:
+        """Stop the session's work and free its files (its gr.State expires with it)."""
+        stops.end(session)
+        sessions.forget(session)
+        shutil.rmtree(session_folder(folder, session), ignore_errors=True)
+
+    def unload(request: GrRequest) -> None:
+        end_session(request.session_hash or "")
+
+    def reap(stop: threading.Event) -> None:
+        while not stop.wait(min(30.0, budget.idle_s / 4)):
+            for session in sessions.idle(budget.idle_s):
+                end_session(session)
+
+    def cleanup() -> None:
+        """Remove everything the app wrote (the downloads folder if the app made it, else the sessions' folders)."""
+        reaper_stop.set()
+        for session in list(stops.sessions()):
+            stops.end(session)
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.exists():
+            for sub in folder.iterdir():
+                if sub.is_dir() and len(sub.name) == 32:
+                    shutil.rmtree(sub, ignore_errors=True)
+
+    reaper_stop = threading.Event()
+    threading.Thread(target=reap, args=(reaper_stop,), name="tjs-app-idle-reaper", daemon=True).start()
 
     def request_of(prompt: str, scope: str, target: Optional[str], contrast: Optional[str], mode: str,
                    rank: Any, samples: Any, seed: Any) -> Request:
-        def whole(value: Any, default: int) -> int:
-            return default if value is None or value == "" else int(value)
+        def whole(value: Any, default: int, name: str) -> int:
+            if value is None or value == "":
+                return default
+            try:
+                number = float(value)
+                if number != int(number):
+                    raise ValueError
+                return int(number)
+            except (TypeError, ValueError, OverflowError):
+                raise OptionError(f"{name} must be a whole number, got {str(value)[:40]!r}.") from None
 
         return Request(prompt or "", scope, none_if_blank(target), none_if_blank(contrast), mode,
-                       whole(rank, 1), whole(samples, 24), whole(seed, 0))
+                       whole(rank, 1, "rank"), whole(samples, 24, "samples"), whole(seed, 0, "seed"))
+
+    def cleared(exc: BaseException) -> list[Any]:
+        """A failure's message, and the previous results cleared (never left unmarked under it)."""
+        return [_failure(exc), "", "", table_rows([], 3), "", None, gr.skip()]
 
     def show(req: Request, position: Optional[int], internals: bool, stop: Any, progress: Any,
-             runs: int = 0) -> list[Any]:
-        result = engine.result(req, position, internals, stop, _progress_bridge(progress))
-        frame = frame_html(result.show("layers", "heads"), 900) if internals else ""
+             runs: int = 0, predictions: int = 0) -> tuple[list[Any], list[tuple[str, float]]]:
+        result, top_next = engine.explain(req, position, internals, stop, _progress_bridge(progress), predictions)
+        frame = frame_html(result.show("layers", "heads"), 620) if internals else ""
         top = [[t.position, repr(t.token), round(t.score, 6)] for t in result.top(8)]
         done = message_html(f"Done: {req.scope} scope, {result.n_tokens} tokens, position {result.position}.",
                             run=runs + 1)
         return [done, token_html(result), summary_html(result), table_rows(top, 3), frame,
-                {"request": req, "position": result.position, "runs": runs + 1}]
+                {"request": req, "position": result.position, "runs": runs + 1}], top_next
+
+    def retire(request: GrRequest) -> None:
+        """A new request from a session ends that session's running work first (queue-free)."""
+        session = session_of(request)
+        stops.retire(session, "request")
+        stops.retire(session, "background")
 
     def explain(prompt: str, scope: str, target: Optional[str], contrast: Optional[str], mode: str, rank: Any,
                 samples: Any, seed: Any, internals: bool, state: Optional[dict[str, Any]], request: GrRequest,
                 progress: Any = gr.Progress()) -> list[Any]:
-        stop = stops.arm(request.session_hash or "")
-        # The previous prompt's background job would hold the model between its chunks.
-        stops.retire(request.session_hash or "", "background")
+        session = session_of(request)
+        stop = stops.arm(session)
+        stops.retire(session, "background")  # the previous prompt's background job
         try:
             req = request_of(prompt, scope, target, contrast, mode, rank, samples, seed)
-            out = show(req, None, internals, stop, progress, (state or {}).get("runs", 0))
-            choices = [(f"{tok!r} p={p:.3f}", tok) for tok, p in engine.top_predictions(req.prompt)]
+            out, top_next = show(req, None, internals, stop, progress, (state or {}).get("runs", 0), predictions=8)
+            choices = [(f"{tok!r} p={p:.3f}", tok) for tok, p in top_next]
             return out + [gr.update(choices=choices)]
         except Exception as exc:  # every failure becomes a message in the page
-            return [_failure(exc)] + [gr.skip()] * (n_out - 1)
+            return cleared(exc)
 
     def click(state: Optional[dict[str, Any]], internals: bool, evt: GrEvent, request: GrRequest,
               progress: Any = gr.Progress()) -> list[Any]:
@@ -120,19 +226,23 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
 
     def click_at(state: dict[str, Any], position: int, internals: bool, request: GrRequest,
                  progress: Any) -> list[Any]:
-        stop = stops.arm(request.session_hash or "")
+        stop = stops.arm(session_of(request))
         try:
-            return show(state["request"], position, internals, stop, progress, state["runs"]) + [gr.skip()]
+            return show(state["request"], position, internals, stop, progress, state["runs"])[0] + [gr.skip()]
         except Exception as exc:
             return [_failure(exc)] + [gr.skip()] * (n_out - 1)
+
+    def write_files(paths: list[Path], sub: Path) -> list[str]:
+        trim_folder(folder, budget.cache_mb * 2**20, keep=sub)
+        return [str(p) for p in paths if p.exists()]
 
     def files(state: Optional[dict[str, Any]], internals: bool, request: GrRequest) -> Any:
         if not state:
             return gr.skip(), message_html("Run an explanation first.")
         try:
             result = engine.result(state["request"], state["position"], internals)
-            sub = session_folder(folder, request.session_hash)
-            paths = [str(p) for p in write_downloads(result, sub)]
+            sub = session_folder(folder, session_of(request))
+            paths = write_files(write_downloads(result, sub), sub)
             return paths, message_html(f"Files for position {result.position} ready below.", run=state["runs"])
         except Exception as exc:
             return gr.skip(), _failure(exc)
@@ -140,75 +250,142 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     def compare_scopes(prompt: str, first: str, second: str, target: Optional[str], contrast: Optional[str],
                        mode: str, rank: Any, samples: Any, seed: Any, request: GrRequest,
                        progress: Any = gr.Progress()) -> Any:
-        stop = stops.arm(request.session_hash or "")
+        stop = stops.arm(session_of(request))
         try:
             results = [engine.result(request_of(prompt, s, target, contrast, mode, rank, samples, seed), None,
                                      False, stop, _progress_bridge(progress)) for s in (first, second)]
             return message_html(f"Done: {first} beside {second}."), frame_html(compare(*results), 700)
         except Exception as exc:
-            return _failure(exc), gr.skip()
+            return _failure(exc), ""
+
+    def series_of(source: str, n: Any, seed: Any, pasted: str) -> Any:
+        if source == "paste":
+            return pasted_series(pasted or "", budget.max_series)
+        if source not in FAMILIES:
+            raise OptionError(f"Unknown series {str(source)[:40]!r}: pick one of {', '.join(FAMILIES)}, or 'paste'.")
+        generate: Any = FAMILIES[source]
+        count, context = (60 if n is None else int(n)), ModelAccess(engine.slot.get()).n_ctx
+        if count < 3:
+            raise OptionError(f"values must be at least 3 (got {count}): ask for more values.")
+        if count > context:  # refused before generating (a huge count would take minutes)
+            raise PromptError(f"{count} values cannot fit in the model's context of {context} tokens "
+                              "(each value takes at least one token): ask for fewer values.")
+        budget.check_series(count)
+        return generate(n=count, seed=int(seed or 0))
 
     def forecast(source: str, n: Any, seed: Any, pasted: str, scope: str, request: GrRequest,
                  progress: Any = gr.Progress()) -> Any:
-        stop = stops.arm(request.session_hash or "")
+        session = session_of(request)
+        stop = stops.arm(session)
         try:
-            if source == "paste":
-                series: Any = pasted_series(pasted or "")
-            else:
-                if source not in FAMILIES:
-                    raise OptionError(f"Unknown series {str(source)[:40]!r}: pick one of {', '.join(FAMILIES)}, "
-                                      "or 'paste'.")
-                generate: Any = FAMILIES[source]
-                count, context = (60 if n is None else int(n)), ModelAccess(engine.slot.get()).n_ctx
-                if count < 3:
-                    raise OptionError(f"values must be at least 3 (got {count}): ask for more values.")
-                if count > context:  # refused before generating (a huge count would take minutes)
-                    raise PromptError(f"{count} values cannot fit in the model's context of {context} tokens "
-                                      "(each value takes at least one token): ask for fewer values.")
-                series = generate(n=count, seed=int(seed or 0))
+            series = series_of(source, n, seed, pasted)
             r = engine.forecast(series, scope, stop=stop, progress=_progress_bridge(progress))
             f = r.forecast
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
                     if f is not None else "Done.")
             view = r.show()
-            files = write_forecast_downloads(r, view, session_folder(folder, request.session_hash))
-            return message_html(text), frame_html(view, 260), str(files[0]), [str(p) for p in files]
+            sub = session_folder(folder, session)
+            files = write_files(write_forecast_downloads(r, view, sub), sub)
+            return message_html(text), frame_html(view, 260), files[0], files
         except Exception as exc:
-            return _failure(exc), gr.skip(), gr.skip(), gr.skip()
+            return _failure(exc), "", None, None
 
-    def precompute(state: Optional[dict[str, Any]], request: GrRequest, progress: Any = gr.Progress()) -> Any:
-        """After a result: explain every other position too, so that clicks are lookups."""
+    def precompute(state: Optional[dict[str, Any]], request: GrRequest, progress: Any = None) -> Any:
+        """After a result: explain up to the budget's number of positions nearest the explained
+        one, so that clicks there are lookups (background work: any request goes first)."""
         if not state:
             return gr.skip()
         req = state["request"]
-        switch = stops.arm(request.session_hash or "", "background")
+        switch = stops.arm(session_of(request), "background")
         try:
-            def update(done: int, total: int) -> None:
-                progress((done, total), desc="explaining every position", unit="positions")
-
-            ready = engine.precompute(req, switch, update)
+            ready = engine.precompute(req, switch, around=state.get("position"))
             if req.full_trace:
                 return message_html(f"Fisher's {req.fisher_mode} estimate is computed per position: "
                                     "a click on a token computes that one (with progress; Stop cancels).")
-            return (f'<div class="tjs-msg tjs-info" data-ready="{ready}">All {ready} positions explained: '
-                    "clicking a token shows its explanation at once.</div>")
+            return (f'<div class="tjs-msg tjs-info" data-ready="{ready}">{ready} positions explained (the '
+                    f"{budget.precompute} nearest the explained token at most): clicking one of them shows its "
+                    "explanation at once.</div>")
         except Exception as exc:
-            if getattr(switch, "retired", False):  # replaced by a newer prompt's job: say nothing
+            if getattr(switch, "retired", False):  # replaced by a newer job, or the session ended: say nothing
                 return gr.skip()
             return _failure(exc)
 
     def stop_session(request: GrRequest) -> str:
-        stops.stop(request.session_hash or "")
-        return message_html("Stopping…")
+        stops.stop(session_of(request))
+        return message_html("Stopping… (the computation ends at its next step)")
 
-    with gr.Blocks(title="Jacobian Scopes", analytics_enabled=False) as blocks:
+    # ---- the scriptable API: the same engine, budget and queue; JSON in and out ----
+
+    def _payload(result: Any) -> dict[str, Any]:
+        return {"scope": result.scope, "position": result.position, "str_tokens": list(result.str_tokens),
+                "scores": [float(x) for x in result.scores.tolist()], "predicted": result.predicted_str,
+                "predicted_prob": result.predicted_prob, "target": result.target_str,
+                "target_prob": result.target_prob}
+
+    def _api_request(prompt: str, scope: str, target: str, contrast: str, fisher_mode: str, rank: float,
+                     samples: float, seed: float) -> Request:
+        return request_of(prompt, scope, target, contrast, fisher_mode, rank, samples, seed)
+
+    def _api_call(request: GrRequest, work: Callable[[threading.Event], Any]) -> Any:
+        stop = stops.arm(session_of(request), "api")
+        try:
+            return work(stop)
+        except ScopeError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Stopped as exc:
+            raise gr.Error(str(exc) or "Stopped.", print_exception=False) from None
+
+    def api_explain(prompt: str, scope: str = "fisher", target: str = "", contrast: str = "",
+                    fisher_mode: str = "rank", rank: float = 1, samples: float = 24, seed: float = 0,
+                    request: GrRequest = None) -> dict[str, Any]:
+        """Explain the prediction after the prompt's last token; returns the tokens and their scores
+        (JSON). Bounded by the app's work budget (shown on the page)."""
+        req = _api_request(prompt, scope, target, contrast, fisher_mode, rank, samples, seed)
+        return _api_call(request, lambda stop: _payload(engine.result(req, None, False, stop)))  # type: ignore
+
+    def api_click(prompt: str, position: float, scope: str = "fisher", fisher_mode: str = "rank",
+                  rank: float = 1, samples: float = 24, seed: float = 0,
+                  request: GrRequest = None) -> dict[str, Any]:
+        """Explain the top prediction at token ``position`` (as a click on that token does)."""
+        req = _api_request(prompt, scope, "", "", fisher_mode, rank, samples, seed)
+        return _api_call(request, lambda stop: _payload(engine.result(req, int(position), False, stop)))  # type: ignore
+
+    def api_compare(prompt: str, first: str = "semantic", second: str = "fisher",
+                    request: GrRequest = None) -> list[dict[str, Any]]:
+        """Two scopes on the same prompt (the last position), each as api_explain returns it."""
+        reqs = [_api_request(prompt, s, "", "", "rank", 1, 24, 0) for s in (first, second)]
+        return _api_call(request, lambda stop: [_payload(engine.result(r, None, False, stop))  # type: ignore
+                                                 for r in reqs])
+
+    def api_forecast(series: str, scope: str = "temperature", request: GrRequest = None) -> dict[str, Any]:
+        """Forecast the value after a series (numbers separated by commas or spaces) and explain it:
+        the per-value influence and the forecast's mean, standard deviation and mode."""
+        values = _api_call(request, lambda stop: pasted_series(series or "", budget.max_series))
+
+        def work(stop: threading.Event) -> dict[str, Any]:
+            r = engine.forecast(values, scope, stop=stop)
+            f = r.forecast
+            return {"scope": r.scope, "step": r.step, "value_scores": [float(v) for v in r.value_scores],
+                    "mean": None if f is None else f.mean, "std": None if f is None else f.std,
+                    "mode": None if f is None else f.mode}
+
+        return _api_call(request, work)  # type: ignore[no-any-return]
+
+    with gr.Blocks(title="Jacobian Scopes", analytics_enabled=False,
+                   delete_cache=(max(60, int(budget.idle_s // 4)), int(budget.idle_s))) as blocks:
         gr.HTML(f"<style>{TOKEN_CSS}</style><h2>Jacobian Scopes</h2><p>Model: <b>{html.escape(engine.slot.label)}"
                 "</b> · which input tokens drive a prediction (arXiv 2601.16407)</p>", js_on_load=None)
-        state = gr.State(None)
+        gr.HTML(f'<p class="tjs-budget">{html.escape(budget.describe())}</p>', elem_id="tjs-budget-line",
+                js_on_load=None)
+        state = gr.State(None, time_to_live=budget.idle_s)
         with gr.Tab("Explain"):
-            prompt = gr.Textbox(label="Prompt", value=EXAMPLE, lines=3, elem_id="tjs-prompt")
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLE, lines=3, elem_id="tjs-prompt",
+                                max_length=budget.max_chars)
             with gr.Row():
-                scope = gr.Radio(list(APP_SCOPES), value="fisher", label="Scope", elem_id="tjs-scope")
+                with gr.Column(scale=1):
+                    scope = gr.Radio(list(APP_SCOPES), value="fisher", label="Scope", elem_id="tjs-scope")
+                with gr.Column(scale=2):
+                    scope_help = gr.Markdown(SCOPE_HELP["fisher"], elem_id="tjs-scope-help")
                 internals = gr.Checkbox(label="Internals: layer × position and layer × head maps",
                                         elem_id="tjs-internals")
             with gr.Row(visible=False) as semantic_row:
@@ -218,9 +395,12 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                                        elem_id="tjs-contrast")
             with gr.Row(visible=True) as fisher_row:
                 mode = gr.Radio(list(FISHER_MODES), value="rank", label="Fisher estimate", elem_id="tjs-mode")
-                rank = gr.Number(1, precision=0, minimum=1, label="rank", elem_id="tjs-rank")
-                samples = gr.Number(24, precision=0, minimum=1, label="samples (stochastic)", elem_id="tjs-samples")
-                seed = gr.Number(0, precision=0, minimum=0, label="seed (stochastic)", elem_id="tjs-seed")
+                rank = gr.Number(1, precision=0, minimum=1, maximum=budget.max_rank, label="rank", elem_id="tjs-rank")
+                samples = gr.Number(24, precision=0, minimum=1, maximum=budget.max_samples,
+                                    label="samples (stochastic)", elem_id="tjs-samples", visible=False)
+                seed = gr.Number(0, precision=0, minimum=0, label="seed (stochastic)", elem_id="tjs-seed",
+                                 visible=False)
+                mode_help = gr.Markdown(MODE_HELP["rank"], elem_id="tjs-mode-help")
             with gr.Row():
                 run = gr.Button("Explain", variant="primary", elem_id="tjs-run")
                 stop = gr.Button("Stop", variant="stop", elem_id="tjs-stop")
@@ -232,7 +412,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             top = gr.Dataframe(headers=["position", "token", "score"], label="Most influential tokens",
                                interactive=False, elem_id="tjs-top")
             frame = gr.HTML("", elem_id="tjs-frame", js_on_load=None)
-            downloads = gr.Files(label="Downloads", elem_id="tjs-downloads")
+            downloads = gr.Files(label="Downloads", elem_id="tjs-downloads", interactive=False)
         with gr.Tab("Compare"):
             gr.Markdown("Two scopes on the Explain tab's prompt and options, each on its own scale.")
             with gr.Row():
@@ -244,36 +424,67 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         with gr.Tab("Time series"):
             with gr.Row():
                 source = gr.Dropdown(["paste", *FAMILIES], value="lorenz", label="Series", elem_id="tjs-ts-source")
-                length = gr.Number(60, precision=0, minimum=10, label="values", elem_id="tjs-ts-n")
+                length = gr.Number(60, precision=0, minimum=10, maximum=budget.max_series, label="values",
+                                   elem_id="tjs-ts-n")
                 ts_seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="tjs-ts-seed")
                 ts_scope = gr.Radio(list(APP_SCOPES), value="temperature", label="Scope", elem_id="tjs-ts-scope")
-            pasted = gr.Textbox(label="Pasted series (comma-separated numbers; used when Series is 'paste')",
-                                elem_id="tjs-ts-paste")
+            pasted = gr.Textbox(label=f"Pasted series (comma-separated numbers, up to {budget.max_series}; used when "
+                                "Series is 'paste')", elem_id="tjs-ts-paste", max_length=32 * budget.max_series)
             ts_run = gr.Button("Forecast and explain", variant="primary", elem_id="tjs-ts-run")
             ts_message = gr.HTML("", elem_id="tjs-ts-message", js_on_load=None)
             ts_frame = gr.HTML("", elem_id="tjs-ts-frame", js_on_load=None)
             ts_plot = gr.Image(label="Influence over the series and the forecast distribution", type="filepath",
-                               elem_id="tjs-ts-plot", buttons=["download", "fullscreen"])  # no "share" (uploads)
-            ts_downloads = gr.Files(label="Downloads (PNG, HTML, JSON)", elem_id="tjs-ts-downloads")
+                               elem_id="tjs-ts-plot", buttons=["download", "fullscreen"],  # no "share" (uploads)
+                               interactive=False)
+            ts_downloads = gr.Files(label="Downloads (PNG, HTML, JSON)", elem_id="tjs-ts-downloads",
+                                    interactive=False)
 
-        scope.change(lambda s: (gr.update(visible=s == "semantic"), gr.update(visible=s == "fisher")),
-                     scope, [semantic_row, fisher_row], queue=False)
+        private = dict(api_visibility="private", api_name="page")  # hidden, and never taking the API's names
+        scope.change(lambda s: (gr.update(visible=s == "semantic"), gr.update(visible=s == "fisher"),
+                                SCOPE_HELP.get(s, "")),
+                     scope, [semantic_row, fisher_row, scope_help], queue=False, **private)
+        mode.change(lambda m: (gr.update(visible=m == "rank"), gr.update(visible=m == "stochastic"),
+                               gr.update(visible=m == "stochastic"), MODE_HELP.get(m, "")),
+                    mode, [rank, samples, seed, mode_help], queue=False, **private)
         outputs = [message, tokens, summary, top, frame, state, target]
-        queue = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        queue = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1, **private)
         inputs = [prompt, scope, target, contrast, mode, rank, samples, seed]
-        background = dict(concurrency_id=MODEL_QUEUE + "-background", concurrency_limit=1)
-        explained = [run.click(explain, inputs + [internals, state], outputs, **queue),
-                     prompt.submit(explain, inputs + [internals, state], outputs, **queue)]
-        runs = [
-            *explained,
-            *[e.success(precompute, state, ready, **background) for e in explained],
-            tokens.click(click, [state, internals], outputs, **queue),
-            internals.input(toggle_internals, [state, internals], outputs, **queue),
-            compare_run.click(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],
-                              **queue),
-            ts_run.click(forecast, [source, length, ts_seed, pasted, ts_scope], [ts_message, ts_frame, ts_plot, ts_downloads],
-                         **queue),
-        ]
+        background = dict(concurrency_id=MODEL_QUEUE + "-background", concurrency_limit=1, show_progress="hidden",
+                          **private)
+        one_bar = dict(show_progress_on=[message], trigger_mode="always_last")
+        explained = [trigger(retire, None, None, queue=False, **private)
+                     .then(explain, inputs + [internals, state], outputs, **queue, **one_bar)
+                     for trigger in (run.click, prompt.submit)]
+        for e in explained:
+            e.success(precompute, state, ready, **background)
+        tokens.click(click, [state, internals], outputs, **queue, **one_bar)
+        internals.input(toggle_internals, [state, internals], outputs, **queue, **one_bar)
+        compare_run.click(retire, None, None, queue=False, **private).then(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],
+                          **queue, show_progress_on=[compare_message], trigger_mode="always_last")
+        ts_run.click(retire, None, None, queue=False, **private).then(forecast, [source, length, ts_seed, pasted, ts_scope],
+                     [ts_message, ts_frame, ts_plot, ts_downloads], **queue, show_progress_on=[ts_message],
+            trigger_mode="always_last")
         prepare.click(files, [state, internals], [downloads, message], **queue)
-        stop.click(stop_session, None, message, cancels=runs, concurrency_id="stop", concurrency_limit=None)
+        stop.click(stop_session, None, message, queue=False, **private)
+        blocks.unload(unload)
+        api = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        gr.api(api_explain, api_name="explain", **api)
+        gr.api(api_click, api_name="click", **api)
+        gr.api(api_compare, api_name="compare", **api)
+        gr.api(api_forecast, api_name="forecast", **api)
+    original_close = blocks.close
+
+    def close(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original_close(*args, **kwargs)
+        finally:
+            cleanup()
+
+    blocks.close = close
+    atexit.register(cleanup)
+    blocks.tjs_engine = engine
+    blocks.tjs_folder = folder
+    blocks.tjs_sessions = sessions
+    blocks.tjs_stops = stops
+    blocks.tjs_cleanup = cleanup
     return blocks

@@ -21,6 +21,8 @@ TOKEN_CSS = """
 .tjs-tok{cursor:pointer;border-radius:3px;padding:1px 0;border:1px solid transparent}
 .tjs-tok:hover{border-color:#888}
 .tjs-tok.tjs-explained{outline:2px solid #000;outline-offset:1px}
+.tjs-legend{font-size:12px;color:#555;margin-top:4px}
+.tjs-scale{display:inline-block;width:120px;height:10px;border:1px solid #ccc;vertical-align:middle}
 .tjs-msg{padding:8px 12px;border-radius:4px}
 .tjs-error{background:#fdecea;color:#7a1c15;border-left:4px solid #c0392b}
 .tjs-info{background:#eef5fb;border-left:4px solid #1f77b4}
@@ -51,7 +53,11 @@ def token_html(result: ScopeResult) -> str:
             f'<span class="{cls}" data-pos="{i}" data-score="{score:.6g}" title="{html.escape(title)}" '
             f'style="background:rgba({r},{g},{b},{alpha:.3f})">{html.escape(_visible(token))}</span>'
         )
-    return f'<div class="tjs-tokens" data-scope="{html.escape(result.scope)}">{"".join(spans)}</div>'
+    legend = (f'<div class="tjs-legend" data-peak="{peak:.6g}">colour: influence on the prediction at position '
+              f'{result.position}, 0 <span class="tjs-scale" style="background:linear-gradient(to right,'
+              f'rgba({r},{g},{b},0),rgba({r},{g},{b},1))"></span> {peak:.3g} (the largest score; hover a token '
+              "for its score)</div>")
+    return f'<div class="tjs-tokens" data-scope="{html.escape(result.scope)}">{"".join(spans)}</div>{legend}'
 
 
 def summary_html(result: ScopeResult) -> str:

@@ -4,8 +4,10 @@ time), the cached scope computations, and each browser session's stop switch."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
-from typing import Any, Callable, Hashable, Optional
+import time
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 from ..errors import ModelLoadError, ScopeError
 from ..models.access import model_lock
@@ -13,6 +15,10 @@ from ..models.access import model_lock
 
 class Stopped(Exception):
     """The user pressed Stop: raised from a progress update to end the computation."""
+
+
+class OverTime(Stopped):
+    """A request held the model longer than the app's budget allows: stopped, with a message."""
 
 
 class ModelSlot:
@@ -33,6 +39,8 @@ class ModelSlot:
         self.device = device
         self._loader = loader
         self._load_guard = threading.Lock()
+        self._fair = threading.Condition()
+        self._waiting = 0  # requests waiting for the model (background work lets them go first)
 
     @property
     def label(self) -> str:
@@ -77,6 +85,71 @@ class ModelSlot:
     def lock(self) -> Any:
         """The library's per-model lock (scope calls on one model never overlap)."""
         return model_lock(self.get())
+
+    @contextlib.contextmanager
+    def hold(self, background: bool = False, stop: Optional[threading.Event] = None) -> Iterator[Any]:
+        """The model, held once for a whole request (``with slot.hold() as model``).
+
+        Background work (``background=True``) waits while any request waits for the model, so
+        a request waits at most one background step, whichever session started it. ``stop``
+        ends a background wait.
+
+        Raises:
+            Stopped: ``stop`` was set while waiting.
+        """
+        model = self.get()
+        lock = model_lock(model)
+        fair = self._fair
+        if background:
+            with fair:
+                while self._waiting:
+                    if stop is not None and stop.is_set():
+                        raise Stopped()
+                    fair.wait(0.05)
+            with lock:
+                yield model
+            return
+        with fair:
+            self._waiting += 1
+        try:
+            lock.acquire()
+        finally:
+            with fair:
+                self._waiting -= 1
+                fair.notify_all()
+        try:
+            yield model
+        finally:
+            lock.release()
+
+
+class Sessions:
+    """When each browser session was last seen, so that idle sessions can be freed."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._guard = threading.Lock()
+
+    def touch(self, session: str) -> None:
+        with self._guard:
+            self._seen[session] = time.monotonic()
+
+    def forget(self, session: str) -> None:
+        with self._guard:
+            self._seen.pop(session, None)
+
+    def idle(self, seconds: float) -> list[str]:
+        """The sessions not seen for ``seconds`` (removed from the list)."""
+        now = time.monotonic()
+        with self._guard:
+            gone = [s for s, t in self._seen.items() if now - t > seconds]
+            for s in gone:
+                del self._seen[s]
+        return gone
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._seen)
 
 
 class ResultCache:
@@ -138,3 +211,21 @@ class StopSwitches:
             events = [event for (owner, _), event in self._events.items() if owner == session]
         for event in events:
             event.set()
+
+    def end(self, session: str) -> None:
+        """The session is gone (its page closed, or idle too long): stop and forget its work."""
+        with self._guard:
+            keys = [key for key in self._events if key[0] == session]
+            events = [self._events.pop(key) for key in keys]
+        for event in events:
+            event.retired = True  # type: ignore[attr-defined]
+            event.set()
+
+    def sessions(self) -> set[str]:
+        """The sessions with a switch (work running, or run before)."""
+        with self._guard:
+            return {owner for owner, _ in self._events}
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._events)

@@ -92,12 +92,13 @@ def _value_tokens(r: Any) -> list[str]:
 
 def forecast_sections(r: Any) -> list[str]:
     color = SCOPE_COLORS.get(r.scope, "#444444")
-    line = (f"<b>{_esc(r.scope)}</b> scope of the forecast of value {_esc(r.step)} (token {_esc(r.token)}) · "
+    line = (f"<b>{_esc(r.scope)}</b> scope of the forecast of the next value (value #{_esc(r.step)}, counting from 0"
+            f"{'' if int(r.token) == 0 else f'; its token {int(r.token) + 1}'}) · "
             f"{_esc(r.result.model_name)} · scores per value ({_esc(r.score_kind)}), max {float(r.value_scores.max()):.4g}")
     if r.forecast is not None:
         f = r.forecast
         line += (f"<br>forecast mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}"
-                 + (f", true {f.true:.4g}" if f.true is not None else "") + f", ‖y‖ {_esc(r.y_norm)}")
+                 + (f", true {f.true:.4g}" if f.true is not None else "") + ("" if r.y_norm is None else f" · confidence ‖y‖ {float(r.y_norm):.4g}"))
     header = f'<div class="tjs-header" style="border-left:4px solid {color}">{line}</div>'
     peak = float(r.value_scores.max()) if len(r.value_scores) else 0.0
     return [header, "<h4>Values coloured by influence on the forecast</h4>",
