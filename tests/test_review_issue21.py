@@ -196,3 +196,48 @@ def test_torchrun_ranks_share_the_lock_and_a_locked_folder_stops_every_rank(tmp_
     assert run.returncode != 0 and run.stderr.count(f"Another sweep is writing to {out}: pid {os.getpid()}") == 2
     assert not list(out.glob("set*.jsonl"))
     # A job that gets the lock shares it over its ranks: test_sweep.py's torchrun runs (rank 1 appends).
+
+
+# ---- the memory guard counts every option that scales the probes -------------------------------
+
+
+@pytest.fixture
+def no_probe_making(monkeypatch):
+    """Making Fisher probes raises: a call the guard lets through never allocates them here."""
+    from tl_jacobian_scopes.scopes import probes
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the probes were being made: the guard let the call through")
+
+    monkeypatch.setattr(probes, "fisher_sample_probes", refuse)
+    monkeypatch.setattr(probes, "fisher_matrix", refuse)
+
+
+def test_200000_fisher_samples_are_refused_by_the_guard_before_any_allocation(default_model, monkeypatch,
+                                                                               no_probe_making):
+    monkeypatch.setenv("TL_JACOBIAN_SCOPES_MEMORY_BUDGET", str(16 * 2**30))
+    with pytest.raises(tjs.ScopeMemoryError, match=r"probe vectors .*samples=200000.*1[45]\d\.\d GiB.*samples="):
+        tjs.fisher_scope(default_model, "The capital of France is", rank=None, samples=200_000, progress=False)
+
+
+def test_exact_fisher_at_every_position_is_counted(default_model, monkeypatch, no_probe_making):
+    """rank=None is d_model probes per position; positions='all' multiplies them (and their VJP groups)."""
+    monkeypatch.setenv("TL_JACOBIAN_SCOPES_MEMORY_BUDGET", str(4 * 2**30))
+    prompt = " ".join(["word"] * 60)
+    with pytest.raises(tjs.ScopeMemoryError, match=r"576 per prediction, 6\d predictions at once.*positions="):
+        tjs.fisher_scope(default_model, prompt, rank=None, positions="all", progress=False)
+
+
+def test_the_batch_size_and_samples_enter_the_guard(tiny, monkeypatch):
+    from tl_jacobian_scopes.scopes import engine
+
+    prompts, samples = TEXTS[:4], 4000
+    access = tjs.scopes.driver.ModelAccess(tiny)
+    making = 16 * samples * access.d_vocab  # the Rademacher draws of one prediction
+    one, four = (engine.probes_memory(access, samples + 8, n, 1, making) for n in (1, 4))
+    assert four > 2 * one
+    monkeypatch.setenv("TL_JACOBIAN_SCOPES_MEMORY_BUDGET", str(engine.scope_memory(access, 10) + (one + four) // 2))
+    with pytest.raises(tjs.ScopeMemoryError, match="4 predictions at once.*batch_size="):
+        tjs.fisher_scope(tiny, prompts, rank=None, samples=samples, progress=False)
+    results = tjs.fisher_scope(tiny, prompts[:2], rank=None, samples=samples, batch_size=1, progress=False)
+    assert len(results) == 2 and all(torch.isfinite(r.scores).all() for r in results)

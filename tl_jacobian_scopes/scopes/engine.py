@@ -349,32 +349,59 @@ def _budget(access: ModelAccess) -> Optional[int]:
     return None if None in free else int(0.8 * sum(f for f in free if f is not None))
 
 
+def probes_memory(access: ModelAccess, n_probes: int, n_jobs: int, n_groups: int, workspace: int = 0) -> int:
+    """Rough bytes a call's probe vectors take, all held at once before the backward passes.
+
+    ``n_probes`` per job (Fisher: ``rank``, ``d_model`` for exact, ``samples + deflate``), over
+    ``n_jobs`` explained predictions (every ``positions=`` of every prompt of a batch), fanned out
+    into ``n_groups`` VJP groups (the most jobs of one prompt); ``workspace``: bytes one job's probes
+    take to make (freed before the next job's).
+    """
+    vector = n_probes * n_jobs * access.d_model
+    # Each job's probes, their stack, and the grouped VJP inputs (float32, plus a copy in the model's dtype).
+    return vector * (2 * 4 + n_groups * (4 + _dtype_bytes(access))) + workspace
+
+
+def _human(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1, internals: bool = False,
-                 kernel: Optional[str] = None) -> None:
+                 kernel: Optional[str] = None, probes: int = 0, probes_hint: str = "") -> None:
     """Refuse, before any forward pass, a scope that would not fit in memory.
 
     The estimate follows the attention kernel the call will use (:func:`attention_kernel`):
     internal maps keep eager attention, token-level scopes on a bridge run SDPA (``kernel``: the
-    call's kernel, when already decided).
+    call's kernel, when already decided). ``probes``: the bytes of the call's probe vectors
+    (:func:`probes_memory`); ``probes_hint``: the options that set them, for the message.
 
     Raises:
-        ScopeMemoryError: naming the estimate, the budget and the longest prompt that fits.
+        ScopeMemoryError: naming the estimate, the budget and the longest prompt that fits (or,
+            when the probes alone take most of it, the options that make them).
     """
     budget = _budget(access)
     if budget is None:
         return
     if kernel is None:
         kernel = attention_kernel(access, internal_hook_names(access.n_layers) if internals else (EMBED_HOOK, FINAL_HOOK))
-    need = scope_memory(access, n_tokens, batch, kernel)
+    need = scope_memory(access, n_tokens, batch, kernel) + probes
     if need <= budget:
         return
+    where = ", ".join(map(str, access.devices))
+    if probes > budget // 2:
+        raise ScopeMemoryError(
+            f"This call's probe vectors ({probes_hint or 'one per explained prediction'}) need about "
+            f"{_human(probes)} on {where}, and the whole scope about {_human(need)}, but about "
+            f"{_human(budget)} is available: use fewer probes (e.g. samples= or rank=), fewer positions= or "
+            "a smaller batch_size=, or move the model to a larger device."
+        )
     fits = n_tokens
-    while fits > 1 and scope_memory(access, fits, batch, kernel) > budget:
+    while fits > 1 and scope_memory(access, fits, batch, kernel) + probes > budget:
         fits = int(fits * 0.9)
     hint = " or run without internals=True (token scores use a lighter attention kernel)," if internals else ""
     raise ScopeMemoryError(
         f"A scope over {n_tokens} tokens needs about {need / 2**30:.1f} GiB on "
-        f"{', '.join(map(str, access.devices))}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
+        f"{where}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
         f"at most about {fits} tokens,{hint} free memory, or move the model to a larger device."
     )
 
