@@ -241,3 +241,70 @@ def test_the_batch_size_and_samples_enter_the_guard(tiny, monkeypatch):
         tjs.fisher_scope(tiny, prompts, rank=None, samples=samples, progress=False)
     results = tjs.fisher_scope(tiny, prompts[:2], rank=None, samples=samples, batch_size=1, progress=False)
     assert len(results) == 2 and all(torch.isfinite(r.scores).all() for r in results)
+
+
+# ---- result files --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_internals(tiny):
+    return tjs.semantic_scope(tiny, TEXTS[0], internals=True, progress=False).to_dict()
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_internal_norms_whose_shape_differs_from_their_map_are_refused(saved_internals, rows):
+    data = json.loads(json.dumps(saved_internals))
+    assert len(data["internal_norms"]["layer"]) == 3  # tiny: 2 layers + final
+    data["internal_norms"]["layer"] = data["internal_norms"]["layer"][:rows]  # 1 row would broadcast silently
+    with pytest.raises(tjs.DataFileError, match=r"internal_norms\.layer.*shape of 'layer_scores' \(3, "):
+        tjs.ScopeResult.from_dict(data)
+    assert tjs.ScopeResult.from_dict(json.loads(json.dumps(saved_internals))).has_internals  # the real file loads
+
+
+@pytest.mark.parametrize("field, value", [("scores", 10**400), ("target_prob", -(10**400)), ("scores", "1.5"),
+                                          ("scores", True), ("tokens", 1.5), ("tokens", 2.0)],
+                         ids=["400-digit-score", "400-digit-prob", "string-score", "bool-score", "float-id", "2.0-id"])
+def test_numbers_a_file_cannot_hold_are_refused(saved_internals, tmp_path, field, value):
+    data = json.loads(json.dumps(saved_internals))
+    if isinstance(data[field], list):
+        data[field][1] = value
+    else:
+        data[field] = value
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(tjs.DataFileError, match=field):
+        tjs.load(path)
+
+
+def test_save_json_of_deeply_nested_params_is_a_clear_error(tiny, tmp_path):
+    result = tjs.semantic_scope(tiny, TEXTS[0], progress=False)
+    deep: dict = {}
+    for _ in range(900):
+        deep = {"x": deep}
+    result.params["deep"] = deep
+    with pytest.raises(tjs.OutputPathError, match="nested too deeply.*flatten"):
+        result.save_json(tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_patching_plot_draws_a_loaded_mathtext_row_label_literally(tmp_path):
+    import io
+
+    values = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    result = tjs.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
+                                row_labels=["L0", "$\\frac{$"], col_labels=["H0", "H1", "H2"], clean_str_tokens=["a"],
+                                corrupted_str_tokens=["b"], answer_str="cat", wrong_str="dog", ld_clean=2.0,
+                                ld_corrupted=-1.0, model_name="m")
+    result.save_json(tmp_path / "p.json")
+    fig = tjs.load(tmp_path / "p.json").plot()
+    fig.savefig(io.BytesIO(), format="png")  # mathtext would raise on "$\frac{$"
+    assert "$\\frac{$" in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+
+
+# ---- ids are integers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [torch.tensor(1.5), torch.tensor(1.0), torch.tensor(True), torch.tensor([2.5])])
+def test_a_non_integral_target_id_is_refused(tiny, target):
+    with pytest.raises(tjs.TargetError, match="integer"):
+        tjs.semantic_scope(tiny, TEXTS[0], target=target, progress=False)

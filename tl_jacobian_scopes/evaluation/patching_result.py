@@ -276,7 +276,7 @@ class PatchingResult(SavedAsJson):
         columns = [c if len(c) <= 24 else c[:23] + "…" for c in columns]  # a long token would squeeze the map away
         ax.set_xticks(range(n_cols), columns, rotation=70 if self.site == "resid_pre" else 0, fontsize=7, **_TEXT)
         step = max(1, n_rows // 15)  # every label would overlap on deep models
-        ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7)
+        ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7, **_TEXT)
         ax.set_ylabel("layer")
         ax.set_title(f"{self._title()}\n{self.answer_str!r} − {self.wrong_str!r}: {self.metric}", fontsize=9, parse_math=False)
         fig.colorbar(im, ax=ax, shrink=0.8)
