@@ -308,3 +308,59 @@ def test_patching_plot_draws_a_loaded_mathtext_row_label_literally(tmp_path):
 def test_a_non_integral_target_id_is_refused(tiny, target):
     with pytest.raises(tjs.TargetError, match="integer"):
         tjs.semantic_scope(tiny, TEXTS[0], target=target, progress=False)
+
+
+# ---- time series ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts_model():
+    from test_timeseries import _tiny
+
+    return _tiny("digits", "bridge")[0]
+
+
+@pytest.mark.parametrize("series", [[1e308, -1e308, 0.0, 1e308], [0.0, 5e-324, 0.0, 5e-324], [1.0, 1.0 + 1e-15, 1.0]],
+                         ids=["wider-than-float64", "subnormal", "below-resolution"])
+def test_serialize_refuses_a_range_that_cannot_be_rescaled(series):
+    from tl_jacobian_scopes import timeseries as ts
+
+    with pytest.raises(tjs.PromptError, match="cannot be rescaled.*rescale it yourself"):
+        ts.serialize(series)
+    s = ts.serialize([1e300, -1e300, 0.0])  # a wide range that float64 can rescale still works
+    assert list(s.values) == [85, 15, 50] and abs(s.decode(85) - 1e300) < 1e286
+
+
+@pytest.mark.parametrize("options, needle", [({"min_step": 0, "steps": "all"}, "min_step"),
+                                             ({"min_step": -5, "steps": "all"}, "min_step"),
+                                             ({"min_step": 1.5, "steps": "all"}, "min_step"),
+                                             ({"steps": [1.5]}, "steps"), ({"steps": [2.0]}, "steps"),
+                                             ({"steps": [True]}, "steps")])
+def test_min_step_and_steps_are_validated_before_any_work(ts_model, monkeypatch, options, needle):
+    from tl_jacobian_scopes import timeseries as ts
+    from tl_jacobian_scopes.timeseries import forecast
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the scope ran before the options were checked")
+
+    monkeypatch.setattr(forecast, "resolve_scope", no_work)
+    with pytest.raises(tjs.OptionError, match=needle):
+        ts.forecast_scope(ts_model, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], distribution=False, **options)
+
+
+def test_a_long_series_is_checked_against_the_context_before_mapping_its_tokens(ts_model, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tl_jacobian_scopes import timeseries as ts
+    from tl_jacobian_scopes.timeseries import forecast
+
+    calls = []
+    spy = SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    for name in ("flatnonzero", "searchsorted"):  # the per-token mapping (old and new)
+        setattr(spy, name, lambda *a, _f=getattr(np, name), **k: calls.append(1) or _f(*a, **k))
+    monkeypatch.setattr(forecast, "np", spy)
+    with pytest.raises(tjs.PromptError, match="context of 128"):
+        ts.forecast_scope(ts_model, list(range(2000)) * 3)
+    assert calls == []
