@@ -364,3 +364,51 @@ def test_a_long_series_is_checked_against_the_context_before_mapping_its_tokens(
     with pytest.raises(tjs.PromptError, match="context of 128"):
         ts.forecast_scope(ts_model, list(range(2000)) * 3)
     assert calls == []
+
+
+# ---- torch hooks on the bridge's wrapped modules ---------------------------------------------------
+
+
+def _replace_output(module, args, output):
+    """A user's torch hook that rewrites the wrapped HF attention's output (deterministically)."""
+    out = output[0] if isinstance(output, tuple) else output
+    changed = 0.1 * out + torch.linspace(-3, 3, out.numel()).reshape(out.shape).to(out.dtype)
+    return (changed, *output[1:]) if isinstance(output, tuple) else changed
+
+
+@pytest.mark.parametrize("internals", [False, True], ids=["token-level", "internals"])
+@pytest.mark.parametrize("where", ["attn.original_component", "attn.original_component.o_proj"])
+def test_a_torch_hook_on_a_wrapped_module_never_makes_the_scope_explain_another_model(where, internals):
+    from tl_jacobian_scopes.models.access import ModelAccess
+    from tl_jacobian_scopes.scopes import engine
+
+    model = tiny_model("llama", "bridge")[0]
+    assert engine.attention_kernel(ModelAccess(model)) == "sdpa"  # the SDPA path is in play
+    module = model.blocks[0]
+    for name in where.split("."):
+        module = getattr(module, name)
+    handle = module.register_forward_hook(_replace_output)
+    try:
+        tokens = model.to_tokens(TEXTS[1])
+        with torch.no_grad():
+            probs = model(tokens)[0, -1].float().softmax(-1)
+        result = tjs.semantic_scope(model, tokens, internals=internals, progress=False)
+        assert result.predicted == int(probs.argmax())
+        assert result.predicted_prob == pytest.approx(float(probs.max()), rel=1e-4, abs=1e-6)
+        if where == "attn.original_component" and not internals:
+            assert engine.attention_kernel(ModelAccess(model)) == "eager"
+    finally:
+        handle.remove()
+    assert engine.attention_kernel(ModelAccess(model)) == "sdpa"
+
+
+def test_a_global_torch_module_hook_keeps_the_eager_attention():
+    from tl_jacobian_scopes.models.access import ModelAccess
+    from tl_jacobian_scopes.scopes import engine
+
+    model = tiny_model("llama", "bridge")[0]
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        assert engine.attention_kernel(ModelAccess(model)) == "eager"
+    finally:
+        handle.remove()

@@ -168,9 +168,15 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
         'eager'
     """
     modules = _sdpa_attention_modules(access)
-    if modules is None:
+    if modules is None or _global_torch_hooks():
         return "eager"
-    inside = _hook_points_within(modules)
+    hooked: list[Any] = []
+    inside = _hook_points_within(modules, hooked)
+    if hooked:
+        # A torch hook on a module inside attention (e.g. the wrapped HF attention): SDPA calls that
+        # module and would apply it, the bridge's own (eager) attention, which model(tokens) runs, does
+        # not. Eager explains the model that model(tokens) runs.
+        return "eager"
     hook_dict = access.model.hook_dict
     if any(id(hook_dict.get(name)) in inside for name in hook_names):
         return "eager"
@@ -180,8 +186,23 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
     return "sdpa"
 
 
-def _hook_points_within(modules: Sequence[Any]) -> dict[int, Any]:
+#: A module's torch hook dicts (any of them non-empty: the module is hooked).
+_TORCH_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _global_torch_hooks() -> bool:
+    """True when a hook is registered for every module (``register_module_forward_hook``, ...)."""
+    from torch.nn.modules import module as torch_module
+
+    return any(getattr(torch_module, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _hook_points_within(modules: Sequence[Any], hooked: Optional[list[Any]] = None) -> dict[int, Any]:
     """Every hook point inside ``modules`` (theirs and their wrapped HF modules'), by id.
+
+    ``hooked``: when given, every module that is not a hook point and carries a torch hook
+    (forward, pre-forward or backward) is appended to it, in the same walk.
 
     Walked over ``_modules`` directly: ``Module.modules()`` builds every name and a bridge
     component's ``hasattr`` goes through its ``__getattr__`` (together ~8 ms per call on the
@@ -195,8 +216,11 @@ def _hook_points_within(modules: Sequence[Any]) -> dict[int, Any]:
         if module is None or id(module) in seen:
             continue
         seen.add(id(module))
-        if "fwd_hooks" in vars(module):
+        state = vars(module)
+        if "fwd_hooks" in state:
             found[id(module)] = module
+        elif hooked is not None and any(state.get(name) for name in _TORCH_HOOKS):
+            hooked.append(module)
         stack.extend(module._modules.values())
     return found
 
