@@ -287,6 +287,16 @@ def test_save_json_of_deeply_nested_params_is_a_clear_error(tiny, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_the_html_view_of_deeply_nested_params_is_bounded(tiny, tmp_path):
+    result = tjs.semantic_scope(tiny, TEXTS[0], progress=False)
+    deep: dict = {}
+    for _ in range(3000):
+        deep = {"x": deep}
+    result.params.update(deep=deep, big=list(range(10**5)))
+    page = result.save_html(tmp_path / "r.html").read_text()
+    assert "deep={&#x27;x&#x27;: {" in page and "99999" not in page
+
+
 def test_patching_plot_draws_a_loaded_mathtext_row_label_literally(tmp_path):
     import io
 
