@@ -422,3 +422,32 @@ def test_a_global_torch_module_hook_keeps_the_eager_attention():
         assert engine.attention_kernel(ModelAccess(model)) == "eager"
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("where", ["torch hook on unembed", "torch hook on the wrapped lm_head", "TL hook on unembed.hook_out",
+                                   "global torch module hook"])
+def test_a_hook_that_changes_the_logits_after_y_is_refused(where):
+    """The scopes compute the logits from y and W_U: a hook after y would make them explain other logits."""
+    model = tiny_model("llama", "bridge")[0]
+    tokens = model.to_tokens(TEXTS[1])
+    scale = lambda module, args, output: output * 3  # noqa: E731
+    if where == "torch hook on unembed":
+        handle = model.unembed.register_forward_hook(scale)
+    elif where == "torch hook on the wrapped lm_head":
+        handle = model.unembed.original_component.register_forward_hook(scale)
+    elif where == "TL hook on unembed.hook_out":
+        model.unembed.hook_out.add_hook(lambda act, hook: act * 3)
+        handle = type("Reset", (), {"remove": lambda self: model.reset_hooks()})()
+    else:
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: output * 3 if module is model.unembed.original_component else None)
+    try:
+        with torch.no_grad():
+            probs = model(tokens)[0, -1].float().softmax(-1)
+        with pytest.raises(tjs.ScopeError, match="Remove it|Remove that hook"):
+            result = tjs.semantic_scope(model, tokens, progress=False)
+            assert result.predicted_prob == pytest.approx(float(probs.max()), rel=1e-4)  # the old code: a mismatch
+    finally:
+        handle.remove()
+    assert tjs.semantic_scope(model, tokens, progress=False).predicted_prob == pytest.approx(
+        float(torch.no_grad()(model)(tokens)[0, -1].float().softmax(-1).max()), rel=1e-4)

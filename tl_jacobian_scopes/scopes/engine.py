@@ -95,6 +95,7 @@ def forward_to_final_hidden(
             "that would mix the two calls' hooks. Collect what you need in the hook and run the second "
             "scope after the first returns."
         )
+    check_unembed_hooks(access)
     if kernel is None:
         kernel = attention_kernel(access, [name for name, _ in fwd_hooks])
     active.add(id(access.model))
@@ -196,6 +197,42 @@ def _global_torch_hooks() -> bool:
 
     return any(getattr(torch_module, name, None) for name in (
         "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def check_unembed_hooks(access: ModelAccess) -> None:
+    """Refuse hooks that change the logits after ``y``: the scopes compute them from ``y`` and ``W_U``
+    themselves, so a hook there would make them explain other logits than ``model(tokens)`` gives.
+
+    Raises:
+        ScopeError: a torch hook on the unembedding (or on the module it wraps), a hook on
+            ``unembed.hook_out``, or a torch hook registered for every module.
+    """
+    unembed = getattr(access.model, "unembed", None)
+    read = unembed._modules.get("hook_in") if unembed is not None else None
+    stack: list[Any] = [unembed]
+    while stack:
+        module = stack.pop()
+        if module is None:
+            continue
+        state = vars(module)
+        if "fwd_hooks" in state:  # a TransformerLens hook point: only hook_in (before the logits) is read
+            hooked = module is not read and (
+                module.fwd_hooks or getattr(module, "bwd_hooks", None) or module._forward_hooks)
+        else:
+            hooked = any(state.get(name) for name in _TORCH_HOOKS)
+        if hooked:
+            raise ScopeError(
+                "A hook on the unembedding (unembed, its hook_out, or the module it wraps) changes the logits, "
+                "which the scopes compute from y and W_U themselves: the scores would explain other logits than "
+                "model(tokens) gives. Remove that hook (handle.remove() or model.reset_hooks()) for the scope call."
+            )
+        stack.extend(module._modules.values())
+    if _global_torch_hooks():
+        raise ScopeError(
+            "A torch hook is registered for every module (torch.nn.modules.module.register_module_forward_hook or "
+            "similar): it would apply to the unembedding, whose logits the scopes compute themselves, so the scores "
+            "could explain another model than model(tokens). Remove it (handle.remove()) for the scope call."
+        )
 
 
 def _hook_points_within(modules: Sequence[Any], hooked: Optional[list[Any]] = None) -> dict[int, Any]:
