@@ -276,6 +276,19 @@ def test_numbers_a_file_cannot_hold_are_refused(saved_internals, tmp_path, field
         tjs.load(path)
 
 
+def test_a_400_digit_logit_difference_in_a_patching_file_is_refused(tmp_path):
+    values = torch.ones(2, 3)
+    result = tjs.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
+                                row_labels=["L0", "L1"], col_labels=["H0", "H1", "H2"], clean_str_tokens=["a"],
+                                corrupted_str_tokens=["b"], answer_str="cat", wrong_str="dog", ld_clean=2.0,
+                                ld_corrupted=-1.0, model_name="m")
+    data = result.to_dict()
+    data["ld_clean"] = 10**400
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(tjs.DataFileError, match="ld_clean"):
+        tjs.load(tmp_path / "p.json")
+
+
 def test_save_json_of_deeply_nested_params_is_a_clear_error(tiny, tmp_path):
     result = tjs.semantic_scope(tiny, TEXTS[0], progress=False)
     deep: dict = {}
