@@ -198,10 +198,10 @@ def test_self_check_catches_a_wrong_output_transform(backend):
         handle.remove()
     tjs.semantic_scope(model, PROMPT)  # passes now, and the verdict is kept
     calls = []
-    counter = model.unembed.register_forward_hook(lambda module, args, out: calls.append(1))
+    counter = model.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
         tjs.semantic_scope(model, PROMPT)
-        assert calls == []  # the scope itself stops before the unembedding: no second full forward
+        assert calls == [1]  # the scope's own forward pass only: no second, checking one
     finally:
         counter.remove()
 
@@ -215,18 +215,23 @@ def test_self_check_catches_a_wrongly_declared_transform(monkeypatch):
 
 
 def test_self_check_is_redone_when_the_unembedding_changes():
+    from tl_jacobian_scopes.models.access import ModelAccess
+    from tl_jacobian_scopes.scopes import output_check
+
     backend = "hooked" if has_hooked_transformer() else "bridge"
     model, _ = tiny_model("gpt2", backend)
     tjs.semantic_scope(model, PROMPT)
+    key = output_check._VERDICTS[model][0]
+    with torch.no_grad():
+        model.W_U.mul_(1.0)  # an in-place write to W_U (its version changes): the verdict no longer applies
+    assert output_check._key(ModelAccess(model)) != key
     handle = _scale_logits(model, backend, 2.0)
-    try:
-        tjs.semantic_scope(model, PROMPT)  # cached verdict: a hook added later is not re-checked
-        with torch.no_grad():
-            model.W_U.mul_(1.0)  # an in-place write to W_U (its version changes): checked again
+    try:  # a hook on the unembedding added after the model passed is checked at the next call
         with pytest.raises(tjs.OutputMismatchError):
             tjs.semantic_scope(model, PROMPT)
     finally:
         handle.remove()
+    tjs.semantic_scope(model, PROMPT)
 
 
 # ---- the embedding leaf and upstream faults -----------------------------------------------------

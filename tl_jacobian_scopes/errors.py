@@ -78,7 +78,11 @@ class StaleRecordsError(DataFileError):
 
 
 class OutputPathError(ScopeError):
-    """An output file cannot be written (checked before any computation)."""
+    """An output file cannot be written (checked before any computation), or the disk filled up."""
+
+
+class FolderLockedError(OutputPathError):
+    """Another sweep (another process) is writing to the same output folder."""
 
 
 class ScopeMemoryError(ScopeError, MemoryError):

@@ -233,7 +233,7 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> None:
         ax.plot([0, *FRACTIONS], [0, *row["delta_means"]], marker="o", label=f"{m} ({row['aopc_mean']:.3f})")
     ax.set_xlabel("fraction of tokens ablated (zero embedding)")
     ax.set_ylabel("mean Δ log p(ŷ)")
-    ax.set_title(f"{title}: deletion curves (AOPC in legend), n={summary['n_prompts']}", fontsize=9)
+    ax.set_title(f"{title}: deletion curves (AOPC in legend), n={summary['n_prompts']}", fontsize=9, parse_math=False)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import DataFileError, OptionError
 from ..results.files import SavedAsJson, file_header, register_kind, strict_json_value, strip_header
-from ..results.scope_result import _float_tensor, _require
+from ..results.scope_result import _float_tensor, _optional_float, _require
 
 #: What the cells of each site are: residual stream (``blocks.L.hook_resid_pre``) cells at
 #: one position, or one head's output (``blocks.L.attn.hook_z``) at every position.
@@ -207,10 +207,7 @@ class PatchingResult(SavedAsJson):
             _require(isinstance(value, list) and all(isinstance(t, str) for t in value),
                      f"Field {name!r} must be a list of strings.")
         for name in ("ld_clean", "ld_corrupted"):
-            value = data[name]
-            _require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
-                     f"Field {name!r} must be a number, got {value!r}.")
-            data[name] = math.nan if value is None else float(value)
+            data[name] = _optional_float(data[name], name)  # None: NaN; a 400-digit integer is refused
         _require(isinstance(data.get("params", {}), dict), "Field 'params' must be an object.")
         data["values"] = _float_tensor(data["values"], "values")
         _require(data["values"].dim() == 2, f"Field 'values' must be a 2-d list, got shape {tuple(data['values'].shape)}.")
@@ -276,7 +273,7 @@ class PatchingResult(SavedAsJson):
         columns = [c if len(c) <= 24 else c[:23] + "…" for c in columns]  # a long token would squeeze the map away
         ax.set_xticks(range(n_cols), columns, rotation=70 if self.site == "resid_pre" else 0, fontsize=7, **_TEXT)
         step = max(1, n_rows // 15)  # every label would overlap on deep models
-        ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7)
+        ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7, **_TEXT)
         ax.set_ylabel("layer")
         ax.set_title(f"{self._title()}\n{self.answer_str!r} − {self.wrong_str!r}: {self.metric}", fontsize=9, parse_math=False)
         fig.colorbar(im, ax=ax, shrink=0.8)

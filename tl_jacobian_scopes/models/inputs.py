@@ -119,7 +119,10 @@ def resolve_token(access: ModelAccess, token: Target, role: str = "target") -> O
     """
     if token is None:
         return None
-    if isinstance(token, Tensor) and token.numel() == 1:
+    if isinstance(token, Tensor):
+        if token.numel() != 1 or token.is_floating_point() or token.is_complex() or token.dtype == torch.bool:
+            raise TargetError(f"{role} as a tensor must hold one integer token id, got shape {tuple(token.shape)} "
+                              f"and dtype {token.dtype}: pass an int, e.g. int(t) of an integer tensor.")
         token = int(token)
     if isinstance(token, bool):
         raise TargetError(f"{role} must be a token string or a token id, got a bool.")

@@ -52,8 +52,23 @@ def strict_json_value(obj: Any) -> Any:
 
 
 def dump_strict_json(data: Any) -> str:
-    """``data`` as standard JSON text (non-finite floats as null, never ``NaN``)."""
-    return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+    """``data`` as standard JSON text (non-finite floats as null, never ``NaN``).
+
+    Raises:
+        OutputPathError: ``data`` is nested too deeply for JSON (e.g. a ``params`` value
+            hundreds of levels deep).
+    """
+    try:
+        return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> OutputPathError:
+    return OutputPathError(
+        "This result holds a value nested too deeply to write as JSON (hundreds of levels, e.g. in its params): "
+        "flatten that value (or store it as a string) before saving."
+    )
 
 
 def write_output(path: Union[str, Path], write: Callable[[Path], Any]) -> Path:
@@ -106,7 +121,11 @@ class SavedAsJson:
 
         Read it back with :func:`tl_jacobian_scopes.load` (any result file) or ``load_json``.
         """
-        text = dump_strict_json(self.to_dict())
+        try:
+            data = self.to_dict()
+        except RecursionError:
+            raise _too_deep() from None
+        text = dump_strict_json(data)
         return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     @classmethod

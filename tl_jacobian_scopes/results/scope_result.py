@@ -62,19 +62,38 @@ def _check_k(k: int) -> None:
         raise OptionError(f"k must be a positive integer (how many entries to return), got {k!r}.")
 
 
+def _numbers(values: Any, name: str, integers: bool = False) -> None:
+    """Refuse anything but (nested) lists of JSON numbers (and None for NaN, unless ``integers``):
+    no strings, bools, or integers too large for a float (a 400-digit one overflows)."""
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif integers:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DataFileError(f"Field {name!r} must hold integer token ids only, got {value!r}: write results "
+                                    "with save_json() and do not edit their structure.")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or isinstance(value, int) and abs(value) >= 2**1023):
+            raise DataFileError(f"Field {name!r} must be a (nested) list of numbers, got {str(value)[:60]!r}: write "
+                                "results with save_json() and do not edit their structure.")
+
+
 def _float_tensor(values: Any, name: str) -> Tensor:
     """A float32 tensor from (nested) lists in which None stands for NaN (strict JSON)."""
+    _numbers(values, name)
     try:
         return torch.from_numpy(np.array(values, dtype=np.float64)).float()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise DataFileError(f"Field {name!r} must be a (nested) list of numbers, got {str(values)[:80]!r}.") from exc
 
 
 def _optional_float(value: Any, name: str) -> float:
     if value is None:
         return float("nan")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataFileError(f"Field {name!r} must be a number, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, int) and abs(value) >= 2**1023:
+        raise DataFileError(f"Field {name!r} must be a number, got {str(value)[:60]!r}.")
     return float(value)
 
 
@@ -410,8 +429,12 @@ class ScopeResult(SavedAsJson):
             data["contrast_prob"] = _optional_float(data.get("contrast_prob"), "contrast_prob")
         data["scores"] = _float_tensor(data["scores"], "scores")
         try:
-            data["tokens"] = torch.tensor(data["tokens"], dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError) as exc:
+            ids: Any = data["tokens"]
+            if not isinstance(ids, list):
+                raise TypeError(f"not a list: {str(ids)[:40]!r}")
+            _numbers(ids, "tokens", integers=True)  # a float id would be truncated
+            data["tokens"] = torch.tensor(ids, dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise DataFileError(f"Field 'tokens' must be a list of integer token ids ({exc}).") from exc
         n = len(str_tokens)
         _require(data["scores"].shape == (n,) and data["tokens"].shape == (n,),
@@ -434,6 +457,12 @@ class ScopeResult(SavedAsJson):
             ndim = 1 if name == "stderr" else 3 if name.endswith("head") or name == "head_scores" else 2
             _require(tensor is None or (tensor.ndim == ndim and tensor.shape[-1] == n),
                      f"Field {name!r} must have {ndim} dimension(s), the last with one entry per token ({n}).")
+        # Norms scale their own site's map: one norm per entry of it (a short stack would be broadcast).
+        for site, norm in data["internal_norms"].items():
+            scores = data.get(f"{site}_scores")
+            _require(scores is not None and tuple(norm.shape) == tuple(scores.shape),
+                     f"Field 'internal_norms.{site}' {tuple(norm.shape)} must have the shape of '{site}_scores' "
+                     f"{None if scores is None else tuple(scores.shape)}.")
         # The internal maps come together, over one stack of layers (the views read all four).
         rows = [None if data.get(f"{site}_scores") is None else int(data[f"{site}_scores"].shape[0]) for site in SITES]
         _require(rows == [None] * 4 or (None not in rows and rows[0] == rows[1] + 1 == rows[2] + 1 == rows[3] + 1),  # type: ignore[operator]

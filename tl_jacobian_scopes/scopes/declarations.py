@@ -42,6 +42,8 @@ class Method:
         targeted: Takes ``target=`` (a token, ``None`` for the top prediction, or ``"next"``).
         contrastive: Takes ``contrast=`` (explains a logit difference).
         internals: Supports ``internals=True`` (layer, attention, MLP and head maps).
+        probe_count: ``(options, access) -> (probes per job, bytes to make one job's probes)``,
+            for the memory guard; ``None``: one probe per job, made in place.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Method:
     targeted: bool = False
     contrastive: bool = False
     internals: bool = False
+    probe_count: Optional[Callable[[dict[str, Any], ModelAccess], tuple[int, int]]] = None
 
 
 def vjp_strategy(make_probes: ProbeMaker, times_input: bool = False) -> Strategy:
@@ -161,6 +164,18 @@ def _check_fisher(options: dict[str, Any], access: ModelAccess) -> None:
     check_positive_int("seed", options["seed"], low=0)
 
 
+def _fisher_probe_count(options: dict[str, Any], access: ModelAccess) -> tuple[int, int]:
+    """Fisher's probes per job and the bytes that make them (the memory guard counts both)."""
+    rank, samples, deflate = options["rank"], options["samples"], options["deflate"]
+    d, vocab = access.d_model, access.d_vocab
+    if samples is not None:
+        # Rademacher z [samples, d_vocab]: drawn as int64, then a float32 copy and its ±1 rescale.
+        return samples + deflate, 16 * samples * vocab + 8 * samples * d
+    if rank is None:  # every eigenpair of the formed F (float64 and its eigen-decomposition)
+        return d, 4 * d * d * 8
+    return rank, 0
+
+
 def _fisher_probes(plan: Plan, Y: Tensor, probs: Tensor, slopes: Slope) -> list[Probes]:
     """Every job's Fisher probes; the top eigenpairs of all positions are found in one batch."""
     rank, samples, deflate = (plan.options[k] for k in ("rank", "samples", "deflate"))
@@ -235,4 +250,5 @@ FISHER = Method(
     options={"rank": 1, "samples": None, "deflate": 8, "seed": 0},
     check_options=_check_fisher,
     internals=True,
+    probe_count=_fisher_probe_count,
 )

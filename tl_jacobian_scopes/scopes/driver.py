@@ -16,6 +16,7 @@ a batch (list, ``[b, pos]``)  ``ScopeBatch`` of results  ``ScopeBatch`` of matri
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 import numbers
 import sys
 import warnings
@@ -35,7 +36,7 @@ from ..progress import Progress, silent_progress
 from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
 from ..results.scope_result import ScopeResult
-from .engine import attention_kernel, check_memory, embedding_leaf
+from .engine import attention_kernel, check_memory, embedding_leaf, probes_memory
 from .output_check import check_model_output
 
 if TYPE_CHECKING:
@@ -465,6 +466,21 @@ def run(
         return _run(method, model, prompt, batch_size, kwargs)
 
 
+def probe_need(method: "Method", plan: Plan, chunks: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """``check_memory``'s ``probes=`` and ``probes_hint=`` for a call: the probe vectors of its
+    largest sub-batch of rows (probes per job × its jobs × VJP groups, plus their making)."""
+    per_job, workspace = method.probe_count(plan.options, plan.access) if method.probe_count else (1, 0)
+    per_row = Counter(r for r, _ in plan.jobs)
+    worst, jobs = 0, 0
+    for rows in chunks:
+        counts = [per_row[r] for r in rows]
+        worst = max(worst, probes_memory(plan.access, per_job, sum(counts), max(counts), workspace))
+        jobs = max(jobs, sum(counts))
+    shown = ", ".join(f"{k}={plan.options[k]!r}" for k in ("samples", "rank", "deflate") if k in plan.options)
+    return {"probes": worst, "probes_hint": f"{per_job} per prediction, {jobs} predictions at once"
+            + (f"; {shown}" if shown else "")}
+
+
 def plan_run(method: "Method", model: Any, prompt: Any, batch_size: int = 16, **kwargs: Any) -> Plan:
     """Everything :func:`run` checks before its first forward pass, with the same errors: the
     validated :class:`Plan` (``kwargs`` as for :func:`run`)."""
@@ -479,7 +495,7 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
     access = plan.access
     plan.kernel = attention_kernel(access, [*leaf_hook_names(access.n_layers, plan.internals), FINAL_HOOK])
     check_memory(access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals,
-                 kernel=plan.kernel)
+                 kernel=plan.kernel, **probe_need(method, plan, chunks))
     check_model_output(access, plan.rows[plan.jobs[0][0]], plan.jobs[0][1], plan.kernel)
     leaf = embedding_leaf(access, plan.rows[0])
     outputs: list[JobOutput] = []

@@ -329,9 +329,15 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
         'eager'
     """
     modules = _sdpa_attention_modules(access)
-    if modules is None:
+    if modules is None or _global_torch_hooks():
         return "eager"
-    inside = _hook_points_within(modules)
+    hooked: list[Any] = []
+    inside = _hook_points_within(modules, hooked)
+    if hooked:
+        # A torch hook on a module inside attention (e.g. the wrapped HF attention): SDPA calls that
+        # module and would apply it, the bridge's own (eager) attention, which model(tokens) runs, does
+        # not. Eager explains the model that model(tokens) runs.
+        return "eager"
     hook_dict = access.model.hook_dict
     if any(id(hook_dict.get(name)) in inside for name in hook_names):
         return "eager"
@@ -341,8 +347,49 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
     return "sdpa"
 
 
-def _hook_points_within(modules: Sequence[Any]) -> dict[int, Any]:
+#: A module's torch hook dicts (any of them non-empty: the module is hooked).
+TORCH_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _global_torch_hooks() -> bool:
+    """True when a hook is registered for every module (``register_module_forward_hook``, ...)."""
+    from torch.nn.modules import module as torch_module
+
+    return any(getattr(torch_module, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def unembed_hooked(access: ModelAccess) -> bool:
+    """True when a hook may change the logits after ``y``: a torch hook on the unembedding (or on
+    the module it wraps), a hook on any of its hook points but ``hook_in``, or a torch hook
+    registered for every module. The scopes compute the logits from ``y`` and ``W_U``
+    themselves, so such a hook is harmless only if it leaves them unchanged: the self-check
+    (:mod:`.output_check`) then verifies every call instead of once per model.
+    """
+    unembed = getattr(access.model, "unembed", None)
+    read = unembed._modules.get("hook_in") if unembed is not None else None
+    stack: list[Any] = [unembed]
+    while stack:
+        module = stack.pop()
+        if module is None:
+            continue
+        state = vars(module)
+        if "fwd_hooks" in state:  # a TransformerLens hook point: only hook_in (before the logits) is read
+            hooked = module is not read and bool(
+                module.fwd_hooks or getattr(module, "bwd_hooks", None) or module._forward_hooks)
+        else:
+            hooked = any(state.get(name) for name in TORCH_HOOK_DICTS)
+        if hooked:
+            return True
+        stack.extend(module._modules.values())
+    return _global_torch_hooks()
+
+
+def _hook_points_within(modules: Sequence[Any], hooked: Optional[list[Any]] = None) -> dict[int, Any]:
     """Every hook point inside ``modules`` (theirs and their wrapped HF modules'), by id.
+
+    ``hooked``: when given, every module that is not a hook point and carries a torch hook
+    (forward, pre-forward or backward) is appended to it, in the same walk.
 
     Walked over ``_modules`` directly: ``Module.modules()`` builds every name and a bridge
     component's ``hasattr`` goes through its ``__getattr__`` (together ~8 ms per call on the
@@ -356,8 +403,11 @@ def _hook_points_within(modules: Sequence[Any]) -> dict[int, Any]:
         if module is None or id(module) in seen:
             continue
         seen.add(id(module))
-        if "fwd_hooks" in vars(module):
+        state = vars(module)
+        if "fwd_hooks" in state:
             found[id(module)] = module
+        elif hooked is not None and any(state.get(name) for name in TORCH_HOOK_DICTS):
+            hooked.append(module)
         stack.extend(module._modules.values())
     return found
 
@@ -510,32 +560,59 @@ def _budget(access: ModelAccess) -> Optional[int]:
     return None if None in free else int(0.8 * sum(f for f in free if f is not None))
 
 
+def probes_memory(access: ModelAccess, n_probes: int, n_jobs: int, n_groups: int, workspace: int = 0) -> int:
+    """Rough bytes a call's probe vectors take, all held at once before the backward passes.
+
+    ``n_probes`` per job (Fisher: ``rank``, ``d_model`` for exact, ``samples + deflate``), over
+    ``n_jobs`` explained predictions (every ``positions=`` of every prompt of a batch), fanned out
+    into ``n_groups`` VJP groups (the most jobs of one prompt); ``workspace``: bytes one job's probes
+    take to make (freed before the next job's).
+    """
+    vector = n_probes * n_jobs * access.d_model
+    # Each job's probes, their stack, and the grouped VJP inputs (float32, plus a copy in the model's dtype).
+    return vector * (2 * 4 + n_groups * (4 + _dtype_bytes(access))) + workspace
+
+
+def _human(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1, internals: bool = False,
-                 kernel: Optional[str] = None) -> None:
+                 kernel: Optional[str] = None, probes: int = 0, probes_hint: str = "") -> None:
     """Refuse, before any forward pass, a scope that would not fit in memory.
 
     The estimate follows the attention kernel the call will use (:func:`attention_kernel`):
     internal maps keep eager attention, token-level scopes on a bridge run SDPA (``kernel``: the
-    call's kernel, when already decided).
+    call's kernel, when already decided). ``probes``: the bytes of the call's probe vectors
+    (:func:`probes_memory`); ``probes_hint``: the options that set them, for the message.
 
     Raises:
-        ScopeMemoryError: naming the estimate, the budget and the longest prompt that fits.
+        ScopeMemoryError: naming the estimate, the budget and the longest prompt that fits (or,
+            when the probes alone take most of it, the options that make them).
     """
     budget = _budget(access)
     if budget is None:
         return
     if kernel is None:
         kernel = attention_kernel(access, internal_hook_names(access.n_layers) if internals else (EMBED_HOOK, FINAL_HOOK))
-    need = scope_memory(access, n_tokens, batch, kernel)
+    need = scope_memory(access, n_tokens, batch, kernel) + probes
     if need <= budget:
         return
+    where = ", ".join(map(str, access.devices))
+    if probes > budget // 2:
+        raise ScopeMemoryError(
+            f"This call's probe vectors ({probes_hint or 'one per explained prediction'}) need about "
+            f"{_human(probes)} on {where}, and the whole scope about {_human(need)}, but about "
+            f"{_human(budget)} is available: use fewer probes (e.g. samples= or rank=), fewer positions= or "
+            "a smaller batch_size=, or move the model to a larger device."
+        )
     fits = n_tokens
-    while fits > 1 and scope_memory(access, fits, batch, kernel) > budget:
+    while fits > 1 and scope_memory(access, fits, batch, kernel) + probes > budget:
         fits = int(fits * 0.9)
     hint = " or run without internals=True (token scores use a lighter attention kernel)," if internals else ""
     raise ScopeMemoryError(
         f"A scope over {n_tokens} tokens needs about {need / 2**30:.1f} GiB on "
-        f"{', '.join(map(str, access.devices))}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
+        f"{where}, but about {budget / 2**30:.1f} GiB is available: use a prompt of "
         f"at most about {fits} tokens,{hint} free memory, or move the model to a larger device."
     )
 

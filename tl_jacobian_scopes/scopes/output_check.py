@@ -25,7 +25,7 @@ from ..errors import OutputMismatchError
 from ..models.access import ModelAccess, hook_count
 from ..models.hook_names import FINAL_HOOK
 from . import probes as P
-from .engine import forward_to_final_hidden, model_family, run_model
+from .engine import TORCH_HOOK_DICTS, forward_to_final_hidden, model_family, run_model, unembed_hooked
 
 #: Largest total-variation distance ``½ Σ|p_lib - p_model|`` accepted, by the model's dtype: the
 #: model rounds its logits to its dtype (bf16 keeps ~3 significant digits), the library works in float32.
@@ -80,10 +80,13 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kerne
     model = access.model
     if model in _SKIPPED:
         return
+    # A hook on the unembedding may edit the logits at any call: checked every call, against
+    # model(tokens) (the wrapped HF model would miss a hook on the bridge's own unembed), never cached.
+    every_call = unembed_hooked(access)
     key = _key(access)
     cached = _VERDICTS.get(model)
     passed: set[str] = set(cached[1]) if cached is not None and cached[0] == key else set()
-    if kernel in passed:
+    if kernel in passed and not every_call:
         return
     # A bridge that can run SDPA is checked on the eager path too, at once: a later call with
     # internal maps or a user's attention hook (eager) then needs no forward pass of its own.
@@ -93,7 +96,7 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kerne
     row = tokens.reshape(1, -1).to(access.input_device)
     with access.frozen(), torch.no_grad():
         ys = {k: forward_to_final_hidden(access, row, perturb=(), kernel=k).y[0, position].detach() for k in kernels}
-        reference, source = _wrapped_model_logits(access, tokens), "the wrapped Hugging Face model"
+        reference, source = (None if every_call else _wrapped_model_logits(access, tokens)), "the wrapped Hugging Face model"
         if reference is None:
             reference, source = run_model(access, row), "the model's forward pass"
         if not isinstance(reference, Tensor):
@@ -122,7 +125,8 @@ def check_model_output(access: ModelAccess, tokens: Tensor, position: int, kerne
                     bridge_own = torch.softmax(logits[0, position].double().to(z.device), dim=-1)
             raise OutputMismatchError(_message(access, position, z, own, p_lib, p_model, distance, source,
                                                bridge_own, kernel))
-    _VERDICTS[model] = (key, frozenset(passed))
+    if not every_call:
+        _VERDICTS[model] = (key, frozenset(passed))
 
 
 def _wrapped_model_logits(access: ModelAccess, tokens: Tensor) -> Optional[Tensor]:
@@ -147,6 +151,10 @@ def _wrapped_model_logits(access: ModelAccess, tokens: Tensor) -> Optional[Tenso
                 if child is None:
                     continue
                 inner = child._modules.get("_original_component") or child._modules.get("original_component")
+                if any(vars(child).get(n) for n in TORCH_HOOK_DICTS):
+                    # A torch hook on a bridge component or an HF module: whether model(tokens) runs
+                    # it depends on the bridge's path, so only model(tokens) itself is the reference.
+                    return None
                 if isinstance(inner, torch.nn.Module) and inner is not child:
                     swaps.append((module, name, child))
                     module._modules[name] = inner  # not setattr: a bridge's __setattr__ forwards it

@@ -62,6 +62,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     from ..scopes.api import resolve_scope
     from .distributed import environment_ranks, local_device
     from .jobs import check_fields, check_limit, output_layout, run
+    from .lock import check_unlocked
     from .prompts import read_prompts
 
     # Everything that can be checked without the model is checked before loading it.
@@ -71,8 +72,10 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     check_limit(args.limit)
     check_fields(scope, read_prompts(args.data), Path(args.data))
-    output_layout(Path(args.data), args.out)
+    layout = output_layout(Path(args.data), args.out)
     ranks = environment_ranks()
+    if ranks.world == 1:  # under torchrun rank 0 takes the lock for the job once the group is up
+        check_unlocked(layout.folder)  # another sweep in the folder: refused before loading the model
     if model is None:
         check_backend(args.backend)
         device = local_device(args.device)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from ..errors import DataFileError, StaleRecordsError
+from ..errors import DataFileError, OutputPathError, StaleRecordsError
 from ..jsonl import jsonl_objects
 
 #: ``(record, path, line number)`` -> None, or raise: a check of one record read back.
@@ -157,21 +157,56 @@ def merge(layout: Layout) -> list[dict[str, Any]]:
 
     Records are sorted by id and deduplicated by key (the first copy is kept). The file is
     replaced atomically, so a crash during the merge loses nothing: the parts stay until
-    the merged file is in place, and a later merge deduplicates them.
+    the merged file is in place, and a later merge deduplicates them. The merge takes the
+    folder's lock (:mod:`.lock`), so it never runs beside a sweep of another process; and a
+    part file that grew while it was read (someone still appends to it) is kept, not removed.
 
     Returns:
         The merged records.
+
+    Raises:
+        FolderLockedError: another process's sweep is writing to the folder.
+        OutputPathError: the merged file could not be written (a full disk): the partial
+            copy is removed, and every record stays in the part files and the old merged file.
     """
-    parts = layout.parts()
+    from .lock import folder_lock
+
+    with folder_lock(layout.folder):
+        return merge_held(layout)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def merge_held(layout: Layout) -> list[dict[str, Any]]:
+    """:func:`merge`, for a caller that already holds the folder's lock (a sweep)."""
+    parts = {part: _size(part) for part in layout.parts()}  # sizes before reading: all of that is merged
     records = sorted(load_done(layout).values(), key=_order)
     staging = layout.merged.with_name(layout.merged.name + ".merging")
-    with staging.open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
-        fh.flush()
-        os.fsync(fh.fileno())
-    staging.replace(layout.merged)
-    for part in parts:
-        part.unlink(missing_ok=True)
+    try:
+        with staging.open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+            fh.flush()
+            os.fsync(fh.fileno())
+        staging.replace(layout.merged)
+    except OSError as exc:
+        try:
+            staging.unlink(missing_ok=True)
+        except OSError:
+            pass
+        kept = ", ".join(p.name for p in parts) or "none"
+        raise OutputPathError(
+            f"Could not write the merged records {layout.merged} ({exc.strerror or exc}): every record is kept "
+            f"(in the part files: {kept}; and in {layout.merged.name} if there): free some space on that disk and "
+            "run the same command again to merge them (nothing is recomputed)."
+        ) from exc
+    for part, size in parts.items():
+        if _size(part) == size:  # a part that grew since is kept; the next merge deduplicates it
+            part.unlink(missing_ok=True)
     return records
 
 

@@ -7,6 +7,12 @@
 3. A barrier; rank 0 merges everything into ``<stem>.jsonl`` (:func:`.records.merge`);
    a barrier; every rank returns the merged records.
 
+The sweep holds its folder's lock (:mod:`.lock`) from before it reads the records until the
+merge is done: a second sweep into the same folder is refused (the ranks of one torchrun job
+share the lock). A record that cannot be appended (a full disk) stops the sweep with an
+:class:`~tl_jacobian_scopes.errors.OutputPathError`; the part file keeps every whole record
+written before it, for the next run to resume from.
+
 Rank 0 shows one progress line for the whole job, counting the lines the other ranks have
 appended to their part files; the other ranks show none.
 
@@ -17,6 +23,7 @@ record, as a killed process would: the tests use it to check that a rerun resume
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -24,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..errors import FolderLockedError, OutputPathError
 from ..progress import Progress
 from .distributed import Ranks, barrier
-from .records import Layout, RecordCheck, drop_torn_tail, load_done, merge, read_records
+from .lock import locked_message, release, try_lock
+from .records import Layout, RecordCheck, drop_torn_tail, load_done, merge_held, read_records
 from .sharding import Item, pending, shard
 
 #: One record from one item; it must carry the item's ``"id"`` and ``"key"``.
@@ -81,6 +90,56 @@ def _die_after() -> tuple[int, int]:
         return 0, 0
 
 
+def append_record(sink: io.RawIOBase, record: dict[str, Any], path: Path, written: int) -> None:
+    """Append one record's line to ``sink`` (unbuffered), all of it or none of it.
+
+    Raises:
+        OutputPathError: the line could not be written whole (a full disk): a part written is
+            cut off again, so the file ends with the ``written`` records before it.
+    """
+    view = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    start = sink.tell()
+    try:
+        while view:
+            n = sink.write(view)
+            view = view[n or 0:]
+    except OSError as exc:
+        try:
+            sink.truncate(start)
+        except OSError:  # the next run drops a cut-short last line anyway
+            pass
+        raise OutputPathError(
+            f"Could not append a record to {path} ({exc.strerror or exc}): free some space on that disk (or choose "
+            f"another --out folder) and run the same command again: the {written} records this process wrote before "
+            "are kept and are not recomputed."
+        ) from exc
+
+
+def _lock_job(layout: Layout, ranks: Ranks) -> None:
+    """Take the folder's lock on rank 0 for the whole job; every rank raises alike if it cannot.
+
+    Raises:
+        FolderLockedError: another sweep holds the folder (the message names it).
+        OutputPathError: the lock file cannot be created.
+    """
+    verdict: Optional[tuple[str, str]] = None
+    if ranks.main:
+        try:
+            holder = try_lock(layout.folder)
+        except OutputPathError as exc:
+            verdict = ("path", str(exc))
+        else:
+            verdict = None if holder is None else ("locked", locked_message(layout.folder, holder))
+    if ranks.group is not None:
+        import torch.distributed as dist
+
+        box: list[Any] = [verdict]
+        dist.broadcast_object_list(box, src=0, group=ranks.group)
+        verdict = box[0]
+    if verdict is not None:
+        raise (FolderLockedError if verdict[0] == "locked" else OutputPathError)(verdict[1])
+
+
 def run_items(
     items: Sequence[Item],
     job: Job,
@@ -103,7 +162,22 @@ def run_items(
 
     Returns:
         The merged records (of these items and any others in the files), sorted by id.
+
+    Raises:
+        FolderLockedError: another sweep is writing to the same folder.
+        OutputPathError: a record or the merged file could not be written (a full disk);
+            every record written before is kept.
     """
+    _lock_job(layout, ranks)
+    try:
+        return _run_locked(items, job, layout, ranks, check, desc, unit)
+    finally:
+        if ranks.main:
+            release(layout.folder)
+
+
+def _run_locked(items: Sequence[Item], job: Job, layout: Layout, ranks: Ranks, check: Optional[RecordCheck],
+                desc: str, unit: str) -> Outcome:
     done = load_done(layout, check)
     todo = pending(items, done.keys())
     mine = shard(todo, ranks.rank, ranks.world)
@@ -116,20 +190,20 @@ def run_items(
     total = len(pending(items, ()))
     already = total - len(todo)
     # Other ranks keep a silent line open: the scopes called inside stay silent too.
-    with part.open("a", encoding="utf-8") as sink, \
+    # Unbuffered: each record is one write, on disk before the next is computed.
+    with part.open("ab", buffering=0) as sink, \
             Progress(desc, total, unit, enabled=None if ranks.main else False) as bar:
         bar.set(already)
         for n, item in enumerate(mine, start=1):
             record = job(item)
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
+            append_record(sink, record, part, n - 1)
             if n == die_after and ranks.rank == die_rank:
                 os._exit(1)
             bar.set(already + counter.count())
         barrier(ranks, (lambda: bar.set(already + counter.count())) if ranks.main else None)
         bar.set(total)
     start = time.perf_counter()
-    merged = merge(layout) if ranks.main else []
+    merged = merge_held(layout) if ranks.main else []
     merge_seconds = time.perf_counter() - start if ranks.main else 0.0
     barrier(ranks)  # the merged file is complete
     if not ranks.main:

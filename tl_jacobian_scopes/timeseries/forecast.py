@@ -10,6 +10,8 @@ digits per token (Llama-3), or whole numbers as single tokens.
 
 from __future__ import annotations
 
+import numbers
+
 import copy
 import warnings
 from dataclasses import dataclass, field
@@ -69,25 +71,34 @@ def _prepends_bos(access: ModelAccess) -> bool:
     return bool(getattr(cfg, "default_prepend_bos", False)) and getattr(tok, "bos_token_id", None) is not None
 
 
-def token_map(access: ModelAccess, s: Serialized) -> TokenMap:
+def token_map(access: ModelAccess, s: Serialized, max_tokens: Optional[int] = None) -> TokenMap:
     """Tokenize ``s.text`` and map every token to a value (module docstring).
 
+    ``max_tokens``: refuse (:class:`PromptError`) a series of more tokens, before mapping them.
+
     Raises:
+        PromptError: More than ``max_tokens`` tokens.
         OptionError: A token covers digits of two values (the tokenizer merges across the separator).
     """
     tok = _tokenizer(access)
     enc = tok(s.text, return_offsets_mapping=True, add_special_tokens=False)
     ids = list(enc["input_ids"])
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     bos = _prepends_bos(access)
+    if max_tokens is not None and len(ids) + bos > max_tokens:  # before the per-token work
+        raise PromptError(
+            f"The series is {len(ids) + bos} tokens, more than the model's context of {max_tokens}: pass fewer values "
+            f"(e.g. series[-{max(1, len(s) * max_tokens // (len(ids) + bos) - 2)}:]) or fewer digits."
+        )
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     starts, ends = s.spans[:, 0], s.spans[:, 1]
     token_value = np.full(len(ids), -1, dtype=np.int64)
     token_sep = np.full(len(ids), -1, dtype=np.int64)
     for t, (a, b) in enumerate(offsets):
         if b <= a:
             continue
-        # values whose digit span [start, end) overlaps the token's span [a, b)
-        hit = np.flatnonzero((starts < b) & (ends > a))
+        # values whose digit span [start, end) overlaps the token's span [a, b) (spans are sorted, disjoint)
+        lo_hit = int(np.searchsorted(ends, a, side="right"))
+        hit = np.arange(lo_hit, max(lo_hit, int(np.searchsorted(starts, b, side="left"))))
         if len(hit) > 1:
             raise OptionError(
                 f"Token {t} ({s.text[a:b]!r}) covers digits of {len(hit)} values: this tokenizer merges numbers "
@@ -570,9 +581,12 @@ def _resolve_steps(steps: Any, n: int, min_step: int) -> list[int]:
     if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
         steps = [steps]
     try:
-        out = [int(s) for s in steps]
-    except (TypeError, ValueError) as exc:
+        out = list(steps)
+    except TypeError as exc:
         raise OptionError(f"steps must be None, 'all' or a list of value indices, got {steps!r}.") from exc
+    if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in out):
+        raise OptionError(f"steps must be integer value indices (a float such as 1.5 is not one), got {steps!r}.")
+    out = [int(x) for x in out]
     bad = [s for s in out if not 1 <= s <= n]
     if bad or not out:
         raise OptionError(
@@ -642,9 +656,13 @@ def forecast_scope(
         raise OptionError(f"scope must be one of {list(FORECAST_SCOPES)}, got {scope!r}.{hint}")
     if isinstance(token, bool) or not isinstance(token, int) or token < 0:
         raise OptionError(f"token must be an int ≥ 0 (which token of the forecast value to explain), got {token!r}.")
+    if isinstance(min_step, bool) or not isinstance(min_step, numbers.Integral) or min_step < 1:
+        # Step 0 would forecast value 0 from nothing: the position before it is -1 without BOS.
+        raise OptionError(f"min_step must be an int ≥ 1 (the first value forecast from the values before it), "
+                          f"got {min_step!r}.")
     s = serialize(series, digits=digits, sep=sep)
     access = ModelAccess(model)
-    tmap = token_map(access, s)
+    tmap = token_map(access, s, max_tokens=access.n_ctx)
     n = len(s)
     wanted = _resolve_steps(steps, n, min_step)
     paths = candidate_paths(access, s.digits, s.sep) if (distribution or token) else None

@@ -157,5 +157,17 @@ def serialize(
     # written = round((x - lo) / width * (high - low) * 10**d + low * 10**d)
     scale = width / ((high - low) * 10**digits)
     offset = lo - low * 10**digits * scale
-    values = np.clip(np.round((arr - offset) / scale), 0, top).astype(np.int64)
+    with np.errstate(all="ignore"):
+        written = (arr - offset) / scale
+    # A range float64 cannot rescale: wider than its largest number ([1e308, -1e308]), narrower than its
+    # smallest step ([0, 5e-324]), or with a written unit finer than float64 resolves at the values' size
+    # ([1, 1 + 1e-15]).
+    if (not (np.isfinite(width) and np.isfinite(scale) and scale > 0 and np.isfinite(offset))
+            or not np.isfinite(written).all() or (hi > lo and width < 10**digits * np.spacing(max(abs(lo), abs(hi))))):
+        raise PromptError(
+            f"The series spans {lo!r}..{hi!r}, a range that cannot be rescaled onto {digits}-digit integers in float64: "
+            "rescale it yourself first (e.g. subtract its mean and divide by its standard deviation, or by a power "
+            "of ten), then serialize the result."
+        )
+    values = np.clip(np.round(written), 0, top).astype(np.int64)
     return _build(values, digits, sep, arr, offset, scale)

@@ -31,6 +31,7 @@ import functools
 import html
 import json
 import math
+import reprlib
 import re
 import sys
 import uuid
@@ -221,8 +222,13 @@ def _param_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         items = [_param_text(v) for v in value[:6]]
         return "[" + ", ".join(items) + (", …" if len(value) > 6 else "") + "]"
-    text = repr(value)
+    # reprlib: bounded depth and size, so a deeply nested or huge value cannot recurse or blow up.
+    text = _SHORT_REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxstring = 3, 4, 6, 60
 
 
 def _header(result: ScopeResult) -> str:
