@@ -224,6 +224,9 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
 
 def plot_curves(summary: dict[str, Any], path: Path, title: str) -> None:
     """Mean deletion curves Δ(f), f = 0, 0.05, 0.1, 0.2, one line per method."""
+    from ..views.static import require_matplotlib
+
+    require_matplotlib()
     # A bare Figure draws with its own Agg canvas: the user's pyplot backend is left alone.
     from matplotlib.figure import Figure
 

@@ -163,10 +163,15 @@ class ScopeResult(SavedAsJson):
         return len(self.str_tokens)
 
     def top(self, k: int = 5) -> list[TokenScore]:
-        """The ``k`` highest-scoring tokens, best first."""
+        """The ``k`` highest-scoring tokens of the explained span (positions up to ``position``), best first.
+
+        Tokens after the explained position cannot influence its prediction (their score is
+        0), so they are never listed: near the start of a text fewer than ``k`` come back.
+        """
         _check_k(k)
-        k = min(k, self.n_tokens)
-        values, indices = torch.topk(self.scores.float(), k)
+        span = self.scores[: self.position + 1].float()
+        k = min(k, span.shape[0])
+        values, indices = torch.topk(span, k)
         return [TokenScore(int(i), self.str_tokens[int(i)], float(v)) for v, i in zip(values, indices)]
 
     def normalized(self) -> Float[Tensor, " pos"]:

@@ -30,12 +30,22 @@ def _figure(**kwargs: Any) -> "Figure":
     return figure
 
 
-@functools.lru_cache(maxsize=None)
-def _notebook_figure_class() -> type:
+def require_matplotlib() -> None:
+    """Raise :class:`MissingPackageError` with the install hint when matplotlib is missing.
+
+    Called first by every figure-making function, before any ``matplotlib`` import, so that a
+    missing package is never a raw ``ModuleNotFoundError``.
+    """
     try:
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError as exc:
         raise MissingPackageError("Static figures need matplotlib: pip install 'tl_jacobian_scopes[plot]'") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def _notebook_figure_class() -> type:
+    require_matplotlib()
+    from matplotlib.figure import Figure
 
     class NotebookFigure(Figure):
         """Displays itself in Jupyter (as a PNG) without pyplot, so exactly once per display."""
@@ -81,6 +91,7 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
     Raises:
         OptionError: ``normalization`` is not ``"raw"`` or ``"scaled"``.
     """
+    require_matplotlib()
     from matplotlib.colors import LinearSegmentedColormap
 
     check_normalization(normalization)
