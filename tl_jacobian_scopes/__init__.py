@@ -51,7 +51,7 @@ from .evaluation import (
     PatchOutcome,
 )
 from .evaluation import PatchingCell, PatchingResult, RawSensitivityWarning
-from . import sweep
+from . import data, sweep
 from .sweep import run_sweep
 
 __version__ = "0.1.0"
