@@ -2,9 +2,10 @@
 
 Example:
     >>> import tl_jacobian_scopes as tjs
-    >>> model = tjs.load_default_model()  # doctest: +SKIP
-    >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
-    >>> r.top(3)  # doctest: +SKIP
+    >>> model = tjs.load_default_model()
+    >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")
+    >>> [t.token for t in r.top(3)]
+    ['The', ' capital', ' France']
 """
 
 from .errors import (

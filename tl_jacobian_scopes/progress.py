@@ -20,7 +20,7 @@ it at once (also when stderr is not a terminal); the environment variable ``TQDM
 (tqdm's own) silences everything.
 
 Example:
-    >>> with Progress("fisher scope", total=37, unit="positions") as bar:  # doctest: +SKIP
+    >>> with Progress("fisher scope", total=37, unit="positions") as bar:
     ...     for _ in range(37):
     ...         bar.advance(1)
 """

@@ -80,9 +80,10 @@ class Engine:
     """The model, the caches and the computations behind the page.
 
     Example:
-        >>> engine = Engine(ModelSlot(model=model))  # doctest: +SKIP
-        >>> last = engine.result(Request("The capital of France is", "fisher"))  # doctest: +SKIP
-        >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups  # doctest: +SKIP
+        >>> engine = Engine(ModelSlot(model=model))
+        >>> last = engine.result(Request("The capital of France is", "fisher"))
+        >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups; returns positions done
+        6
     """
 
     def __init__(self, slot: ModelSlot, cache_size: int = 32):

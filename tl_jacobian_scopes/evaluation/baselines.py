@@ -88,7 +88,7 @@ gradient_x_input = register(Scope(Method(
     or ``"logit"``.
 
     Example:
-        >>> r = tjs.gradient_x_input(model, "The capital of France is")  # doctest: +SKIP
+        >>> r = tjs.gradient_x_input(model, "The capital of France is")
 """))
 
 
@@ -157,7 +157,7 @@ integrated_gradients = register(Scope(Method(
     ``reduce="l2" | "sum"``.
 
     Example:
-        >>> r = tjs.integrated_gradients(model, "The capital of France is", steps=32)  # doctest: +SKIP
+        >>> r = tjs.integrated_gradients(model, "The capital of France is", steps=32)
 """))
 
 path_semantic_scope = register(Scope(Method(
@@ -173,7 +173,7 @@ path_semantic_scope = register(Scope(Method(
     (the target logit ``w_target · y``). Options: ``steps=16``, ``reduce="l2" | "sum"``.
 
     Example:
-        >>> r = tjs.path_semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
+        >>> r = tjs.path_semantic_scope(model, "The capital of France is", target=" Paris")
 """))
 
 
@@ -206,7 +206,7 @@ random_attribution = register(Scope(Method(
     Seeded uniform random scores for positions up to the explained one (0 after): the floor.
 
     Example:
-        >>> r = tjs.random_attribution(model, "The capital of France is", seed=1)  # doctest: +SKIP
+        >>> r = tjs.random_attribution(model, "The capital of France is", seed=1)
 """))
 
 
@@ -260,5 +260,5 @@ leave_one_out = register(Scope(Method(
     gradients. Options: ``replacement="zero" | "mean" | token id | vector``.
 
     Example:
-        >>> r = tjs.leave_one_out(model, "The capital of France is")  # doctest: +SKIP
+        >>> r = tjs.leave_one_out(model, "The capital of France is")
 """))

@@ -305,7 +305,7 @@ def adopt_unkeyed_records(
     number of records keyed; the file is replaced atomically.
 
     Example:
-        >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # doctest: +SKIP
+        >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # needs old records  # doctest: +SKIP
 
     Raises:
         DataFileError: a record that does not fit ``data`` or the methods.

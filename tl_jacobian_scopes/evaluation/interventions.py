@@ -6,7 +6,8 @@ with TransformerLens's own tools and with each other.
 
 Example:
     >>> hooks = ablate_positions([2, 5])                     # zero their input embeddings
-    >>> logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # doctest: +SKIP
+    >>> tokens = model.to_tokens("The capital of France is")
+    >>> logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
 """
 
 from __future__ import annotations

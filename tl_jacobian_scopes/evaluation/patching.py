@@ -182,10 +182,10 @@ def patch_top(
         NonFiniteError: NaN or infinity in the scores or the logit differences.
 
     Example:
-        >>> clean = "When Mary and John went to the store, John gave a drink to"  # doctest: +SKIP
-        >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"  # doctest: +SKIP
-        >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")  # doctest: +SKIP
-        >>> tjs.patch_top(model, clean, corrupted, r, k=3, site="head")  # doctest: +SKIP
+        >>> clean = "When Mary and John went to the store, John gave a drink to"
+        >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
+        >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")
+        >>> tjs.patch_top(model, clean, corrupted, r, k=3, site="head")
         PatchOutcome(recovered=0.95..., patched 3 head(s) ['L23H3', 'L29H1', 'L19H2'], ranked_by='attribution patching', ...)
     """
     if rank_by not in RANK_BY:
@@ -363,8 +363,8 @@ def patching_map(
 
     Example:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
-        >>> heads = patching_map(model, clean, corrupted, " Paris", " Rome", site="head")  # doctest: +SKIP
-        >>> heads.top(3), heads.to_dataframe(), heads.show()  # doctest: +SKIP
+        >>> heads = patching_map(model, clean, corrupted, " Paris", " Rome", site="head")
+        >>> top, df, view = heads.top(3), heads.to_dataframe(), heads.show()
     """
     _check_site(site, ("layer", "head"), "'layer' (blocks.L.hook_resid_pre) or 'head' (blocks.L.attn.hook_z)")
     _check_batch_size(batch_size)
@@ -425,9 +425,9 @@ def attribution_patching_map(
 
     Example:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
-        >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome", site="head")  # doctest: +SKIP
-        >>> est.top(3)  # doctest: +SKIP
-        >>> patch_top(model, clean, corrupted, est, k=3).recovered  # doctest: +SKIP
+        >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome", site="head")
+        >>> top = est.top(3)
+        >>> recovered = patch_top(model, clean, corrupted, est, k=3).recovered
 
     Raises:
         OptionError: An unknown ``site``.
@@ -462,8 +462,11 @@ def movable_cells(model: Any, clean: Any, corrupted: Any) -> Bool[Tensor, "n_lay
     zeros; pass this mask to :func:`spearman` to correlate over the cells that carry signal.
 
     Example:
-        >>> mask = movable_cells(model, "The capital of France is", "The capital of Italy is")  # doctest: +SKIP
-        >>> spearman(estimate, patched, mask=mask)  # doctest: +SKIP
+        >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
+        >>> estimate = attribution_patching_map(model, clean, corrupted, " Paris", " Rome").values
+        >>> patched = patching_map(model, clean, corrupted, " Paris", " Rome").values
+        >>> mask = movable_cells(model, clean, corrupted)
+        >>> rho = spearman(estimate, patched, mask=mask)
     """
     access = ModelAccess(model)
     clean_tokens, corrupted_tokens = _pair(model, clean, corrupted)

@@ -186,7 +186,7 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None, **placem
     ``placement``: ``from_pretrained``'s ``device_map=`` / ``max_memory=`` (multi-device).
 
     Example:
-        >>> hf_model, tokenizer = load_default_hf_model()  # doctest: +SKIP
+        >>> hf_model, tokenizer = load_default_hf_model()
     """
     with _quiet_local_loading():
         return _load_default_hf_model(cache_dir, **placement)
@@ -322,8 +322,9 @@ def load_default_model(
 
     Example:
         >>> import tl_jacobian_scopes as tjs
-        >>> model = tjs.load_default_model()  # doctest: +SKIP
-        >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
+        >>> model = tjs.load_default_model()
+        >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(1)
+        [TokenScore(position=1, token='The', score=...)]
     """
     from .placement import check_loaded_placement, check_placement, hf_placement_kwargs
 
@@ -398,8 +399,8 @@ def load_model(
         ModelLoadError: the model could not be loaded (unknown name, no hub access, ...).
 
     Example:
-        >>> model = load_model("gpt2")  # doctest: +SKIP
-        >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # doctest: +SKIP
+        >>> model = load_model("gpt2")  # needs the Hugging Face hub  # doctest: +SKIP
+        >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # needs the hub and 2 GPUs  # doctest: +SKIP
     """
     from .placement import check_loaded_placement, check_placement, place_hooked
 

@@ -77,7 +77,7 @@ def check_placement(
         DeviceError: devices this machine does not have, naming the count it has.
 
     Example:
-        >>> check_placement(None, 2, None, "bridge")  # doctest: +SKIP
+        >>> check_placement(None, 2, None, "bridge")  # needs 2 GPUs (DeviceError elsewhere)  # doctest: +SKIP
         (2, device(type='cuda', index=0))
     """
     n = _check_n_devices(n_devices)
@@ -190,7 +190,7 @@ def place_hooked(model: Any, n_devices: int, first: torch.device) -> Any:
     stream to each block's device.
 
     Example:
-        >>> model = place_hooked(hooked_model_on_cpu, 2, torch.device("cuda", 0))  # doctest: +SKIP
+        >>> model = place_hooked(hooked_model_on_cpu, 2, torch.device("cuda", 0))  # needs 2 GPUs  # doctest: +SKIP
     """
     model.cfg.device = str(first)
     model.cfg.n_devices = n_devices

@@ -171,7 +171,8 @@ def register_kind(kind: str, reader: Callable[[dict[str, Any]], Any],
         old_kinds: Other ``"kind"`` values that older versions wrote for this type.
 
     Example:
-        >>> register_kind("PatchingResult", PatchingResult.from_dict)  # doctest: +SKIP
+        >>> from tl_jacobian_scopes.evaluation.patching_result import PatchingResult
+        >>> register_kind("PatchingResult", PatchingResult.from_dict)
     """
     _READERS[kind] = reader
     _OLD_KINDS.update({old: kind for old in old_kinds})
@@ -215,8 +216,10 @@ def load(path: Union[str, Path]) -> Any:
             names the path and what was expected.
 
     Example:
-        >>> r.save_json("r.json")  # doctest: +SKIP
-        >>> tjs.load("r.json")  # doctest: +SKIP
+        >>> r = tjs.semantic_scope(model, "The capital of France is")
+        >>> path = r.save_json("r.json")
+        >>> tjs.load("r.json") == r
+        True
     """
 
     return from_dict(read_json_file(path), where=repr(str(path)))

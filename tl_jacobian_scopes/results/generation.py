@@ -36,8 +36,8 @@ class GenerationResult(SavedAsJson):
         generation: The ``generate()`` settings used (``do_sample``, ``max_new_tokens``, ...).
 
     Example:
-        >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=4)  # doctest: +SKIP
-        >>> g.generated_str_tokens, g.top(3)[0]  # doctest: +SKIP
+        >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=4)
+        >>> tokens, first = g.generated_str_tokens, g.top(3)[0]
     """
 
     matrix: ScopeMatrix

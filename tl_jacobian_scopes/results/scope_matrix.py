@@ -27,8 +27,11 @@ class ScopeMatrix(SavedAsJson):
     translation-alignment and time-series views.
 
     Example:
-        >>> m = tjs.fisher_scope(model, text, positions="all")  # doctest: +SKIP
-        >>> m.scores.shape, m[3].top(2)  # doctest: +SKIP
+        >>> text = "The capital of France is Paris"
+        >>> m = tjs.fisher_scope(model, text, positions="all")
+        >>> tuple(m.scores.shape)
+        (7, 7)
+        >>> best = m[3].top(2)
     """
 
     def __init__(self, results: list[ScopeResult]):

@@ -119,10 +119,10 @@ class ScopeResult(SavedAsJson):
             each token's score; None for exact computations.
 
     Example:
-        >>> r = tjs.fisher_scope(model, "The capital of France is")  # doctest: +SKIP
-        >>> r.top(3)  # doctest: +SKIP
-        [TokenScore(position=4, token=' France', score=...), ...]
-        >>> r.to_dataframe()  # doctest: +SKIP
+        >>> r = tjs.fisher_scope(model, "The capital of France is")
+        >>> r.top(3)
+        [TokenScore(position=2, token=' capital', score=...), ...]
+        >>> df = r.to_dataframe()
     """
 
     scope: str
@@ -457,9 +457,10 @@ class ScopeResult(SavedAsJson):
         the result itself also displays this way. ``normalization`` applies to internal maps.
 
         Example:
-            >>> r.show("heads")  # only the layer x head view  # doctest: +SKIP
-            >>> r.show(["tokens", "heads"])  # doctest: +SKIP
-            >>> r.show("tokens", "layers", normalization="raw").save("view.html")  # doctest: +SKIP
+            >>> r = tjs.semantic_scope(model, "The capital of France is", internals=True)
+            >>> view = r.show("heads")  # only the layer x head view
+            >>> view = r.show(["tokens", "heads"])
+            >>> path = r.show("tokens", "layers", normalization="raw").save("view.html")
 
         Raises:
             OptionError: An unknown part or normalization.

@@ -148,9 +148,10 @@ semantic_scope = Scope(SEMANTIC, "semantic_scope", """
 
     Example:
         >>> import tl_jacobian_scopes as tjs
-        >>> model = tjs.load_default_model()  # doctest: +SKIP
-        >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
-        >>> r.top(3)  # doctest: +SKIP
+        >>> model = tjs.load_default_model()
+        >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")
+        >>> [t.token for t in r.top(3)]
+        ['The', ' capital', ' France']
 """)
 
 temperature_scope = Scope(TEMPERATURE, "temperature_scope", """
@@ -161,7 +162,7 @@ temperature_scope = Scope(TEMPERATURE, "temperature_scope", """
     after ``enable_compatibility_mode()``) has constant ‖y‖ and is refused.
 
     Example:
-        >>> r = tjs.temperature_scope(model, "12,15,18,21,")  # doctest: +SKIP
+        >>> r = tjs.temperature_scope(model, "12,15,18,21,")
 """)
 
 fisher_scope = Scope(FISHER, "fisher_scope", """
@@ -181,7 +182,7 @@ fisher_scope = Scope(FISHER, "fisher_scope", """
     ``params`` holds the rank, the top eigenvalues and the share of tr(F) captured.
 
     Example:
-        >>> r = tjs.fisher_scope(model, "The capital of France is", rank=None, samples=24)  # doctest: +SKIP
+        >>> r = tjs.fisher_scope(model, "The capital of France is", rank=None, samples=24)
 """)
 
 #: Every scope and baseline by name (baselines register themselves from ``evaluation``).
@@ -219,6 +220,6 @@ def jacobian_scope(model: Any, prompt: Any, scope: str = "fisher", **kwargs: Any
     """Run a scope or baseline by name (``"semantic"``, ``"temperature"``, ``"fisher"``, ``"gxi"``, ...).
 
     Example:
-        >>> tjs.jacobian_scope(model, "The capital of France is", "semantic", target=" Paris")  # doctest: +SKIP
+        >>> r = tjs.jacobian_scope(model, "The capital of France is", "semantic", target=" Paris")
     """
     return resolve_scope(scope)(model, prompt, **kwargs)

@@ -5,8 +5,8 @@ string such as ``" Paris"``, or a token id) and ``"position"`` (an int, negative
 end); other fields are ignored.
 
 Example:
-    >>> # data.jsonl: {"text": "The capital of France is", "target": " Paris"}
-    >>> read_prompts("data.jsonl")[0].target  # doctest: +SKIP
+    >>> _ = open("data.jsonl", "w").write('{"text": "The capital of France is", "target": " Paris"}\\n')
+    >>> read_prompts("data.jsonl")[0].target
     ' Paris'
 """
 

@@ -631,8 +631,8 @@ def forecast_scope(
 
     Example:
         >>> from tl_jacobian_scopes import timeseries as ts
-        >>> r = ts.forecast_scope(model, ts.serialize(ts.lorenz(180)))  # doctest: +SKIP
-        >>> r.value_scores, r.forecast.mean, r.forecast.std  # doctest: +SKIP
+        >>> r = ts.forecast_scope(model, ts.serialize(ts.lorenz(180)))
+        >>> scores, mean, std = r.value_scores, r.forecast.mean, r.forecast.std
     """
     if scope not in FORECAST_SCOPES:
         import difflib

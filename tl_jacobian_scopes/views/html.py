@@ -484,7 +484,7 @@ def init_notebook() -> None:
 
     Example:
         >>> import tl_jacobian_scopes as tjs
-        >>> tjs.init_notebook()  # doctest: +SKIP
+        >>> tjs.init_notebook()  # in a notebook cell (elsewhere IPython prints the raw bundle)  # doctest: +SKIP
 
     Raises:
         MissingPackageError: IPython is not installed (no notebook to display into).
@@ -513,9 +513,11 @@ class ScopeView:
     """A rendered view: displays itself in a notebook, and saves as one offline HTML file.
 
     Example:
-        >>> view = r.show("tokens", "heads")  # doctest: +SKIP
-        >>> view  # a cell's last line: displays it  # doctest: +SKIP
-        >>> view.save("scope.html")  # doctest: +SKIP
+        >>> r = tjs.fisher_scope(model, "The capital of France is", internals=True)
+        >>> view = r.show("tokens", "heads")
+        >>> view  # a cell's last line: displays it  # doctest: +ELLIPSIS
+        <...>
+        >>> path = view.save("scope.html")
     """
 
     def __init__(self, sections: Sequence[str], title: str = "Jacobian Scopes", parts: Sequence[str] = ()):
@@ -566,7 +568,8 @@ def compare(*results: ScopeResult, labels: Optional[Sequence[str]] = None) -> Sc
     """Several results (e.g. Semantic vs Fisher vs Temperature) side by side, each on its own scale.
 
     Example:
-        >>> tjs.compare(tjs.semantic_scope(model, p), tjs.fisher_scope(model, p))  # doctest: +SKIP
+        >>> p = "The capital of France is"
+        >>> view = tjs.compare(tjs.semantic_scope(model, p), tjs.fisher_scope(model, p))
     """
     if len(results) == 1 and isinstance(results[0], (list, tuple)):
         results = tuple(results[0])
@@ -583,8 +586,10 @@ def save_html(*results: Any, path: Union[str, Path, None] = None, labels: Option
     list and the path last, ``save_html([r1, r2], "view.html")``, still works.
 
     Example:
-        >>> tjs.save_html(r1, r2, path="comparison.html")  # doctest: +SKIP
-        >>> tjs.save_html(r, path="one.html")  # doctest: +SKIP
+        >>> r1 = r = tjs.semantic_scope(model, "The capital of France is")
+        >>> r2 = tjs.temperature_scope(model, "The capital of France is")
+        >>> path = tjs.save_html(r1, r2, path="comparison.html")
+        >>> path = tjs.save_html(r, path="one.html")
 
     Raises:
         OptionError: No path, or two of them.

@@ -85,8 +85,10 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         are drawn literally (no mathtext), whatever ``$``, ``^`` or ``_`` they hold.
 
     Example:
-        >>> fig = r.plot()  # doctest: +SKIP
-        >>> fig  # a cell's last line: shows it once  # doctest: +SKIP
+        >>> r = tjs.semantic_scope(model, "The capital of France is")
+        >>> fig = r.plot()
+        >>> fig  # a cell's last line: shows it once  # doctest: +ELLIPSIS
+        <...Figure...>
 
     Raises:
         OptionError: ``normalization`` is not ``"raw"`` or ``"scaled"``.
