@@ -1,6 +1,6 @@
 """Jacobian Scopes for TransformerLens: which input tokens drive a next-token prediction.
 
-Example:
+Examples:
     >>> import tl_jacobian_scopes as tjs
     >>> model = tjs.load_default_model()
     >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")

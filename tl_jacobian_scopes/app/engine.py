@@ -79,7 +79,7 @@ class Request:
 class Engine:
     """The model, the caches and the computations behind the page.
 
-    Example:
+    Examples:
         >>> engine = Engine(ModelSlot(model=model))
         >>> last = engine.result(Request("The capital of France is", "fisher"))
         >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups; returns positions done

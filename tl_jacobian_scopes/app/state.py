@@ -21,7 +21,7 @@ class ModelSlot:
     A failed load is reported (its :class:`ScopeError` message) on every request and retried
     on the next one, so the page keeps working and says what to fix.
 
-    Example:
+    Examples:
         >>> slot = ModelSlot(model=model)
         >>> with slot.lock():
         ...     r = tjs.semantic_scope(slot.get(), "The capital of France is")

@@ -4,7 +4,7 @@ The LAMBADA sample ships with the package (CC BY 4.0, attribution below and in t
 README.md); the IWSLT 2017 prompts may not be redistributed (CC BY-NC-ND 3.0): build that file
 yourself and pass its path.
 
-Example:
+Examples:
     >>> from tl_jacobian_scopes import data
     >>> texts = data.lambada()
     >>> len(texts), texts[0][:23]

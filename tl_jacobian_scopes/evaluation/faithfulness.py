@@ -304,7 +304,7 @@ def adopt_unkeyed_records(
     of the text now at its id (a cheap check that catches most other files). Returns the
     number of records keyed; the file is replaced atomically.
 
-    Example:
+    Examples:
         >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # needs old records  # doctest: +SKIP
 
     Raises:

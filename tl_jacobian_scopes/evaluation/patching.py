@@ -4,7 +4,7 @@ layer x position map with real activation patching.
 The metric is the logit difference ``LD = z[answer] - z[wrong]`` at the last position; a
 patch's effect is the fraction of the clean-corrupted gap it restores,
 ``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)`` (1 = fully restored). Maps come
-back as labelled :class:`PatchingResult`\ s (``.top``, ``.to_dataframe``, ``.show``, ``.plot``).
+back as labelled :class:`PatchingResult` objects (``.top``, ``.to_dataframe``, ``.show``, ``.plot``).
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def patch_top(
 
     Args:
         model: The model.
-        clean, corrupted: Prompts of equal token length.
+        clean: The clean prompt.
+        corrupted: The corrupted prompt, of the same token length.
         result: What ranks the sites, or supplies ``answer``/``wrong``:
 
             * a :class:`ScopeResult` (or None): its target and contrast are the default
@@ -164,7 +165,8 @@ def patch_top(
               cells (``site="resid_pre"``: one layer's ``hook_resid_pre`` at one position);
             * a tensor of scores: ``[pos]`` for positions or ``[n_layers, n_heads]`` for heads.
         k: How many sites to patch, 0 (patches nothing: a baseline) up to all of them.
-        answer, wrong: The two tokens of the logit difference (default: the result's).
+        answer: The token whose logit counts positively (default: the result's target).
+        wrong: The token whose logit is subtracted (default: the result's contrast).
         site: For a ScopeResult or None: ``"position"`` patches the input embeddings
             (``hook_embed``) at the top-k positions; ``"head"`` patches the top-k heads'
             outputs (``hook_z``) at every position. A PatchingResult or tensor decides it.
@@ -181,7 +183,7 @@ def patch_top(
             difference the corruption does not change.
         NonFiniteError: NaN or infinity in the scores or the logit differences.
 
-    Example:
+    Examples:
         >>> clean = "When Mary and John went to the store, John gave a drink to"
         >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
         >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")
@@ -361,7 +363,7 @@ def patching_map(
         PromptError: Prompts of different lengths, or identical prompts.
         TargetError: ``answer == wrong``, or a logit difference the corruption does not change.
 
-    Example:
+    Examples:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
         >>> heads = patching_map(model, clean, corrupted, " Paris", " Rome", site="head")
         >>> top, df, view = heads.top(3), heads.to_dataframe(), heads.show()
@@ -423,7 +425,7 @@ def attribution_patching_map(
     linearly; where the scope's sensitivity maps rank sites by how much *any* change there
     would matter, this ranks them by how much *this* change does.
 
-    Example:
+    Examples:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
         >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome", site="head")
         >>> top = est.top(3)
@@ -461,7 +463,7 @@ def movable_cells(model: Any, clean: Any, corrupted: Any) -> Bool[Tensor, "n_lay
     with patching over those cells mostly measures how the map treats a block of guaranteed
     zeros; pass this mask to :func:`spearman` to correlate over the cells that carry signal.
 
-    Example:
+    Examples:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
         >>> estimate = attribution_patching_map(model, clean, corrupted, " Paris", " Rome").values
         >>> patched = patching_map(model, clean, corrupted, " Paris", " Rome").values
@@ -484,8 +486,8 @@ def spearman(a: Any, b: Any, mask: Optional[Any] = None) -> float:
     machines; average ranks make the value a property of the maps alone.
 
     Args:
-        a, b: Tensors, arrays or :class:`PatchingResult`\ s of the same shape, e.g. a scope's
-            ``[n_layers, pos]`` map and :func:`patching_map`'s.
+        a: A tensor, array or :class:`PatchingResult`, e.g. a scope's ``[n_layers, pos]`` map.
+        b: Another of the same shape, e.g. :func:`patching_map`'s.
         mask: Optional boolean tensor of that shape selecting the cells to correlate, e.g.
             :func:`movable_cells`.
 

@@ -69,7 +69,7 @@ class PatchingResult(SavedAsJson):
         ld_clean, ld_corrupted: That logit difference on each prompt.
         model_name: The model that produced the map.
 
-    Example:
+    Examples:
         >>> clean = "When Mary and John went to the store, John gave a drink to"
         >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
         >>> heads = tjs.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")

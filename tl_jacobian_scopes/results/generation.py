@@ -35,7 +35,7 @@ class GenerationResult(SavedAsJson):
         generated: The generated token ids, in order.
         generation: The ``generate()`` settings used (``do_sample``, ``max_new_tokens``, ...).
 
-    Example:
+    Examples:
         >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=4)
         >>> tokens, first = g.generated_str_tokens, g.top(3)[0]
     """

@@ -26,7 +26,7 @@ class ScopeMatrix(SavedAsJson):
     ``[n_positions, n_tokens]`` matrix (zero right of each explained position), the basis of
     translation-alignment and time-series views.
 
-    Example:
+    Examples:
         >>> text = "The capital of France is Paris"
         >>> m = tjs.fisher_scope(model, text, positions="all")
         >>> tuple(m.scores.shape)

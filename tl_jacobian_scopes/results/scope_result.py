@@ -118,7 +118,7 @@ class ScopeResult(SavedAsJson):
         stderr: For a stochastic estimate (Fisher with ``samples=``), the standard error of
             each token's score; None for exact computations.
 
-    Example:
+    Examples:
         >>> r = tjs.fisher_scope(model, "The capital of France is")
         >>> r.top(3)
         [TokenScore(position=2, token=' capital', score=...), ...]
@@ -456,7 +456,7 @@ class ScopeResult(SavedAsJson):
         In a notebook, ``r.show()`` as a cell's last line displays it (no network needed);
         the result itself also displays this way. ``normalization`` applies to internal maps.
 
-        Example:
+        Examples:
             >>> r = tjs.semantic_scope(model, "The capital of France is", internals=True)
             >>> view = r.show("heads")  # only the layer x head view
             >>> view = r.show(["tokens", "heads"])

@@ -161,7 +161,7 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
     (a user's ``hook_pattern`` hook still fires: eager is kept). ``"eager"`` otherwise,
     and always for a HookedTransformer, whose attention is its own einsum code.
 
-    Example:
+    Examples:
         >>> attention_kernel(ModelAccess(model))  # a TransformerBridge; 'eager' on a HookedTransformer
         'sdpa'
         >>> attention_kernel(ModelAccess(model), ["blocks.0.attn.hook_z"])

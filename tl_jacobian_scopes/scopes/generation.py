@@ -72,7 +72,7 @@ def explain_generation(
             a scope option the scope does not take (all checked before generating).
         UnknownScopeError: An unknown scope name.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
         >>> model = tjs.load_default_model()
         >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=5)

@@ -1,7 +1,7 @@
 """Dataset-scale sweeps: any scope, baseline or benchmark job over many records, on
 ``torch.distributed`` (launched with ``torchrun``) or in one process, resumable.
 
-Example:
+Examples:
     >>> import json, tl_jacobian_scopes as tjs
     >>> _ = open("data.jsonl", "w").write(json.dumps({"text": "The capital of France is"}) + "\\n")
     >>> model = tjs.load_default_model(device=tjs.sweep.local_device())

@@ -171,7 +171,7 @@ def run(
         OutputPathError: the output folder cannot be written, or holds the data file.
         OptionError, TargetError, PositionError: options that would fail every prompt.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
         >>> import json
         >>> _ = open("data.jsonl", "w").write(json.dumps({"text": "The capital of France is"}) + "\\n")

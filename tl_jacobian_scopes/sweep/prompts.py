@@ -4,7 +4,7 @@ Besides ``"text"``, a line may carry its own ``"target"`` and ``"contrast"`` (a 
 string such as ``" Paris"``, or a token id) and ``"position"`` (an int, negative from the
 end); other fields are ignored.
 
-Example:
+Examples:
     >>> _ = open("data.jsonl", "w").write('{"text": "The capital of France is", "target": " Paris"}\\n')
     >>> read_prompts("data.jsonl")[0].target
     ' Paris'

@@ -11,7 +11,7 @@ A sweep over ``<stem>`` writes into its output folder:
 A resume reads the merged file and every part file (of any world size), so a restart with
 another number of processes finds every record already done.
 
-Example:
+Examples:
     >>> layout = Layout(Path("results"), "lambada")
     >>> layout.part(1, 2).name
     'lambada.part-1-of-2.jsonl'
@@ -37,7 +37,7 @@ RecordCheck = Callable[[dict[str, Any], Path, int], None]
 def record_key(payload: Mapping[str, Any]) -> str:
     """A short hash of ``payload`` (canonical JSON): what a record was computed from.
 
-    Example:
+    Examples:
         >>> record_key({"b": 1, "a": 2}) == record_key({"a": 2, "b": 1})
         True
     """

@@ -1,6 +1,6 @@
 """In-context time-series forecasting with value-level scopes (docs/method.md §8).
 
-Example:
+Examples:
     >>> import tl_jacobian_scopes as tjs
     >>> from tl_jacobian_scopes import timeseries as ts
     >>> x = ts.lorenz(180, seed=0)

@@ -482,7 +482,7 @@ def init_notebook() -> None:
     sends cell ids). Call this after clearing that first output (the copy goes with the
     output), or to load it before any view.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
         >>> tjs.init_notebook()  # in a notebook cell (elsewhere IPython prints the raw bundle)  # doctest: +SKIP
 
@@ -512,7 +512,7 @@ def notebook_html(sections: Sequence[str], title: str = "Jacobian Scopes") -> st
 class ScopeView:
     """A rendered view: displays itself in a notebook, and saves as one offline HTML file.
 
-    Example:
+    Examples:
         >>> r = tjs.fisher_scope(model, "The capital of France is", internals=True)
         >>> view = r.show("tokens", "heads")
         >>> view  # a cell's last line: displays it  # doctest: +ELLIPSIS
@@ -567,7 +567,7 @@ def show(result: ScopeResult, normalization: str = "scaled", parts: Optional[Seq
 def compare(*results: ScopeResult, labels: Optional[Sequence[str]] = None) -> ScopeView:
     """Several results (e.g. Semantic vs Fisher vs Temperature) side by side, each on its own scale.
 
-    Example:
+    Examples:
         >>> p = "The capital of France is"
         >>> view = tjs.compare(tjs.semantic_scope(model, p), tjs.fisher_scope(model, p))
     """
@@ -585,7 +585,7 @@ def save_html(*results: Any, path: Union[str, Path, None] = None, labels: Option
     Takes results as :func:`compare` does; the file goes to ``path``. The older form with a
     list and the path last, ``save_html([r1, r2], "view.html")``, still works.
 
-    Example:
+    Examples:
         >>> r1 = r = tjs.semantic_scope(model, "The capital of France is")
         >>> r2 = tjs.temperature_scope(model, "The capital of France is")
         >>> path = tjs.save_html(r1, r2, path="comparison.html")

@@ -84,7 +84,7 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         it (once) when it is a cell's value; save it with ``fig.savefig(path)``. Token strings
         are drawn literally (no mathtext), whatever ``$``, ``^`` or ``_`` they hold.
 
-    Example:
+    Examples:
         >>> r = tjs.semantic_scope(model, "The capital of France is")
         >>> fig = r.plot()
         >>> fig  # a cell's last line: shows it once  # doctest: +ELLIPSIS
