@@ -29,7 +29,7 @@ print(f"sdist {name}: {len(names)} files, test helpers and docs included")
 PY
 tail -n 1 "$work/sdist.log"
 wheel=$(ls "$work"/dist/*.whl)
-unzip -l "$wheel" | grep -q "tl_jacobian_scopes/py.typed" || { echo "the wheel lacks py.typed"; exit 1; }
+"$py" -c "import sys, zipfile; n = zipfile.ZipFile(sys.argv[1]).namelist(); missing = [f for f in ('tl_jacobian_scopes/py.typed', 'tl_jacobian_scopes/data/lambada_1000.jsonl') if f not in n]; sys.exit(f'the wheel lacks {missing}' if missing else 0)" "$wheel"
 
 echo "--- fresh environment outside the repository: $work/venv"
 python3 -m venv "$work/venv"
