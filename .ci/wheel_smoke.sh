@@ -56,7 +56,9 @@ PY
 echo "--- save_html rendered in headless Chromium"
 chromium --headless --no-sandbox --disable-gpu --virtual-time-budget=10000 --dump-dom "file://$work/user/view.html" \
     2>/dev/null > dom.html
-grep -q "France" dom.html && grep -q "capital" dom.html || { echo "the page did not render its tokens"; exit 1; }
+# CircuitsVis draws each token as a coloured <span> holding its text: in the rendered DOM only.
+grep -q "<span[^>]*background-color: rgb[^>]*>&nbsp;France" dom.html \
+    || { echo "Chromium did not render the view's tokens"; exit 1; }
 echo "--- the command line"
 "$work/venv/bin/tl-jacobian-scopes" "The capital of France is" --scope semantic --json r.json | tee cli.txt
 grep -q "<- explained" cli.txt && test -s r.json
