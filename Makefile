@@ -4,6 +4,7 @@
 #   make test           set up if needed, then the type check and the test suite (TransformerLens 4.x, in .venv)
 #   make test TL=3      the same on TransformerLens 3.9 (in .venv-tl3)
 #   make setup          only the set-up; a no-op when pyproject.toml and the lock are unchanged
+#   make docs           build the documentation site (mkdocs build --strict) into site/
 #   make lock           rewrite constraints/tl$(TL).txt from what is installed in $(VENV)
 #   make clean          remove both virtual environments
 #
@@ -27,7 +28,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: run test setup lock clean
+.PHONY: run test docs setup lock clean
 
 setup: $(STAMP)
 
@@ -47,11 +48,19 @@ $(STAMP): pyproject.toml $(LOCK)
 run: setup
 	$(VENV)/bin/tl-jacobian-scopes "The capital of France is" --scope fisher
 
-# The type check ([tool.mypy] in pyproject.toml: strict, the package) runs with the tests; both
-# always run, and either failing fails the target.
+# The type check ([tool.mypy] in pyproject.toml: strict, the package) and the documentation
+# build (strict: a broken link or reference fails) run with the tests; all three always run,
+# and any failing fails the target. The site is built on the TransformerLens 4.x leg only
+# (the docs do not depend on the leg).
 test: setup
 	@$(PY) -m mypy; typed=$$?; $(PY) -m pytest -q $(PYTEST_ARGS); tested=$$?; \
-	 [ $$typed -eq 0 ] || echo "mypy --strict found type errors (above)"; exit $$((typed || tested))
+	 docs=0; if [ "$(TL)" = 4 ]; then $(MAKE) --no-print-directory docs || docs=1; fi; \
+	 [ $$typed -eq 0 ] || echo "mypy --strict found type errors (above)"; \
+	 [ $$docs -eq 0 ] || echo "the documentation site did not build (above)"; exit $$((typed || tested || docs))
+
+docs: setup
+	@start=$$(date +%s); NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site \
+	 && echo "docs: built site/ in $$(( $$(date +%s) - start )) s ($$(du -sh site | cut -f1))"
 
 lock:
 	@test -x $(PY) || { echo "no $(VENV): run 'make setup TL=$(TL)' first"; exit 1; }

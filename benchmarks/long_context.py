@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "lambada_1000.jsonl"
+from tl_jacobian_scopes.data import lambada_path  # the LAMBADA sample shipped with the package
+
+DATA = lambada_path()
 METHODS = {"semantic": ("semantic_scope", {}), "fisher": ("fisher_scope", {"rank": 1})}
 
 

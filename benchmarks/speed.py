@@ -41,7 +41,9 @@ import tl_jacobian_scopes as tjs
 from tl_jacobian_scopes.environment import describe, environment
 from tl_jacobian_scopes.models.access import EMBED_HOOK
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lambada_1000.jsonl"
+from tl_jacobian_scopes.data import lambada_path  # the LAMBADA sample shipped with the package
+
+DATA = lambada_path()
 STOCHASTIC = dict(rank=None, samples=24)  # the recommended setting (deflate=8 by default)
 
 

@@ -1,7 +1,7 @@
 """Sweep scaling: records per second with 1 and N processes (one thread each), and the merge's cost.
 
 Usage:
-    python benchmarks/sweep_scaling.py [--data ../shared/data/lambada_1000.jsonl] [--prompts 16]
+    python benchmarks/sweep_scaling.py [--data PROMPTS.jsonl] [--prompts 16]
         [--scope semantic] [--processes 1,2] [--device cpu]
 
 Runs ``python -m tl_jacobian_scopes.sweep`` (1 process) and ``python -m torch.distributed.run
@@ -65,12 +65,16 @@ def time_merge(sample: list[dict], parts: int, n: int = 1000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "lambada_1000.jsonl")
+    parser.add_argument("--data", type=Path, default=None, help="JSONL prompts (default: the shipped LAMBADA sample)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--scope", default="semantic")
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per process)")
     args = parser.parse_args()
+    if args.data is None:
+        from tl_jacobian_scopes.data import lambada_path
+
+        args.data = lambada_path()
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         for processes in (int(p) for p in args.processes.split(",")):

@@ -50,7 +50,8 @@ def test_top_is_sorted_and_consistent(result):
     assert [t.score for t in top] == sorted([t.score for t in top], reverse=True)
     best = int(result.scores.argmax())
     assert top[0].position == best and top[0].token == result.str_tokens[best]
-    assert len(result.top(100)) == result.n_tokens
+    # Only the explained span (positions 0..position) is ranked (issue 22): later tokens score 0.
+    assert len(result.top(100)) == result.position + 1 < result.n_tokens
 
 
 def test_dataframe_and_normalized_do_not_mutate(result):

@@ -1,10 +1,11 @@
 """Jacobian Scopes for TransformerLens: which input tokens drive a next-token prediction.
 
-Example:
+Examples:
     >>> import tl_jacobian_scopes as tjs
-    >>> model = tjs.load_default_model()  # doctest: +SKIP
-    >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
-    >>> r.top(3)  # doctest: +SKIP
+    >>> model = tjs.load_default_model()
+    >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")
+    >>> [t.token for t in r.top(3)]
+    ['The', ' capital', ' France']
 """
 
 from .errors import (
@@ -55,7 +56,7 @@ from .evaluation import (
 )
 from .evaluation import PatchingCell, PatchingResult, RawSensitivityWarning
 from .scopes.output_check import skip_output_check
-from . import sweep
+from . import data, sweep
 from .sweep import run_sweep
 
 __version__ = "0.1.0"

@@ -28,6 +28,19 @@ from .scopes.api import SCOPES, resolve_scope
 
 BAR_WIDTH = 40
 
+#: What each diagnostic on the report's parameter line means (docs/method.md §2).
+PARAM_LEGEND = {
+    "rank": "Fisher eigen-directions of F used ('exact': all of them)",
+    "n_probes": "probe vectors v, one backward pass each (vectorized)",
+    "trace_F": "tr(F), the Fisher information of the prediction at the explained position",
+    "captured_trace": "share of tr(F) in the probes used (1 = exact Fisher)",
+    "estimator": "how the exact trace is estimated",
+    "samples": "random probes of the stochastic estimate",
+    "deflate": "top eigen-directions computed exactly before sampling",
+    "seed": "random seed of the probes",
+    "y_norm": "||y||, the final hidden state's norm (the model's inverse temperature)",
+}
+
 
 def add_fisher_options(parser: argparse.ArgumentParser) -> None:
     """Fisher's options, shared by every command that runs a scope (read by :func:`_scope_kwargs`)."""
@@ -76,6 +89,7 @@ def format_result(result: ScopeResult) -> str:
     extras = {k: v for k, v in result.params.items() if isinstance(v, (int, float, str)) and k != "entropy"}
     if extras:
         lines.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()))
+        lines.extend(f"  {k}: {PARAM_LEGEND[k]}" for k in extras if k in PARAM_LEGEND)
     if result.stderr is not None:
         lines.append(f"stochastic estimate: standard errors up to {float(result.stderr.max()):.3g}")
     if result.has_internals:

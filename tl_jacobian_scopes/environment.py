@@ -36,7 +36,7 @@ def _processor() -> str:
 def environment(model: Any = None) -> dict[str, Any]:
     """Versions, threads and processor (and the model's backend, device and dtype when given).
 
-    Example:
+    Examples:
         >>> env = environment()
         >>> sorted(env)[:3]
         ['cuda', 'machine', 'packages']

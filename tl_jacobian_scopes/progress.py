@@ -19,8 +19,8 @@ Switches: ``progress=False`` on any scope call silences that call, ``progress=Tr
 it at once (also when stderr is not a terminal); the environment variable ``TQDM_DISABLE=1``
 (tqdm's own) silences everything.
 
-Example:
-    >>> with Progress("fisher scope", total=37, unit="positions") as bar:  # doctest: +SKIP
+Examples:
+    >>> with Progress("fisher scope", total=37, unit="positions") as bar:
     ...     for _ in range(37):
     ...         bar.advance(1)
 """
@@ -53,7 +53,7 @@ def observe(callback: Callable[["Progress"], None]) -> Iterator[None]:
     For front ends with their own progress display (the Gradio app). The callback may raise
     to stop the work: the call then ends as after any error (model restored, line "stopped").
 
-    Example:
+    Examples:
         >>> seen = []
         >>> with observe(lambda line: seen.append(line.done)):
         ...     Progress("demo", total=2, enabled=False).advance(1)
@@ -102,7 +102,7 @@ class Progress:
         enabled: ``None``: appear after :data:`DELAY` seconds (terminal or notebook only);
             ``True``: appear at once; ``False``: never.
 
-    Example:
+    Examples:
         >>> bar = Progress("demo", total=2, unit="steps", enabled=False)
         >>> bar.advance(2); bar.close(); bar.text()
         'demo: 2/2 steps, 0.0 s, done'

@@ -4,10 +4,10 @@ side-by-side comparison, time series, downloads. ``pip install "tl_jacobian_scop
 
 Run it with ``tl-jacobian-scopes app`` (binds 127.0.0.1:7860), or from Python:
 
-Example:
+Examples:
     >>> from tl_jacobian_scopes.app import build_app, launch
-    >>> demo = build_app(model)  # doctest: +SKIP  (an already loaded model, or model_name=...)
-    >>> launch(demo)  # doctest: +SKIP
+    >>> demo = build_app(model)  # an already loaded model, or model_name=...
+    >>> launch(demo)  # starts a web server and blocks  # doctest: +SKIP
 
 Privacy: Gradio's analytics and the hub's telemetry are switched off (unless the user's
 environment already decides), the theme uses the system's fonts (no font CDN), and the

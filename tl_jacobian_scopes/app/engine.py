@@ -85,10 +85,11 @@ class Engine:
     together); background work holds it one small step at a time and lets waiting requests go
     first (:meth:`ModelSlot.hold`).
 
-    Example:
-        >>> engine = Engine(ModelSlot(model=model))  # doctest: +SKIP
-        >>> last = engine.result(Request("The capital of France is", "fisher"))  # doctest: +SKIP
-        >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups  # doctest: +SKIP
+    Examples:
+        >>> engine = Engine(ModelSlot(model=model))
+        >>> last = engine.result(Request("The capital of France is", "fisher"))
+        >>> engine.precompute(Request("The capital of France is", "fisher"))  # clicks: lookups; returns positions done
+        6
     """
 
     def __init__(self, slot: ModelSlot, cache_size: int = 32, budget: Optional[Budget] = None):

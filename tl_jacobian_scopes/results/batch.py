@@ -28,10 +28,10 @@ class ScopeBatch(List[Item], SavedAsJson):
     :meth:`to_dataframe` (one long table with a ``prompt_index`` column), :meth:`show`,
     :meth:`top`, and :meth:`save_json` / :meth:`load_json` (or ``tjs.load``).
 
-    Example:
-        >>> batch = tjs.fisher_scope(model, ["The capital of France is", "2, 4, 6,"])  # doctest: +SKIP
-        >>> batch.to_dataframe().groupby("prompt_index").score.max()  # doctest: +SKIP
-        >>> batch.show()  # doctest: +SKIP
+    Examples:
+        >>> batch = tjs.fisher_scope(model, ["The capital of France is", "2, 4, 6,"])
+        >>> best = batch.to_dataframe().groupby("prompt_index").score.max()
+        >>> view = batch.show()
     """
 
     @overload

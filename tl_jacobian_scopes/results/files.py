@@ -189,8 +189,9 @@ def register_kind(kind: str, reader: Callable[[dict[str, Any]], Any],
         legacy: For types that were saved before the header existed: recognises such a dict.
         old_kinds: Other ``"kind"`` values that older versions wrote for this type.
 
-    Example:
-        >>> register_kind("PatchingResult", PatchingResult.from_dict)  # doctest: +SKIP
+    Examples:
+        >>> from tl_jacobian_scopes.evaluation.patching_result import PatchingResult
+        >>> register_kind("PatchingResult", PatchingResult.from_dict)
     """
     _READERS[kind] = reader
     _OLD_KINDS.update({old: kind for old in old_kinds})
@@ -233,9 +234,11 @@ def load(path: Union[str, Path]) -> Any:
         DataFileError: The file is missing, not JSON, or not a saved result; the message
             names the path and what was expected.
 
-    Example:
-        >>> r.save_json("r.json")  # doctest: +SKIP
-        >>> tjs.load("r.json")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.semantic_scope(model, "The capital of France is")
+        >>> path = r.save_json("r.json")
+        >>> tjs.load("r.json") == r
+        True
     """
 
     return from_dict(read_json_file(path), where=repr(str(path)))

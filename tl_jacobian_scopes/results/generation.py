@@ -35,9 +35,9 @@ class GenerationResult(SavedAsJson):
         generated: The generated token ids, in order.
         generation: The ``generate()`` settings used (``do_sample``, ``max_new_tokens``, ...).
 
-    Example:
-        >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=4)  # doctest: +SKIP
-        >>> g.generated_str_tokens, g.top(3)[0]  # doctest: +SKIP
+    Examples:
+        >>> g = tjs.explain_generation(model, "The capital of France is", max_new_tokens=4)
+        >>> tokens, first = g.generated_str_tokens, g.top(3)[0]
     """
 
     matrix: ScopeMatrix

@@ -26,9 +26,12 @@ class ScopeMatrix(SavedAsJson):
     ``[n_positions, n_tokens]`` matrix (zero right of each explained position), the basis of
     translation-alignment and time-series views.
 
-    Example:
-        >>> m = tjs.fisher_scope(model, text, positions="all")  # doctest: +SKIP
-        >>> m.scores.shape, m[3].top(2)  # doctest: +SKIP
+    Examples:
+        >>> text = "The capital of France is Paris"
+        >>> m = tjs.fisher_scope(model, text, positions="all")
+        >>> tuple(m.scores.shape)
+        (7, 7)
+        >>> best = m[3].top(2)
     """
 
     def __init__(self, results: list[ScopeResult]):

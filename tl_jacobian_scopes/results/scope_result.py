@@ -137,11 +137,11 @@ class ScopeResult(SavedAsJson):
         stderr: For a stochastic estimate (Fisher with ``samples=``), the standard error of
             each token's score; None for exact computations.
 
-    Example:
-        >>> r = tjs.fisher_scope(model, "The capital of France is")  # doctest: +SKIP
-        >>> r.top(3)  # doctest: +SKIP
-        [TokenScore(position=4, token=' France', score=...), ...]
-        >>> r.to_dataframe()  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.fisher_scope(model, "The capital of France is")
+        >>> r.top(3)
+        [TokenScore(position=2, token=' capital', score=...), ...]
+        >>> df = r.to_dataframe()
     """
 
     scope: str
@@ -182,10 +182,15 @@ class ScopeResult(SavedAsJson):
         return len(self.str_tokens)
 
     def top(self, k: int = 5) -> list[TokenScore]:
-        """The ``k`` highest-scoring tokens, best first."""
+        """The ``k`` highest-scoring tokens of the explained span (positions up to ``position``), best first.
+
+        Tokens after the explained position cannot influence its prediction (their score is
+        0), so they are never listed: near the start of a text fewer than ``k`` come back.
+        """
         _check_k(k)
-        k = min(k, self.n_tokens)
-        values, indices = torch.topk(self.scores.float(), k)
+        span = self.scores[: self.position + 1].float()
+        k = min(k, span.shape[0])
+        values, indices = torch.topk(span, k)
         return [TokenScore(int(i), self.str_tokens[int(i)], float(v)) for v, i in zip(values, indices)]
 
     def normalized(self) -> Float[Tensor, " pos"]:
@@ -480,10 +485,11 @@ class ScopeResult(SavedAsJson):
         In a notebook, ``r.show()`` as a cell's last line displays it (no network needed);
         the result itself also displays this way. ``normalization`` applies to internal maps.
 
-        Example:
-            >>> r.show("heads")  # only the layer x head view  # doctest: +SKIP
-            >>> r.show(["tokens", "heads"])  # doctest: +SKIP
-            >>> r.show("tokens", "layers", normalization="raw").save("view.html")  # doctest: +SKIP
+        Examples:
+            >>> r = tjs.semantic_scope(model, "The capital of France is", internals=True)
+            >>> view = r.show("heads")  # only the layer x head view
+            >>> view = r.show(["tokens", "heads"])
+            >>> path = r.show("tokens", "layers", normalization="raw").save("view.html")
 
         Raises:
             OptionError: An unknown part or normalization.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from typing import Any, Literal, Optional, Sequence, Union, overload
 
 from jaxtyping import Int
@@ -64,8 +65,9 @@ _COMMON_DOC = """
             or a terminal; ``True``: at once; ``False``: never; ``TQDM_DISABLE=1`` silences all).
 
     Returns:
-        A :class:`ScopeResult` for one prompt, a :class:`ScopeBatch` (a list) of them for a
-        batch, a :class:`ScopeMatrix` with ``positions=`` (a ScopeBatch of them for a batch).
+        ScopeResult | ScopeBatch | ScopeMatrix: A ScopeResult for one prompt, a ScopeBatch
+            (a list) of them for a batch, a ScopeMatrix with ``positions=`` (a ScopeBatch of
+            them for a batch).
 """
 
 
@@ -79,6 +81,9 @@ class Scope:
     def __init__(self, method: Method, name: str, doc: str):
         self.method = method
         self.__name__ = self.__qualname__ = name
+        # The module that defines the scope (api.py, or evaluation/baselines.py): where
+        # documentation tools and pickling-free introspection look it up.
+        self.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
         common = inspect.cleandoc(_COMMON_DOC)
         if not method.targeted:  # drop the target paragraph for methods that take none
             start = common.index("    target:")
@@ -146,11 +151,12 @@ semantic_scope = Scope(SEMANTIC, "semantic_scope", """
     ``internals=True`` adds per-layer, per-head, attention- and MLP-output maps from the same
     backward pass (``layer_scores``, ``head_scores``, ...).
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
-        >>> model = tjs.load_default_model()  # doctest: +SKIP
-        >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
-        >>> r.top(3)  # doctest: +SKIP
+        >>> model = tjs.load_default_model()
+        >>> r = tjs.semantic_scope(model, "The capital of France is", target=" Paris")
+        >>> [t.token for t in r.top(3)]
+        ['The', ' capital', ' France']
 """)
 
 temperature_scope = Scope(TEMPERATURE, "temperature_scope", """
@@ -160,8 +166,8 @@ temperature_scope = Scope(TEMPERATURE, "temperature_scope", """
     Needs the final norm's scale unfolded: a model loaded with ``fold_ln=True`` (or a bridge
     after ``enable_compatibility_mode()``) has constant ‖y‖ and is refused.
 
-    Example:
-        >>> r = tjs.temperature_scope(model, "12,15,18,21,")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.temperature_scope(model, "12,15,18,21,")
 """)
 
 fisher_scope = Scope(FISHER, "fisher_scope", """
@@ -180,8 +186,8 @@ fisher_scope = Scope(FISHER, "fisher_scope", """
 
     ``params`` holds the rank, the top eigenvalues and the share of tr(F) captured.
 
-    Example:
-        >>> r = tjs.fisher_scope(model, "The capital of France is", rank=None, samples=24)  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.fisher_scope(model, "The capital of France is", rank=None, samples=24)
 """)
 
 #: Every scope and baseline by name (baselines register themselves from ``evaluation``).
@@ -218,7 +224,7 @@ def _scope_named(name: str) -> Scope:
 def jacobian_scope(model: Any, prompt: Any, scope: str = "fisher", **kwargs: Any) -> Any:
     """Run a scope or baseline by name (``"semantic"``, ``"temperature"``, ``"fisher"``, ``"gxi"``, ...).
 
-    Example:
-        >>> tjs.jacobian_scope(model, "The capital of France is", "semantic", target=" Paris")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.jacobian_scope(model, "The capital of France is", "semantic", target=" Paris")
     """
     return resolve_scope(scope)(model, prompt, **kwargs)

@@ -322,10 +322,10 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
     (a user's ``hook_pattern`` hook still fires: eager is kept). ``"eager"`` otherwise,
     and always for a HookedTransformer, whose attention is its own einsum code.
 
-    Example:
-        >>> attention_kernel(ModelAccess(model))  # doctest: +SKIP
+    Examples:
+        >>> attention_kernel(ModelAccess(model))  # a TransformerBridge; 'eager' on a HookedTransformer
         'sdpa'
-        >>> attention_kernel(ModelAccess(model), ["blocks.0.attn.hook_z"])  # doctest: +SKIP
+        >>> attention_kernel(ModelAccess(model), ["blocks.0.attn.hook_z"])
         'eager'
     """
     modules = _sdpa_attention_modules(access)

@@ -1,10 +1,11 @@
 """Dataset-scale sweeps: any scope, baseline or benchmark job over many records, on
 ``torch.distributed`` (launched with ``torchrun``) or in one process, resumable.
 
-Example:
-    >>> import tl_jacobian_scopes as tjs
-    >>> model = tjs.load_default_model(device=tjs.sweep.local_device())  # doctest: +SKIP
-    >>> tjs.sweep.run(model, "data.jsonl", "results/", scope="semantic")  # doctest: +SKIP
+Examples:
+    >>> import json, tl_jacobian_scopes as tjs
+    >>> _ = open("data.jsonl", "w").write(json.dumps({"text": "The capital of France is"}) + "\\n")
+    >>> model = tjs.load_default_model(device=tjs.sweep.local_device())
+    >>> summary = tjs.sweep.run(model, "data.jsonl", "results/", scope="semantic")
 
 From a shell: ``torchrun --nproc_per_node 2 -m tl_jacobian_scopes.sweep data.jsonl --scope
 fisher --out results/`` (see :mod:`.cli`).

@@ -7,7 +7,7 @@ CUDA, gloo otherwise. Without those variables a sweep is one plain process and n
 is created. The sweep only synchronizes (barriers), always through a gloo group, so that
 rank 0 can keep its progress line moving while it waits for the others.
 
-Example:
+Examples:
     >>> with process_group(torch.device("cpu")) as ranks:
     ...     ranks.rank, ranks.world
     (0, 1)
@@ -91,7 +91,7 @@ def local_device(requested: Union[str, torch.device, None] = None) -> torch.devi
     ``None``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU. ``"cuda"`` without
     an index also becomes ``cuda:LOCAL_RANK``; anything else is returned as given.
 
-    Example:
+    Examples:
         >>> local_device("cpu")
         device(type='cpu')
     """

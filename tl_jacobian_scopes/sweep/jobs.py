@@ -171,11 +171,13 @@ def run(
         OutputPathError: the output folder cannot be written, or holds the data file.
         OptionError, TargetError, PositionError: options that would fail every prompt.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
-        >>> model = tjs.load_default_model(device=tjs.sweep.local_device())  # doctest: +SKIP
-        >>> tjs.run_sweep(model, "data.jsonl", "results/", scope="fisher", rank=1)  # doctest: +SKIP
-        {'n_records': 1000, 'n_skipped': 0, ...}
+        >>> import json
+        >>> _ = open("data.jsonl", "w").write(json.dumps({"text": "The capital of France is"}) + "\\n")
+        >>> model = tjs.load_default_model(device=tjs.sweep.local_device())
+        >>> tjs.run_sweep(model, "data.jsonl", "results/", scope="fisher", rank=1)  # doctest: +ELLIPSIS
+        {...'n_records': 1, 'n_skipped': 0...}
     """
     scope = resolve_scope(scope).method.name
     check_limit(limit)
@@ -212,7 +214,7 @@ def run(
     if ranks.main:
         path = layout.folder / f"{data.stem}_summary.json"
         try:
-            path.write_text(json.dumps(strict_json_value(summary), indent=2) + "\n")
+            path.write_text(json.dumps(strict_json_value(summary), indent=2) + "\\n")
         except OSError as exc:  # the records are safe; only the summary is missing
             raise OutputPathError(f"Could not write {path} ({exc}): fix that and run the same command again "
                                   "(every record is kept; nothing is recomputed).") from exc

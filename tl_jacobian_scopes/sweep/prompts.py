@@ -4,9 +4,9 @@ Besides ``"text"``, a line may carry its own ``"target"`` and ``"contrast"`` (a 
 string such as ``" Paris"``, or a token id) and ``"position"`` (an int, negative from the
 end); other fields are ignored.
 
-Example:
-    >>> # data.jsonl: {"text": "The capital of France is", "target": " Paris"}
-    >>> read_prompts("data.jsonl")[0].target  # doctest: +SKIP
+Examples:
+    >>> _ = open("data.jsonl", "w").write('{"text": "The capital of France is", "target": " Paris"}\\n')
+    >>> read_prompts("data.jsonl")[0].target
     ' Paris'
 """
 

@@ -11,7 +11,7 @@ A sweep over ``<stem>`` writes into its output folder:
 A resume reads the merged file and every part file (of any world size), so a restart with
 another number of processes finds every record already done.
 
-Example:
+Examples:
     >>> layout = Layout(Path("results"), "lambada")
     >>> layout.part(1, 2).name
     'lambada.part-1-of-2.jsonl'
@@ -37,7 +37,7 @@ RecordCheck = Callable[[dict[str, Any], Path, int], None]
 def record_key(payload: Mapping[str, Any]) -> str:
     """A short hash of ``payload`` (canonical JSON): what a record was computed from.
 
-    Example:
+    Examples:
         >>> record_key({"b": 1, "a": 2}) == record_key({"a": 2, "b": 1})
         True
     """
@@ -251,3 +251,32 @@ class StrictCheck:
                 f"{path}:{lineno}: record {idx} was computed from a text that is not text {idx} of {self.data} "
                 f"(the data file changed, or another file has the same name): {fix}."
             )
+
+
+def refuse_smaller_summary(summary_path: Path, old_count: Callable[[Any], int], new_count: int, fix: str) -> None:
+    """Refuse to replace a summary made from more records than the coming one.
+
+    A quick run (``--n 2``, ``--seeds 1``) pointed at a folder holding a long run's results
+    would otherwise overwrite its summary with a few records' numbers.
+
+    Args:
+        summary_path: The summary file the run would write.
+        old_count: Reads the number of records from the existing summary's parsed JSON.
+        new_count: How many records the new summary would be made from.
+        fix: What to pass instead, e.g. ``"--n 300"``.
+
+    Raises:
+        OutputPathError: the existing summary covers more records than ``new_count``.
+    """
+    if not summary_path.is_file():
+        return
+    try:
+        old = int(old_count(json.loads(summary_path.read_text(encoding="utf-8"))))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return  # unreadable: not a summary this guard can compare; the run replaces it
+    if old > new_count:
+        raise OutputPathError(
+            f"{summary_path} summarizes {old} records; this run would replace it with a summary of "
+            f"{new_count}. Pass another --out folder (a fresh one for a quick run), or {fix} to extend "
+            "or resume that run."
+        )

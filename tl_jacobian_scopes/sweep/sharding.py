@@ -5,7 +5,7 @@ The records still to do are sorted by id, and rank ``r`` of ``world`` takes ever
 files (read before any rank writes), so the shares never overlap, and a restart with
 another world size simply shares out what is left.
 
-Example:
+Examples:
     >>> items = [Item(i, f"k{i}", None) for i in range(5)]
     >>> [item.id for item in shard(pending(items, {"k1"}), rank=1, world=2)]
     [2, 4]

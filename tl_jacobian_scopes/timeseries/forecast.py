@@ -628,7 +628,8 @@ def forecast_scope(
         steps: ``None``: forecast the value after the series. ``"all"``: every value from
             ``min_step`` on, teacher-forced. A list of value indices ``i`` (the forecast of
             value ``i`` from values ``0..i-1``; ``len(series)`` is the value after the end).
-        digits, sep: Serialization of a list of numbers.
+        digits: Digits per value when serializing a list of numbers.
+        sep: Separator between values when serializing a list of numbers.
         token: Which token of the forecast value is explained (0: the first).
         distribution: Also compute the exact forecast distribution (``.forecast``).
         min_step: First step of ``steps="all"``.
@@ -643,10 +644,10 @@ def forecast_scope(
         OptionError: An unknown scope or step, values that do not fit the digits, a tokenizer
             without offsets.
 
-    Example:
+    Examples:
         >>> from tl_jacobian_scopes import timeseries as ts
-        >>> r = ts.forecast_scope(model, ts.serialize(ts.lorenz(180)))  # doctest: +SKIP
-        >>> r.value_scores, r.forecast.mean, r.forecast.std  # doctest: +SKIP
+        >>> r = ts.forecast_scope(model, ts.serialize(ts.lorenz(180)))
+        >>> scores, mean, std = r.value_scores, r.forecast.mean, r.forecast.std
     """
     if scope not in FORECAST_SCOPES:
         import difflib

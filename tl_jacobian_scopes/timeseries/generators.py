@@ -41,7 +41,9 @@ def lorenz(
         dt: Sampling interval.
         burn_in: Time integrated and discarded before the first sample.
         drift: Slope of a linear drift added per sample (the paper sometimes adds one).
-        sigma, rho, beta: The Lorenz parameters (10, 28, 8/3).
+        sigma: The Lorenz parameter sigma (10).
+        rho: The Lorenz parameter rho (28).
+        beta: The Lorenz parameter beta (8/3).
         start: Initial state (x, y, z) instead of the seeded random one.
     """
     from scipy.integrate import solve_ivp

@@ -120,7 +120,7 @@ def serialize(
         PromptError: NaN or infinity in the series, or no values.
         OptionError: Values that do not fit the digits (``rescale=False``), bad ``digits``/``sep``.
 
-    Example:
+    Examples:
         >>> s = serialize([0.0, 0.5, 1.0])
         >>> s.text
         '15,50,85,'

@@ -13,7 +13,7 @@ summary with 95% confidence intervals over seeds is written (``summary.md``, ``s
 
 Example::
 
-    tl-jacobian-scopes-timeseries --seeds 20 --out benchmarks/results/timeseries
+    tl-jacobian-scopes-timeseries --seeds 20 --out timeseries-study
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ..errors import DataFileError, OptionError, ScopeError
 from ..progress import Progress
 from ..results.files import strict_json_value
 from ..sweep.distributed import environment_ranks, local_device, process_group
-from ..sweep.records import Layout, load_done
+from ..sweep.records import Layout, load_done, refuse_smaller_summary
 from ..sweep.records import record_key as sweep_record_key
 from ..sweep.runner import run_items
 from ..sweep.sharding import Item
@@ -215,6 +215,11 @@ def _env() -> str:
             f"TransformerLens {tl}, {platform.machine()} CPU, torch threads {torch.get_num_threads()}")
 
 
+def _summary_records(saved: dict[str, Any]) -> int:
+    """How many series (seeds x families) a saved summary.json was made from."""
+    return sum(int(fam["n_seeds"]) for fam in saved["summary"].values())
+
+
 def _parse_seeds(text: str) -> list[int]:
     try:
         if "-" in text:
@@ -240,7 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--recency", type=int, default=5, help="recency window excluded from the motif statistics")
     parser.add_argument("--k", type=int, default=3, help="nearest motifs for the kNN share")
     parser.add_argument("--ynorm-steps", type=int, default=24, help="steps per series for the ‖y‖–std correlation")
-    parser.add_argument("--out", default="benchmarks/results/timeseries")
+    parser.add_argument("--out", default="timeseries-study",
+                        help="output folder (default: ./timeseries-study; the same --out resumes a run)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timing", action="store_true", help="also time value- vs token-level scopes (180 values)")
     parser.add_argument("--summary-only", action="store_true", help="summarize the records already there")
@@ -287,9 +293,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           "dim": args.dim, "recency": args.recency, "k": args.k, "ynorm_steps": args.ynorm_steps}
                 planned.append(Item(len(planned), record_key(inputs), (fam, seed, inputs)))
         keys = {item.key for item in planned}
-        other = [k for k in done if k not in keys]
-        if other and ranks.main:
-            print(f"{len(other)} records in {path} were made with other inputs or parameters: ignored.", file=sys.stderr)
+        wanted = {(item.payload[0], item.payload[1]) for item in planned}
+        other = [r for k, r in done.items() if k not in keys]
+        elsewhere = [r for r in other if (r.get("family"), r.get("seed")) not in wanted]
+        if elsewhere and ranks.main:
+            print(f"{len(elsewhere)} records in {path} are of seeds or families this run does not ask for "
+                  "(--seeds, --families): kept in the file, left out of this summary.", file=sys.stderr)
+        if len(other) > len(elsewhere) and ranks.main:
+            print(f"{len(other) - len(elsewhere)} records in {path} are of this run's seeds but were made with other "
+                  "parameters (--length, --steps, --scopes, ..., or another model): not reused.", file=sys.stderr)
+        n_new = sum(item.key in done for item in planned) if args.summary_only else len(planned)
+        refuse_smaller_summary(out / "summary.json", _summary_records, n_new,
+                               "the --seeds, --families and parameters of that run")
         if not args.summary_only:
 
             def job(item: Item) -> dict[str, Any]:

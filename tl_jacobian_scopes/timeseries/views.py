@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..views.html import SCOPE_COLORS, ScopeView, _cv, _esc, _heatmap
-from ..views.static import _TEXT, _figure
+from ..views.static import _TEXT, _figure, require_matplotlib
 
 
 def plot_forecast(r: Any) -> Any:
@@ -68,6 +68,7 @@ def _support(f: Any) -> tuple[float, float]:
 
 def plot_matrix(m: Any) -> Any:
     """Steps × lag heatmap of the value scores (lag 1 = the most recent value)."""
+    require_matplotlib()
     grid = m.by_lag()
     fig = _figure(figsize=(10, 0.12 * len(m) + 2.5))
     ax = fig.subplots()

@@ -488,9 +488,9 @@ def init_notebook() -> None:
     sends cell ids). Call this after clearing that first output (the copy goes with the
     output), or to load it before any view.
 
-    Example:
+    Examples:
         >>> import tl_jacobian_scopes as tjs
-        >>> tjs.init_notebook()  # doctest: +SKIP
+        >>> tjs.init_notebook()  # in a notebook cell (elsewhere IPython prints the raw bundle)  # doctest: +SKIP
 
     Raises:
         MissingPackageError: IPython is not installed (no notebook to display into).
@@ -518,10 +518,12 @@ def notebook_html(sections: Sequence[str], title: str = "Jacobian Scopes") -> st
 class ScopeView:
     """A rendered view: displays itself in a notebook, and saves as one offline HTML file.
 
-    Example:
-        >>> view = r.show("tokens", "heads")  # doctest: +SKIP
-        >>> view  # a cell's last line: displays it  # doctest: +SKIP
-        >>> view.save("scope.html")  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.fisher_scope(model, "The capital of France is", internals=True)
+        >>> view = r.show("tokens", "heads")
+        >>> view  # a cell's last line: displays it  # doctest: +ELLIPSIS
+        <...>
+        >>> path = view.save("scope.html")
     """
 
     def __init__(self, sections: Sequence[str], title: str = "Jacobian Scopes", parts: Sequence[str] = ()):
@@ -571,8 +573,9 @@ def show(result: ScopeResult, normalization: str = "scaled", parts: Optional[Seq
 def compare(*results: ScopeResult, labels: Optional[Sequence[str]] = None) -> ScopeView:
     """Several results (e.g. Semantic vs Fisher vs Temperature) side by side, each on its own scale.
 
-    Example:
-        >>> tjs.compare(tjs.semantic_scope(model, p), tjs.fisher_scope(model, p))  # doctest: +SKIP
+    Examples:
+        >>> p = "The capital of France is"
+        >>> view = tjs.compare(tjs.semantic_scope(model, p), tjs.fisher_scope(model, p))
     """
     if len(results) == 1 and isinstance(results[0], (list, tuple)):
         results = tuple(results[0])
@@ -588,9 +591,11 @@ def save_html(*results: Any, path: Union[str, Path, None] = None, labels: Option
     Takes results as :func:`compare` does; the file goes to ``path``. The older form with a
     list and the path last, ``save_html([r1, r2], "view.html")``, still works.
 
-    Example:
-        >>> tjs.save_html(r1, r2, path="comparison.html")  # doctest: +SKIP
-        >>> tjs.save_html(r, path="one.html")  # doctest: +SKIP
+    Examples:
+        >>> r1 = r = tjs.semantic_scope(model, "The capital of France is")
+        >>> r2 = tjs.temperature_scope(model, "The capital of France is")
+        >>> path = tjs.save_html(r1, r2, path="comparison.html")
+        >>> path = tjs.save_html(r, path="one.html")
 
     Raises:
         OptionError: No path, or two of them.

@@ -30,12 +30,22 @@ def _figure(**kwargs: Any) -> "Figure":
     return figure
 
 
-@functools.lru_cache(maxsize=None)
-def _notebook_figure_class() -> type:
+def require_matplotlib() -> None:
+    """Raise :class:`MissingPackageError` with the install hint when matplotlib is missing.
+
+    Called first by every figure-making function, before any ``matplotlib`` import, so that a
+    missing package is never a raw ``ModuleNotFoundError``.
+    """
     try:
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError as exc:
         raise MissingPackageError("Static figures need matplotlib: pip install 'tl_jacobian_scopes[plot]'") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def _notebook_figure_class() -> type:
+    require_matplotlib()
+    from matplotlib.figure import Figure
 
     class NotebookFigure(Figure):
         """Displays itself in Jupyter (as a PNG) without pyplot, so exactly once per display."""
@@ -74,13 +84,16 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         it (once) when it is a cell's value; save it with ``fig.savefig(path)``. Token strings
         are drawn literally (no mathtext), whatever ``$``, ``^`` or ``_`` they hold.
 
-    Example:
-        >>> fig = r.plot()  # doctest: +SKIP
-        >>> fig  # a cell's last line: shows it once  # doctest: +SKIP
+    Examples:
+        >>> r = tjs.semantic_scope(model, "The capital of France is")
+        >>> fig = r.plot()
+        >>> fig  # a cell's last line: shows it once  # doctest: +ELLIPSIS
+        <...Figure...>
 
     Raises:
         OptionError: ``normalization`` is not ``"raw"`` or ``"scaled"``.
     """
+    require_matplotlib()
     from matplotlib.colors import LinearSegmentedColormap
 
     check_normalization(normalization)
