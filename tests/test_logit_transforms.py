@@ -382,3 +382,65 @@ def test_self_check_compares_the_bridge_with_the_wrapped_hf_model():
         return
     assert tjs.semantic_scope(model, tokens).predicted_prob == pytest.approx(float(p.max()), rel=1e-5)
     assert tjs.semantic_scope(model, tokens, internals=True).predicted_prob == pytest.approx(float(p.max()), rel=1e-5)
+
+
+# ---- review findings: where the self-check looks, hooks on bridge modules, a changed cap ---------
+
+
+def test_self_check_looks_at_the_last_explained_position_and_keeps_no_one_token_pass(monkeypatch):
+    """positions="all" starts at position 0, a one-token prefix that cannot show an attention fault:
+    the check runs at the prompt's last explained position, and a position-0 pass is not kept."""
+    from tl_jacobian_scopes.scopes import driver, output_check
+
+    model, _ = tiny_model("llama", "bridge")
+    seen = []
+    real = driver.check_model_output
+    monkeypatch.setattr(driver, "check_model_output",
+                        lambda access, tokens, position, kernel: (seen.append(position), real(access, tokens, position, kernel)))
+    n = len(model.to_tokens(PROMPT)[0])
+    tjs.fisher_scope(model, PROMPT, positions="all", progress=False)
+    assert seen == [n - 1]
+    fresh, _ = tiny_model("llama", "bridge", seed=3)
+    tjs.semantic_scope(fresh, PROMPT, position=0)
+    assert fresh not in output_check._VERDICTS  # checked, but not cached as passed
+
+
+def test_a_torch_hook_on_a_bridge_block_is_explained_not_blamed_on_transformerlens():
+    """An ablation hook (torch) on a bridge block changes model(tokens) and the scope alike: accepted,
+    and the scope's probabilities are model(tokens)'s."""
+    model, _ = tiny_model("llama", "bridge", seed=4)
+    tokens = model.to_tokens(PROMPT)
+    handle = model.blocks[0].register_forward_hook(lambda module, args, out: out * 0.5 if torch.is_tensor(out) else
+                                                   (out[0] * 0.5, *out[1:]))
+    try:
+        result = tjs.semantic_scope(model, tokens)
+        with torch.no_grad():
+            probs = model(tokens)[0, -1].float().softmax(-1)
+    finally:
+        handle.remove()
+    assert result.predicted_prob == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+def test_a_changed_soft_cap_is_checked_again():
+    """The cached verdict names the transform's values, not only its kind: a new cap is re-checked."""
+    hf = family_hf_model("gemma2")
+    model = _raw_bridge(hf, "gemma2")
+    tjs.semantic_scope(model, PROMPT)
+    before = model.cfg.output_logits_soft_cap
+    model.cfg.output_logits_soft_cap = 2 * float(before)
+    try:
+        with pytest.raises(tjs.OutputMismatchError):
+            tjs.semantic_scope(model, PROMPT)
+    finally:
+        model.cfg.output_logits_soft_cap = before
+
+
+def test_a_nearly_certain_prediction_warns_that_fisher_loses_precision():
+    model, _ = tiny_model("llama", "bridge", seed=5)
+    with torch.no_grad():
+        model.W_U.mul_(200.0)  # logits hundreds apart: 1 - p_top far below 1e-5
+    with pytest.warns(tjs.PrecisionWarning, match="1 - p_top"):
+        tjs.fisher_scope(model, PROMPT, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tjs.PrecisionWarning)
+        tjs.semantic_scope(model, PROMPT, progress=False)  # Semantic is unaffected: no warning

@@ -93,6 +93,11 @@ class ProcessedWeightsWarning(UserWarning):
     """The model's weights were processed in a way that changes (but does not break) a scope."""
 
 
+class PrecisionWarning(UserWarning):
+    """A prediction so confident (``1 - p_top`` below about 1e-5) that float32 Fisher scores lose
+    digits: ``F`` is a difference of two nearly equal terms there (docs/method.md §2.3)."""
+
+
 class TargetWarning(UserWarning):
     """A target (or contrast) given as text is far less likely than a near spelling of it
     (e.g. ``"Paris"`` where ``" Paris"`` is the prediction): probably the wrong token."""

@@ -54,6 +54,8 @@ class LogitTransform:
     scale: float = 1.0
     fn: Optional[Callable[[Tensor], Tensor]] = None
     source: str = "none"
+    #: ``g`` at the probe values (``"elementwise"``): tells two soft-caps apart in the self-check's cache.
+    values: tuple[float, ...] = ()
 
     @property
     def is_identity(self) -> bool:
@@ -109,7 +111,7 @@ def _classify(fn: Callable[[Tensor], Tensor], source: str) -> LogitTransform:
         raise ArchitectureError(
             f"The model's output-logits transform ({source}) is not elementwise (a logit's value "
             "depends on the others): the scopes cannot follow it.")
-    return LogitTransform("elementwise", fn=fn, source=source)
+    return LogitTransform("elementwise", fn=fn, source=source, values=tuple(z.tolist()))
 
 
 def read_logit_transform(model: Any, backend: str) -> LogitTransform:

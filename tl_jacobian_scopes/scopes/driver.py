@@ -496,7 +496,11 @@ def _run(method: "Method", model: Any, prompt: Any, batch_size: int, kwargs: dic
     plan.kernel = attention_kernel(access, [*leaf_hook_names(access.n_layers, plan.internals), FINAL_HOOK])
     check_memory(access, max(len(row) for row in plan.rows), batch=len(chunks[0]), internals=plan.internals,
                  kernel=plan.kernel, **probe_need(method, plan, chunks))
-    check_model_output(access, plan.rows[plan.jobs[0][0]], plan.jobs[0][1], plan.kernel)
+    # At the first prompt's last explained position: its longest prefix (a one-token prefix cannot
+    # show an attention fault, and with positions="all" the first job is position 0).
+    first_row = plan.jobs[0][0]
+    check_model_output(access, plan.rows[first_row], max(pos for row, pos in plan.jobs if row == first_row),
+                       plan.kernel)
     leaf = embedding_leaf(access, plan.rows[0])
     outputs: list[JobOutput] = []
     unit = "positions" if plan.multi else "prompts" if plan.batch else "prediction"
