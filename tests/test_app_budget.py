@@ -4,6 +4,7 @@ work that yields, jobs that end with their session, cleanup, no uploads, named A
 Handlers are called directly where no browser is needed (cheap); a few checks use a served app.
 """
 
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -365,6 +366,28 @@ def test_the_time_series_line_reads_as_text(app):
     assert "forecast of the next value (value #6" in shown
     norm = re.search(r"‖y‖ ([0-9.e+-]+)", shown).group(1)
     assert len(norm.replace(".", "")) <= 5  # 4 significant digits, not 60.6840934753418
+
+
+def test_compare_shows_each_scope_in_its_colour_with_its_scale_and_no_controls(app, default_model):
+    """Old code: CircuitsVis's ColoredTokensMulti in a frame, with its raw "Positive Bound" /
+    "Negative Bound" inputs and its own red/blue palette beside the scopes' colours."""
+    from tl_jacobian_scopes.views.html import SCOPE_COLORS
+
+    message, shown = handler(app, "compare_scopes")("<b>x</b> is", "semantic", "fisher", "", "", "rank", 1, 24, 0,
+                                                    Session("compare"), QUIET)
+    assert "tjs-error" not in message, message
+    assert "<iframe" not in shown and "<script" not in shown and "Bound" not in shown and "<b>x" not in shown
+    for scope in ("semantic", "fisher"):
+        row = shown.split(f'class="tjs-compare-row" data-scope="{scope}"')[1].split("tjs-compare-row")[0]
+        r, g, b = (int(SCOPE_COLORS[scope][i:i + 2], 16) for i in (1, 3, 5))
+        colours = set(re.findall(r"rgba\((\d+,\d+,\d+),", row))
+        assert colours == {f"{r},{g},{b}"}, (scope, colours)  # one palette per scope, tokens and scale alike
+        expected = tjs.SCOPES[scope](default_model, "<b>x</b> is", progress=False)
+        peak = float(expected.scores.max())
+        assert f"{peak:.3g}</div>" in row  # its scale: 0 … its own largest score
+        scores = [float(v) for v in re.findall(r'data-score="([^"]+)"', row)]
+        assert max(abs(a - b) for a, b in zip(scores, expected.scores.tolist())) <= 1e-4 * peak
+    assert "not on one scale" in shown
 
 
 def test_one_progress_bar_and_no_overlay_from_background_work(app):

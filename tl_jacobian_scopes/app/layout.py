@@ -18,11 +18,10 @@ from ..errors import OptionError, PromptError, ScopeError
 from ..models.access import ModelAccess
 from ..progress import Progress
 from ..timeseries import FAMILIES
-from ..views.html import compare
 from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, write_downloads,
                      write_forecast_downloads)
-from .render import (CLICK_JS, TOKEN_CSS, frame_html, message_html, none_if_blank, summary_html, table_rows,
-                     token_html)
+from .render import (CLICK_JS, TOKEN_CSS, compare_html, frame_html, message_html, none_if_blank, summary_html,
+                     table_rows, token_html)
 from .state import OverTime, Sessions, Stopped, StopSwitches
 
 #: Gradio, untyped here: its stubs vary between releases, and the app only wires its components.
@@ -254,7 +253,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         try:
             results = [engine.result(request_of(prompt, s, target, contrast, mode, rank, samples, seed), None,
                                      False, stop, _progress_bridge(progress)) for s in (first, second)]
-            return message_html(f"Done: {first} beside {second}."), frame_html(compare(*results), 700)
+            return message_html(f"Done: {first} beside {second}."), compare_html(results)
         except Exception as exc:
             return _failure(exc), ""
 

@@ -20,7 +20,10 @@ TOKEN_CSS = """
 .tjs-tokens{font-family:ui-monospace,monospace;font-size:14px;line-height:1.9;white-space:pre-wrap}
 .tjs-tok{cursor:pointer;border-radius:3px;padding:1px 0;border:1px solid transparent}
 .tjs-tok:hover{border-color:#888}
-.tjs-tok.tjs-explained{outline:2px solid #000;outline-offset:1px}
+.tjs-tok.tjs-explained,.tjs-ctok.tjs-explained{outline:2px solid #000;outline-offset:1px}
+.tjs-ctok{border-radius:3px;padding:1px 0}
+.tjs-compare-row{margin:6px 0 10px 0}
+.tjs-compare-label{font-size:13px;margin-bottom:2px}
 .tjs-legend{font-size:12px;color:#555;margin-top:4px}
 .tjs-scale{display:inline-block;width:120px;height:10px;border:1px solid #ccc;vertical-align:middle}
 .tjs-msg{padding:8px 12px;border-radius:4px}
@@ -38,26 +41,59 @@ def _visible(token: str) -> str:
     return token.replace("\n", "↵").replace("\t", "⇥")
 
 
-def token_html(result: ScopeResult) -> str:
-    """The prompt's tokens coloured by score (each scope in its own colour, scaled to the
-    maximum), the explained position outlined; each token carries its position for clicks."""
+def _token_spans(result: ScopeResult, clickable: bool = True) -> tuple[str, float, tuple[int, int, int]]:
+    """The tokens as coloured spans (the scope's own colour, scaled to the largest score), the
+    largest score and the colour; clickable spans carry their position for the click script."""
     r, g, b = _rgb(SCOPE_COLORS.get(result.scope, "#444444"))
     scores = result.scores.detach().float().cpu().tolist()
     peak = max((s for s in scores if s == s), default=0.0) or 1.0
     spans = []
     for i, (token, score) in enumerate(zip(result.str_tokens, scores)):
         alpha = max(0.0, min(1.0, score / peak)) if score == score else 0.0
-        cls = "tjs-tok tjs-explained" if i == result.position else "tjs-tok"
+        cls = "tjs-tok" if clickable else "tjs-ctok"
+        cls += " tjs-explained" if i == result.position else ""
         title = f"{i}: {token!r} score {score:.4g}"
         spans.append(
             f'<span class="{cls}" data-pos="{i}" data-score="{score:.6g}" title="{html.escape(title)}" '
             f'style="background:rgba({r},{g},{b},{alpha:.3f})">{html.escape(_visible(token))}</span>'
         )
+    return "".join(spans), peak, (r, g, b)
+
+
+def _scale_html(rgb: tuple[int, int, int], peak: float) -> str:
+    r, g, b = rgb
+    return (f'0 <span class="tjs-scale" style="background:linear-gradient(to right,rgba({r},{g},{b},0),'
+            f'rgba({r},{g},{b},1))"></span> {peak:.3g}')
+
+
+def token_html(result: ScopeResult) -> str:
+    """The prompt's tokens coloured by score (each scope in its own colour, scaled to the
+    maximum), the explained position outlined; each token carries its position for clicks."""
+    spans, peak, rgb = _token_spans(result)
     legend = (f'<div class="tjs-legend" data-peak="{peak:.6g}">colour: influence on the prediction at position '
-              f'{result.position}, 0 <span class="tjs-scale" style="background:linear-gradient(to right,'
-              f'rgba({r},{g},{b},0),rgba({r},{g},{b},1))"></span> {peak:.3g} (the largest score; hover a token '
-              "for its score)</div>")
-    return f'<div class="tjs-tokens" data-scope="{html.escape(result.scope)}">{"".join(spans)}</div>{legend}'
+              f"{result.position}, {_scale_html(rgb, peak)} (the largest score; hover a token for its score)</div>")
+    return f'<div class="tjs-tokens" data-scope="{html.escape(result.scope)}">{spans}</div>{legend}'
+
+
+def compare_html(results: list[ScopeResult]) -> str:
+    """Several scopes on one prompt, one row each: the tokens in that scope's own colour, scaled
+    to its own largest score, with that scale beside the row (no controls; scopes never share a
+    scale: Fisher scores are quadratic, Semantic and Temperature scores are norms)."""
+    rows = []
+    for result in results:
+        spans, peak, rgb = _token_spans(result, clickable=False)
+        label = result.scope + (f" → {result.target_str!r}" if result.scope == "semantic" else "")
+        label += f" vs {result.contrast_str!r}" if result.contrast_str is not None else ""
+        rows.append(
+            f'<div class="tjs-compare-row" data-scope="{html.escape(result.scope)}" data-peak="{peak:.6g}">'
+            f'<div class="tjs-compare-label"><b>{html.escape(label)}</b> · {html.escape(result.score_kind)} scores '
+            f'· colour {_scale_html(rgb, peak)}</div><div class="tjs-tokens">{spans}</div></div>'
+        )
+    position = results[0].position if results else 0
+    note = (f'<div class="tjs-legend">Influence on the prediction at position {position}. Each row is one scope in '
+            "its own colour, from 0 (white) to that scope's largest score (full colour): rows are not on one "
+            "scale. Hover a token for its score.</div>")
+    return f'<div class="tjs-compare">{"".join(rows)}{note}</div>'
 
 
 def summary_html(result: ScopeResult) -> str:
