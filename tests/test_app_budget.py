@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("gradio")
 
@@ -388,6 +389,33 @@ def test_compare_shows_each_scope_in_its_colour_with_its_scale_and_no_controls(a
         scores = [float(v) for v in re.findall(r'data-score="([^"]+)"', row)]
         assert max(abs(a - b) for a, b in zip(scores, expected.scores.tolist())) <= 1e-4 * peak
     assert "not on one scale" in shown
+
+
+def test_internals_are_inline_tables_whose_scale_leaves_out_the_first_token(app, default_model):
+    """Old code: the library's page in a fixed 620-px iframe with its own scroll bar, drawn by
+    scripts (blank until scrolled into view), on a scale set by the first token's column, which
+    washed every other cell to white."""
+    import html as html_module
+
+    out = handler(app, "explain")(PROMPT, "temperature", "", "", "rank", 1, 24, 0, True, None, Session("int"), QUIET)
+    shown = out[4]
+    assert "tjs-error" not in out[0], out[0]
+    assert "<iframe" not in shown and "<script" not in shown and "height:620px" not in shown
+    resid_table, head_table = re.findall(r'<table class="tjs-hm">.*?</table>', shown)
+    n_layers = default_model.cfg.n_layers
+    body_rows = [table.split("<tbody>")[1].split("<tr>")[1:] for table in (resid_table, head_table)]
+    assert len(body_rows[0]) == n_layers + 1 and len(body_rows[1]) == n_layers
+    assert "position 0" in shown and "left out of the scale" in shown  # said in the legend
+    expected = tjs.temperature_scope(default_model, PROMPT, internals=True, progress=False).internal("layer", "scaled")
+    rows = [re.findall(r'<td title="([^"]*)" style="background:rgba\([0-9,]+,([0-9.]+)\)', row)
+            for row in body_rows[0]]
+    alpha = torch.tensor([[float(a) for _, a in row] for row in rows])
+    shown_values = torch.tensor([[float(html_module.unescape(t).rsplit(": ", 1)[1]) for t, _ in row] for row in rows])
+    assert torch.allclose(shown_values.double(), expected.double(), rtol=1e-3, atol=1e-6 * float(expected.abs().max()))
+    assert float(expected[:, 0].max()) > 2 * float(expected[:, 1:].max())  # the sink this is about
+    assert float((expected[:, 1:] / expected.max() > 0.1).float().mean()) < 0.5  # a scale set by position 0
+    assert float(alpha[:, 1:].max()) == 1.0  # the rest reach full colour: not washed out
+    assert float((alpha[:, 1:] > 0.1).float().mean()) > 0.6  # this page's scale: most cells show
 
 
 def test_one_progress_bar_and_no_overlay_from_background_work(app):

@@ -20,8 +20,8 @@ from ..progress import Progress
 from ..timeseries import FAMILIES
 from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, write_downloads,
                      write_forecast_downloads)
-from .render import (CLICK_JS, TOKEN_CSS, compare_html, frame_html, message_html, none_if_blank, summary_html,
-                     table_rows, token_html)
+from .render import (CLICK_JS, TOKEN_CSS, compare_html, frame_html, internals_html, message_html, none_if_blank,
+                     summary_html, table_rows, token_html)
 from .state import OverTime, Sessions, Stopped, StopSwitches
 
 #: Gradio, untyped here: its stubs vary between releases, and the app only wires its components.
@@ -178,7 +178,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     def show(req: Request, position: Optional[int], internals: bool, stop: Any, progress: Any,
              runs: int = 0, predictions: int = 0) -> tuple[list[Any], list[tuple[str, float]]]:
         result, top_next = engine.explain(req, position, internals, stop, _progress_bridge(progress), predictions)
-        frame = frame_html(result.show("layers", "heads"), 620) if internals else ""
+        frame = internals_html(result) if internals else ""
         top = [[t.position, repr(t.token), round(t.score, 6)] for t in result.top(8)]
         done = message_html(f"Done: {req.scope} scope, {result.n_tokens} tokens, position {result.position}.",
                             run=runs + 1)
