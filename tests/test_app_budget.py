@@ -418,6 +418,17 @@ def test_internals_are_inline_tables_whose_scale_leaves_out_the_first_token(app,
     assert float((alpha[:, 1:] > 0.1).float().mean()) > 0.6  # this page's scale: most cells show
 
 
+def test_the_time_series_plot_title_reads_as_text(default_model):
+    """Old code: "... forecast of value 6 (token 0 of it) · model"."""
+    from tl_jacobian_scopes import timeseries as ts
+    from tl_jacobian_scopes.timeseries.views import plot_forecast
+
+    r = ts.forecast_scope(default_model, [1, 2, 3, 4, 5, 6], "temperature", progress=False)
+    title = plot_forecast(r).axes[0].get_title()
+    assert "of it" not in title and "token 0" not in title
+    assert title.startswith("temperature scope of the forecast of the next value (value #6, counting from 0) · ")
+
+
 def test_one_progress_bar_and_no_overlay_from_background_work(app):
     """Old code: progress on all 7 outputs of a request (stacked bars) and a "processing" overlay
     from the background job right after "Done"."""
