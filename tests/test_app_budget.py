@@ -429,6 +429,32 @@ def test_the_time_series_plot_title_reads_as_text(default_model):
     assert title.startswith("temperature scope of the forecast of the next value (value #6, counting from 0) · ")
 
 
+def test_a_token_click_ends_the_sessions_running_request_first(default_model, tmp_path):
+    """Old code: a click only queued behind the session's own running request (e.g. exact Fisher),
+    which went on to its end. Now the click's first, queue-free handler ends it, leaving the
+    background job alone."""
+    from tl_jacobian_scopes.app.budget import Budget
+
+    app = build_app(default_model, downloads=tmp_path / "click", budget=Budget(max_seconds=300))
+    tokens = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "tjs-tokens")
+    on_click = [f for f in app.fns.values() if any(t[0] == tokens._id and t[1] == "click" for t in f.targets)]
+    assert [f.name for f in on_click] == ["retire_request", "click"] and on_click[0].queue is False
+    done = []
+    worker = threading.Thread(target=lambda: done.append(_explain(app, "Stop me by a click, one two three four",
+                                                                  mode="exact", session="clicker")))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while app.tjs_engine.active == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert app.tjs_engine.active > 0
+    background = app.tjs_stops.arm("clicker", "background")  # the prompt's background job
+    on_click[0].fn(Session("clicker"))
+    worker.join(20)
+    assert not worker.is_alive() and "Stopped: the computation was cancelled" in done[0][0], done
+    assert not background.is_set()
+    app.close()
+
+
 def test_one_progress_bar_and_no_overlay_from_background_work(app):
     """Old code: progress on all 7 outputs of a request (stacked bars) and a "processing" overlay
     from the background job right after "Done"."""

@@ -191,6 +191,11 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         stops.retire(session, "request")
         stops.retire(session, "background")
 
+    def retire_request(request: GrRequest) -> None:
+        """A click ends the session's running request first (queue-free), so that it does not wait
+        behind it; the background job (explaining nearby positions of the same prompt) goes on."""
+        stops.retire(session_of(request), "request")
+
     def explain(prompt: str, scope: str, target: Optional[str], contrast: Optional[str], mode: str, rank: Any,
                 samples: Any, seed: Any, internals: bool, state: Optional[dict[str, Any]], request: GrRequest,
                 progress: Any = gr.Progress()) -> list[Any]:
@@ -456,6 +461,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                      for trigger in (run.click, prompt.submit)]
         for e in explained:
             e.success(precompute, state, ready, **background)
+        tokens.click(retire_request, None, None, queue=False, **private)  # registered first: runs first
         tokens.click(click, [state, internals], outputs, **queue, **one_bar)
         internals.input(toggle_internals, [state, internals], outputs, **queue, **one_bar)
         compare_run.click(retire, None, None, queue=False, **private).then(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],
