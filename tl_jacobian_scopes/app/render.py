@@ -28,13 +28,15 @@ TOKEN_CSS = """
 .tjs-scale{display:inline-block;width:120px;height:10px;border:1px solid #ccc;vertical-align:middle}
 .tjs-internals h4{margin:12px 0 2px 0;font-weight:600;font-size:13px}
 .tjs-hm-wrap{overflow-x:auto;max-width:100%}
-.tjs-hm{border-collapse:collapse;font-size:10px}
-.tjs-hm td{width:12px;min-width:12px;height:12px;border:1px solid #fff;padding:0}
-.tjs-hm th{font-weight:normal;padding:0 3px;text-align:right;white-space:nowrap}
-.tjs-hm th.col{vertical-align:bottom;padding:2px 0;max-height:120px}
+.tjs-hm{border-collapse:collapse;font-size:10px;line-height:1;width:auto!important;margin:0!important}
+.tjs-hm td{width:12px;min-width:12px;height:12px;border:1px solid #fff!important;padding:0!important}
+.tjs-hm th{font-weight:normal;padding:0 3px!important;text-align:right;white-space:nowrap;font-size:10px!important;
+ border:0!important;background:none}
+.tjs-hm tr{border:0!important;background:none!important}
+.tjs-hm th.col{vertical-align:bottom;padding:2px 0!important}
 .tjs-hm th.col span{display:inline-block;writing-mode:vertical-rl;transform:rotate(180deg);white-space:pre;
  max-height:110px;overflow:hidden}
-.tjs-hm th.marked{background:#ffe9a8}
+.tjs-hm th.marked{background:#ffe9a8!important}
 .tjs-msg{padding:8px 12px;border-radius:4px}
 .tjs-error{background:#fdecea;color:#7a1c15;border-left:4px solid #c0392b}
 .tjs-info{background:#eef5fb;border-left:4px solid #1f77b4}
