@@ -416,6 +416,11 @@ def test_internals_are_inline_tables_whose_scale_leaves_out_the_first_token(app,
     assert float((expected[:, 1:] / expected.max() > 0.1).float().mean()) < 0.5  # a scale set by position 0
     assert float(alpha[:, 1:].max()) == 1.0  # the rest reach full colour: not washed out
     assert float((alpha[:, 1:] > 0.1).float().mean()) > 0.6  # this page's scale: most cells show
+    from tl_jacobian_scopes.app.render import internals_html
+
+    hostile = internals_html(tjs.temperature_scope(default_model, "<img src=x onerror=alert(1)> &", internals=True,
+                                                   progress=False))
+    assert "<span>1:&lt;</span>" in hostile and "1:<" not in hostile and "0:<|im" not in hostile  # tokens escaped
 
 
 def test_the_time_series_plot_title_reads_as_text(default_model):
