@@ -278,13 +278,18 @@ def test_each_scope_click_internals_and_download(server, browser, default_model,
     at3 = tjs.semantic_scope(default_model, PROMPT, position=3, progress=False)
     assert_scores_close(_shown(page)[2], at3.scores)
     assert repr(at3.predicted_str) in _shown(page)[1]
-    # Internals: the library's layer × position and layer × head maps, in the sandboxed frame.
+    # Internals: layer × position and layer × head maps, in the page itself (no frame), drawn at once
+    # without being scrolled into view, and sized to their content (no scroll bar of their own).
     page.check("#tjs-internals input")
-    frame = page.frame_locator("#tjs-frame iframe")
-    frame.locator(".tjs-heatmap table").nth(1).wait_for(timeout=60_000)
+    tables = page.locator("#tjs-frame table.tjs-hm")
+    tables.nth(1).wait_for(timeout=60_000)
     n_layers = default_model.cfg.n_layers
-    assert frame.locator(".tjs-heatmap table").first.locator("tbody tr").count() == n_layers + 1
-    assert frame.locator(".tjs-heatmap table").nth(1).locator("tbody tr").count() == n_layers
+    assert tables.first.locator("tbody tr").count() == n_layers + 1
+    assert tables.nth(1).locator("tbody tr").count() == n_layers
+    assert page.locator("#tjs-frame iframe").count() == 0
+    assert tables.first.bounding_box()["height"] > 10 * n_layers  # laid out (drawn), wherever the page is scrolled
+    assert page.evaluate("""() => [...document.querySelectorAll('#tjs-frame, #tjs-frame *')].every(
+        e => e.scrollHeight <= e.clientHeight + 1 || getComputedStyle(e).overflowY === 'visible')""")
     # Downloads: the view at position 3 as the library writes it.
     page.click("#tjs-files-button")
     link = page.locator("#tjs-downloads a[download$='.html']")
@@ -347,9 +352,8 @@ def test_compare_and_time_series_tabs(server, browser, default_model):
     page = _open(browser, server)
     page.get_by_role("tab", name="Compare").click()
     page.click("#tjs-compare-run")
-    frame = page.frame_locator("#tjs-compare-frame iframe")
-    frame.locator(".tjs-header").first.wait_for(timeout=60_000)
-    assert "Comparison" in frame.locator(".tjs-header").first.inner_text()
+    page.locator("#tjs-compare-frame .tjs-compare-row").nth(1).wait_for(timeout=60_000)
+    assert page.locator("#tjs-compare-frame input").count() == 0  # no raw bound controls
     page.get_by_role("tab", name="Time series").click()
     page.fill("#tjs-ts-n input", "12")
     page.click("#tjs-ts-run")

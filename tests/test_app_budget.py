@@ -4,11 +4,13 @@ work that yields, jobs that end with their session, cleanup, no uploads, named A
 Handlers are called directly where no browser is needed (cheap); a few checks use a served app.
 """
 
+import re
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("gradio")
 
@@ -365,6 +367,97 @@ def test_the_time_series_line_reads_as_text(app):
     assert "forecast of the next value (value #6" in shown
     norm = re.search(r"‖y‖ ([0-9.e+-]+)", shown).group(1)
     assert len(norm.replace(".", "")) <= 5  # 4 significant digits, not 60.6840934753418
+
+
+def test_compare_shows_each_scope_in_its_colour_with_its_scale_and_no_controls(app, default_model):
+    """Old code: CircuitsVis's ColoredTokensMulti in a frame, with its raw "Positive Bound" /
+    "Negative Bound" inputs and its own red/blue palette beside the scopes' colours."""
+    from tl_jacobian_scopes.views.html import SCOPE_COLORS
+
+    message, shown = handler(app, "compare_scopes")("<b>x</b> is", "semantic", "fisher", "", "", "rank", 1, 24, 0,
+                                                    Session("compare"), QUIET)
+    assert "tjs-error" not in message, message
+    assert "<iframe" not in shown and "<script" not in shown and "Bound" not in shown and "<b>x" not in shown
+    for scope in ("semantic", "fisher"):
+        row = shown.split(f'class="tjs-compare-row" data-scope="{scope}"')[1].split("tjs-compare-row")[0]
+        r, g, b = (int(SCOPE_COLORS[scope][i:i + 2], 16) for i in (1, 3, 5))
+        colours = set(re.findall(r"rgba\((\d+,\d+,\d+),", row))
+        assert colours == {f"{r},{g},{b}"}, (scope, colours)  # one palette per scope, tokens and scale alike
+        expected = tjs.SCOPES[scope](default_model, "<b>x</b> is", progress=False)
+        peak = float(expected.scores.max())
+        assert f"{peak:.3g}</div>" in row  # its scale: 0 … its own largest score
+        scores = [float(v) for v in re.findall(r'data-score="([^"]+)"', row)]
+        assert max(abs(a - b) for a, b in zip(scores, expected.scores.tolist())) <= 1e-4 * peak
+    assert "not on one scale" in shown
+
+
+def test_internals_are_inline_tables_whose_scale_leaves_out_the_first_token(app, default_model):
+    """Old code: the library's page in a fixed 620-px iframe with its own scroll bar, drawn by
+    scripts (blank until scrolled into view), on a scale set by the first token's column, which
+    washed every other cell to white."""
+    import html as html_module
+
+    out = handler(app, "explain")(PROMPT, "temperature", "", "", "rank", 1, 24, 0, True, None, Session("int"), QUIET)
+    shown = out[4]
+    assert "tjs-error" not in out[0], out[0]
+    assert "<iframe" not in shown and "<script" not in shown and "height:620px" not in shown
+    resid_table, head_table = re.findall(r'<table class="tjs-hm">.*?</table>', shown)
+    n_layers = default_model.cfg.n_layers
+    body_rows = [table.split("<tbody>")[1].split("<tr>")[1:] for table in (resid_table, head_table)]
+    assert len(body_rows[0]) == n_layers + 1 and len(body_rows[1]) == n_layers
+    assert "position 0" in shown and "left out of the scale" in shown  # said in the legend
+    expected = tjs.temperature_scope(default_model, PROMPT, internals=True, progress=False).internal("layer", "scaled")
+    rows = [re.findall(r'<td title="([^"]*)" style="background:rgba\([0-9,]+,([0-9.]+)\)', row)
+            for row in body_rows[0]]
+    alpha = torch.tensor([[float(a) for _, a in row] for row in rows])
+    shown_values = torch.tensor([[float(html_module.unescape(t).rsplit(": ", 1)[1]) for t, _ in row] for row in rows])
+    assert torch.allclose(shown_values.double(), expected.double(), rtol=1e-3, atol=1e-6 * float(expected.abs().max()))
+    assert float(expected[:, 0].max()) > 2 * float(expected[:, 1:].max())  # the sink this is about
+    assert float((expected[:, 1:] / expected.max() > 0.1).float().mean()) < 0.5  # a scale set by position 0
+    assert float(alpha[:, 1:].max()) == 1.0  # the rest reach full colour: not washed out
+    assert float((alpha[:, 1:] > 0.1).float().mean()) > 0.6  # this page's scale: most cells show
+    from tl_jacobian_scopes.app.render import internals_html
+
+    hostile = internals_html(tjs.temperature_scope(default_model, "<img src=x onerror=alert(1)> &", internals=True,
+                                                   progress=False))
+    assert "<span>1:&lt;</span>" in hostile and "1:<" not in hostile and "0:<|im" not in hostile  # tokens escaped
+
+
+def test_the_time_series_plot_title_reads_as_text(default_model):
+    """Old code: "... forecast of value 6 (token 0 of it) · model"."""
+    from tl_jacobian_scopes import timeseries as ts
+    from tl_jacobian_scopes.timeseries.views import plot_forecast
+
+    r = ts.forecast_scope(default_model, [1, 2, 3, 4, 5, 6], "temperature", progress=False)
+    title = plot_forecast(r).axes[0].get_title()
+    assert "of it" not in title and "token 0" not in title
+    assert title.startswith("temperature scope of the forecast of the next value (value #6, counting from 0) · ")
+
+
+def test_a_token_click_ends_the_sessions_running_request_first(default_model, tmp_path):
+    """Old code: a click only queued behind the session's own running request (e.g. exact Fisher),
+    which went on to its end. Now the click's first, queue-free handler ends it, leaving the
+    background job alone."""
+    from tl_jacobian_scopes.app.budget import Budget
+
+    app = build_app(default_model, downloads=tmp_path / "click", budget=Budget(max_seconds=300))
+    tokens = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "tjs-tokens")
+    on_click = [f for f in app.fns.values() if any(t[0] == tokens._id and t[1] == "click" for t in f.targets)]
+    assert [f.name for f in on_click] == ["retire_request", "click"] and on_click[0].queue is False
+    done = []
+    worker = threading.Thread(target=lambda: done.append(_explain(app, "Stop me by a click, one two three four",
+                                                                  mode="exact", session="clicker")))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while app.tjs_engine.active == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert app.tjs_engine.active > 0
+    background = app.tjs_stops.arm("clicker", "background")  # the prompt's background job
+    on_click[0].fn(Session("clicker"))
+    worker.join(20)
+    assert not worker.is_alive() and "Stopped: the computation was cancelled" in done[0][0], done
+    assert not background.is_set()
+    app.close()
 
 
 def test_one_progress_bar_and_no_overlay_from_background_work(app):

@@ -18,11 +18,10 @@ from ..errors import OptionError, PromptError, ScopeError
 from ..models.access import ModelAccess
 from ..progress import Progress
 from ..timeseries import FAMILIES
-from ..views.html import compare
 from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, write_downloads,
                      write_forecast_downloads)
-from .render import (CLICK_JS, TOKEN_CSS, frame_html, message_html, none_if_blank, summary_html, table_rows,
-                     token_html)
+from .render import (CLICK_JS, TOKEN_CSS, compare_html, frame_html, internals_html, message_html, none_if_blank,
+                     summary_html, table_rows, token_html)
 from .state import OverTime, Sessions, Stopped, StopSwitches
 
 #: Gradio, untyped here: its stubs vary between releases, and the app only wires its components.
@@ -179,7 +178,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     def show(req: Request, position: Optional[int], internals: bool, stop: Any, progress: Any,
              runs: int = 0, predictions: int = 0) -> tuple[list[Any], list[tuple[str, float]]]:
         result, top_next = engine.explain(req, position, internals, stop, _progress_bridge(progress), predictions)
-        frame = frame_html(result.show("layers", "heads"), 620) if internals else ""
+        frame = internals_html(result) if internals else ""
         top = [[t.position, repr(t.token), round(t.score, 6)] for t in result.top(8)]
         done = message_html(f"Done: {req.scope} scope, {result.n_tokens} tokens, position {result.position}.",
                             run=runs + 1)
@@ -191,6 +190,11 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         session = session_of(request)
         stops.retire(session, "request")
         stops.retire(session, "background")
+
+    def retire_request(request: GrRequest) -> None:
+        """A click ends the session's running request first (queue-free), so that it does not wait
+        behind it; the background job (explaining nearby positions of the same prompt) goes on."""
+        stops.retire(session_of(request), "request")
 
     def explain(prompt: str, scope: str, target: Optional[str], contrast: Optional[str], mode: str, rank: Any,
                 samples: Any, seed: Any, internals: bool, state: Optional[dict[str, Any]], request: GrRequest,
@@ -254,7 +258,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         try:
             results = [engine.result(request_of(prompt, s, target, contrast, mode, rank, samples, seed), None,
                                      False, stop, _progress_bridge(progress)) for s in (first, second)]
-            return message_html(f"Done: {first} beside {second}."), frame_html(compare(*results), 700)
+            return message_html(f"Done: {first} beside {second}."), compare_html(results)
         except Exception as exc:
             return _failure(exc), ""
 
@@ -457,6 +461,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
                      for trigger in (run.click, prompt.submit)]
         for e in explained:
             e.success(precompute, state, ready, **background)
+        tokens.click(retire_request, None, None, queue=False, **private)  # registered first: runs first
         tokens.click(click, [state, internals], outputs, **queue, **one_bar)
         internals.input(toggle_internals, [state, internals], outputs, **queue, **one_bar)
         compare_run.click(retire, None, None, queue=False, **private).then(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],

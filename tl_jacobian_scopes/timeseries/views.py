@@ -34,8 +34,9 @@ def plot_forecast(r: Any) -> Any:
         twin.errorbar([r.step], [r.forecast.mean], yerr=[r.forecast.std], fmt="o", color=color, capsize=3)
     twin.set_ylabel("series", **_TEXT)
     ax.set_xlim(-1, r.step + 1.5)
-    ax.set_title(f"{r.scope} scope of the forecast of value {r.step} (token {r.token} of it) · "
-                 f"{r.result.model_name}", fontsize=10, parse_math=False)
+    ax.set_title(f"{r.scope} scope of the forecast of the next value (value #{r.step}, counting from 0"
+                 f"{'' if int(r.token) == 0 else f'; its token {int(r.token) + 1}'}) · {r.result.model_name}",
+                 fontsize=10, parse_math=False)
     if has_dist:
         ax = axes[1, 0]
         f = r.forecast
