@@ -483,3 +483,38 @@ def test_an_observing_hook_on_the_unembedding_is_allowed_and_checked_each_call()
     with torch.no_grad():
         probs = model(tokens)[0, -1].float().softmax(-1)
     assert result.predicted_prob == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+@pytest.mark.parametrize("root", ["bridge", "wrapped HF model"])
+def test_a_hook_on_the_model_root_added_after_a_pass_is_caught(root):
+    """A forward hook on the model itself edits the logits after y: checked at every call, also
+    once the model has passed the self-check."""
+    model = tiny_model("llama", "bridge")[0]
+    tokens = model.to_tokens(TEXTS[1])
+    tjs.semantic_scope(model, tokens, progress=False)  # passes: the verdict is cached
+    if root == "bridge":
+        handle = model.register_forward_hook(lambda module, args, output: output * 3)
+    else:
+        def triple(module, args, output):
+            output.logits = output.logits * 3
+        handle = model.original_model.register_forward_hook(triple)
+    try:
+        with pytest.raises(tjs.OutputMismatchError):
+            tjs.semantic_scope(model, tokens, progress=False)
+    finally:
+        handle.remove()
+
+
+def test_integration_steps_are_bounded_before_any_work():
+    model = tiny_model("llama", "bridge")[0]
+    for steps in (10**10, 2**63):
+        with pytest.raises(tjs.OptionError, match="steps"):
+            tjs.integrated_gradients(model, TEXTS[1], steps=steps, progress=False)
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "1e400", "0", "-1"])
+def test_a_bad_memory_budget_variable_is_a_clear_error(monkeypatch, value):
+    model = tiny_model("llama", "bridge")[0]
+    monkeypatch.setenv("TL_JACOBIAN_SCOPES_MEMORY_BUDGET", value)
+    with pytest.raises(tjs.ScopeError, match="TL_JACOBIAN_SCOPES_MEMORY_BUDGET"):
+        tjs.semantic_scope(model, TEXTS[1], progress=False)

@@ -53,7 +53,7 @@ def _check_choices(options: dict[str, Any], access: ModelAccess) -> None:
         if name in options and options[name] not in choices:
             raise OptionError(f"{name} must be one of {list(choices)}, got {options[name]!r}.")
     if "steps" in options:
-        check_positive_int("steps", options["steps"])
+        check_positive_int("steps", options["steps"], high=MAX_PATH_STEPS)
 
 
 def final_distribution(
@@ -97,13 +97,18 @@ gradient_x_input = register(Scope(Method(
 
 # ---- integrated gradients -------------------------------------------------------------------
 
+#: Most points on an integration path (the paper uses tens; the points run as one batch).
+MAX_PATH_STEPS = 4096
+
 
 def _integrated(
     access: ModelAccess, tokens: Tensor, pos: int, target: int, steps: int, objectives: tuple[str, ...]
 ) -> tuple[dict[str, Tensor], Tensor]:
     """IG attributions ``x ⊙ mean_α ∇L(α x)`` ([pos, d_model]) for several objectives, sharing
     the path's forward pass: the ``steps`` points run as one batch."""
-    check_positive_int("steps", steps)
+    check_positive_int("steps", steps, high=MAX_PATH_STEPS)
+    # Before any allocation: the path's points run as one batch.
+    check_memory(access, tokens.shape[-1], batch=steps)
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint Riemann sum
     captured: dict[str, Tensor] = {}
 
@@ -112,7 +117,6 @@ def _integrated(
         return act * alphas.to(act)[:, None, None]
 
     batch = tokens.expand(steps, -1)
-    check_memory(access, tokens.shape[-1], batch=steps)
     with access.frozen():
         state = forward_to_final_hidden(access, batch, extra_hooks=[(EMBED_HOOK, scale)])
         y = state.y[:, pos]  # [steps, d]

@@ -17,6 +17,7 @@ layer's wrapped Hugging Face attention with PyTorch's ``scaled_dot_product_atten
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import types
@@ -360,12 +361,16 @@ def _global_torch_hooks() -> bool:
 
 
 def unembed_hooked(access: ModelAccess) -> bool:
-    """True when a hook may change the logits after ``y``: a torch hook on the unembedding (or on
-    the module it wraps), a hook on any of its hook points but ``hook_in``, or a torch hook
-    registered for every module. The scopes compute the logits from ``y`` and ``W_U``
+    """True when a hook may change the logits after ``y``: a torch hook on the model itself, on the
+    HF model a bridge wraps, on the unembedding (or on the module it wraps), a hook on any of the
+    unembedding's hook points but ``hook_in``, or a torch hook registered for every module. The scopes compute the logits from ``y`` and ``W_U``
     themselves, so such a hook is harmless only if it leaves them unchanged: the self-check
     (:mod:`.output_check`) then verifies every call instead of once per model.
     """
+    # A hook on the model itself (or the HF model a bridge wraps) sees the logits too.
+    for root in (access.model, getattr(access.model, "original_model", None)):
+        if isinstance(root, torch.nn.Module) and any(vars(root).get(name) for name in TORCH_HOOK_DICTS):
+            return True
     unembed = getattr(access.model, "unembed", None)
     read = unembed._modules.get("hook_in") if unembed is not None else None
     stack: list[Any] = [unembed]
@@ -554,7 +559,15 @@ def scope_memory(access: ModelAccess, n_tokens: int, batch: int = 1, kernel: str
 def _budget(access: ModelAccess) -> Optional[int]:
     override = os.environ.get("TL_JACOBIAN_SCOPES_MEMORY_BUDGET")
     if override:
-        return int(float(override))
+        try:
+            budget = float(override)
+        except ValueError:
+            budget = math.nan
+        if not (math.isfinite(budget) and budget > 0):
+            raise ScopeError(
+                f"TL_JACOBIAN_SCOPES_MEMORY_BUDGET={override!r} is not a positive number of bytes: set it to one "
+                "(e.g. 8e9 for 8 GB) or unset it to use the device's free memory.")
+        return int(budget)
     # A model split over devices spreads its layers (and their activations) over all of them.
     free = [available_memory(device) for device in access.devices]
     return None if None in free else int(0.8 * sum(f for f in free if f is not None))

@@ -214,7 +214,7 @@ def run(
     if ranks.main:
         path = layout.folder / f"{data.stem}_summary.json"
         try:
-            path.write_text(json.dumps(strict_json_value(summary), indent=2) + "\\n")
+            path.write_text(json.dumps(strict_json_value(summary), indent=2) + "\n")
         except OSError as exc:  # the records are safe; only the summary is missing
             raise OutputPathError(f"Could not write {path} ({exc}): fix that and run the same command again "
                                   "(every record is kept; nothing is recomputed).") from exc
