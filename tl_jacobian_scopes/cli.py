@@ -39,6 +39,7 @@ PARAM_LEGEND = {
     "deflate": "top eigen-directions computed exactly before sampling",
     "seed": "random seed of the probes",
     "y_norm": "||y||, the final hidden state's norm (the model's inverse temperature)",
+    "embedding_leaf": "where the token's input vector is perturbed ('residual_input': as it enters the residual stream)",
 }
 
 
