@@ -518,3 +518,73 @@ def test_a_bad_memory_budget_variable_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("TL_JACOBIAN_SCOPES_MEMORY_BUDGET", value)
     with pytest.raises(tjs.ScopeError, match="TL_JACOBIAN_SCOPES_MEMORY_BUDGET"):
         tjs.semantic_scope(model, TEXTS[1], progress=False)
+
+
+# ---- second red-team round ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["torch full backward hook", "TransformerLens bwd hook"])
+def test_a_backward_hook_is_refused_since_it_changes_gradients_not_outputs(where):
+    model = tiny_model("llama", "bridge")[0]
+    if where == "torch full backward hook":
+        handle = model.blocks[0].register_full_backward_hook(
+            lambda module, grad_in, grad_out: tuple(None if g is None else g * 100 for g in grad_in))
+    else:
+        model.add_hook("blocks.0.hook_resid_post", lambda grad, hook: (grad * 100,), dir="bwd")
+        handle = type("Reset", (), {"remove": lambda self: model.reset_hooks()})()
+    try:
+        with pytest.raises(tjs.ScopeError, match="backward hook"):
+            tjs.semantic_scope(model, TEXTS[1], progress=False)
+    finally:
+        handle.remove()
+    tjs.semantic_scope(model, TEXTS[1], progress=False)
+
+
+def test_numpy_and_tensor_integer_options_are_plain_ints():
+    np = pytest.importorskip("numpy")
+    model = tiny_model("llama", "bridge")[0]
+    a = tjs.fisher_scope(model, TEXTS[1], rank=None, samples=4, seed=np.int64(3), progress=False)
+    b = tjs.fisher_scope(model, TEXTS[1], rank=None, samples=4, seed=3, progress=False)
+    assert torch.equal(a.scores, b.scores) and type(a.params["seed"]) is int
+    r = tjs.random_attribution(model, TEXTS[1], seed=torch.tensor(1), progress=False)
+    assert torch.equal(r.scores, tjs.random_attribution(model, TEXTS[1], seed=1, progress=False).scores)
+
+
+def test_serialize_refuses_unreadable_numbers_and_keeps_constant_series():
+    from tl_jacobian_scopes.timeseries.serialize import serialize
+
+    with pytest.raises(tjs.PromptError, match="float64"):
+        serialize([10**400, 0])
+    for value in (1e17, 1e308, -5.0, 2.5e-300, 0.0):  # written alike, decoded back to the value
+        s = serialize([value] * 3)
+        assert s.text == "15,15,15,"
+        assert s.decode(s.values) == pytest.approx([value] * 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("edit", [("scores", "NaN"), ("scores", "1e999"), ("predicted_prob", 1.5),
+                                  ("predicted_prob", -0.5)])
+def test_a_loaded_result_refuses_non_finite_scores_and_impossible_probabilities(tmp_path, edit):
+    model = tiny_model("llama", "bridge")[0]
+    path = tjs.semantic_scope(model, TEXTS[1], progress=False).save_json(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    field, value = edit
+    if field == "scores":
+        text = json.dumps({**data, "scores": [0.0] + data["scores"][1:]}).replace('"scores": [0.0', f'"scores": [{value}', 1)
+    else:
+        text = json.dumps({**data, field: value})
+    path.write_text(text)
+    with pytest.raises(tjs.DataFileError):
+        tjs.load(path)
+
+
+def test_a_loaded_result_with_deeply_nested_params_renders(tmp_path):
+    model = tiny_model("llama", "bridge")[0]
+    path = tjs.semantic_scope(model, TEXTS[1], progress=False).save_json(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    data["params"]["deep"] = deep
+    path.write_text(json.dumps(data))
+    html = tjs.load(path).save_html(tmp_path / "r.html").read_text()
+    assert "deep=[[[[…]]]]" in html

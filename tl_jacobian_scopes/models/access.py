@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import MissingHookError, ModelLoadError
+from ..errors import MissingHookError, ModelLoadError, ScopeError
 from .hook_names import EMBED_HOOK, FINAL_HOOK
 from .readout import LogitTransform, read_logit_transform
 
@@ -220,6 +220,7 @@ class ModelAccess:
         model = self.model
         with model_lock(model):
             modules = all_modules(model)
+            refuse_backward_hooks(modules)
             params = list({id(p): p for m in modules for p in m._parameters.values() if p is not None}.values())
             if any(p.is_inference() for p in params):
                 raise ModelLoadError(
@@ -268,6 +269,24 @@ def all_modules(model: Any) -> list[Any]:
         found[id(module)] = module
         push(module._modules.values())
     return list(found.values())
+
+
+def refuse_backward_hooks(modules: list[Any]) -> None:
+    """Raise :class:`ScopeError` when a backward hook sits on one of ``modules`` (a torch
+    ``register_full_backward_hook`` / ``..._pre_hook``, which a TransformerLens ``add_hook(...,
+    dir="bwd")`` is too) or on every module: the scopes are gradients, and such a hook may rescale
+    them without changing the forward pass, where the self-check looks."""
+    from torch.nn.modules import module as torch_module
+
+    hooked = next((m for m in modules if vars(m).get("_backward_hooks") or vars(m).get("_backward_pre_hooks")), None)
+    if hooked is None and not (getattr(torch_module, "_global_backward_hooks", None)
+                               or getattr(torch_module, "_global_backward_pre_hooks", None)):
+        return
+    where = f"on a {type(hooked).__name__}" if hooked is not None else "registered for every module"
+    raise ScopeError(
+        f"A backward hook is attached ({where}): the scopes are gradients, which such a hook can change "
+        "without changing the model's output. Remove it for the scope call (handle.remove(), or "
+        "model.reset_hooks() for TransformerLens hooks) and attach it again afterwards.")
 
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()

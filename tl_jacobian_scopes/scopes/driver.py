@@ -225,10 +225,19 @@ def _check_options(method: "Method", options: Mapping[str, Any], access: ModelAc
         raise OptionError(
             f"{method.name} has no option {unknown[0]!r}; its options are {valid or 'none'}.{hint}"
         )
-    merged = {**method.options, **options}
+    # NumPy and 0-d tensor integers become Python ints (torch's seeding and JSON take only those);
+    # bools stay bools, and floats are left for the method's own check to refuse.
+    merged = {key: _plain_int(value) for key, value in {**method.options, **options}.items()}
     if method.check_options is not None:
         method.check_options(merged, access)
     return merged
+
+
+def _plain_int(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not (value.is_floating_point() or value.is_complex()) \
+            and value.dtype != torch.bool:
+        return int(value)
+    return int(value) if _is_index(value) and not isinstance(value, int) else value
 
 
 def check_positive_int(name: str, value: Any, low: int = 1, high: Optional[int] = None) -> None:

@@ -133,8 +133,9 @@ def serialize(
     _check_sep(sep)
     try:
         arr = np.asarray(x, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise PromptError(f"Cannot read the series as numbers ({exc}): pass a list or array of numbers.") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PromptError(f"Cannot read the series as float64 numbers ({exc}): pass a list or array of numbers "
+                          "within ±1.8e308.") from exc
     if arr.size == 0:
         raise PromptError("The series is empty: pass at least one value.")
     if not np.isfinite(arr).all():
@@ -153,7 +154,8 @@ def serialize(
     if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 <= low < high <= 1):
         raise OptionError(f"low and high must satisfy 0 ≤ low < high ≤ 1, got {low!r}, {high!r}.")
     lo, hi = float(arr.min()), float(arr.max())
-    width = hi - lo if hi > lo else 1.0
+    # A constant series: any width writes it as `low`; one of its own size keeps offset - lo exact.
+    width = hi - lo if hi > lo else (abs(lo) or 1.0)
     # written = round((x - lo) / width * (high - low) * 10**d + low * 10**d)
     scale = width / ((high - low) * 10**digits)
     offset = lo - low * 10**digits * scale

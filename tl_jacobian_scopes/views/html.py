@@ -216,11 +216,13 @@ def _prob(p: Optional[float]) -> str:
     return f"{p:.3f}" if isinstance(p, (int, float)) else _esc(p)
 
 
-def _param_text(value: Any) -> str:
+def _param_text(value: Any, depth: int = 0) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     if isinstance(value, (list, tuple)):
-        items = [_param_text(v) for v in value[:6]]
+        if depth >= 3:  # bounded like the reprlib fallback: a 900-deep list cannot recurse
+            return "[…]"
+        items = [_param_text(v, depth + 1) for v in value[:6]]
         return "[" + ", ".join(items) + (", …" if len(value) > 6 else "") + "]"
     # reprlib: bounded depth and size, so a deeply nested or huge value cannot recurse or blow up.
     text = _SHORT_REPR.repr(value)
