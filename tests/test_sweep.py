@@ -186,6 +186,9 @@ def test_other_settings_or_another_data_file_are_refused(tiny, tmp_path, capsys)
         tjs.run_sweep(tiny, data, out, scope="fisher", rank=1)
     _write(data, [*TINY_TEXTS[:3], TINY_TEXTS[3]])  # extended: resumes, computes one
     assert tjs.run_sweep(tiny, data, out, scope="fisher", rank=1)["n_computed"] == 1
+    smaller = tjs.run_sweep(tiny, data, out, scope="fisher", rank=1, limit=1)  # a smaller run's summary
+    written = json.loads((out / "set_summary.json").read_text())
+    assert smaller["n_records"] == written["n_records"] == 1 and written["n_records_in_file"] == 4
     _write(data, [{"text": TINY_TEXTS[0], "target": "cat"}])
     with pytest.raises(OptionError, match="set.jsonl:1: the temperature scope takes no target"):
         tjs.run_sweep(tiny, data, tmp_path / "out2", scope="temperature")
