@@ -19,7 +19,7 @@ import tl_jacobian_scopes as tjs
 from tl_jacobian_scopes.models.loading import bridge_from_hf, has_hooked_transformer
 
 from tiny_families import FAMILIES, family_hf_model, family_reference, family_scores
-from tiny_models import assert_close, tiny_model, tiny_tokenizer
+from tiny_models import assert_close, randomize_norms, tiny_model, tiny_tokenizer
 
 PROMPT = "the cat sat on the mat and ran"
 
@@ -287,12 +287,7 @@ def test_hooked_transformer_soft_cap():
     cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=48, d_vocab=len(tok), n_ctx=32,
                                   act_fn="gelu", normalization_type="LN", output_logits_soft_cap=2.0, seed=0)
     model = HookedTransformer(cfg, tokenizer=tok).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "ln" in name:
-                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith("w") else 0.1 * torch.randn_like(param))
-            elif param.ndim >= 2:
-                param.mul_(3.0)
+    randomize_norms(model, ("ln",), "w", 3.0)
     tokens = tok(PROMPT, return_tensors="pt").input_ids[0]
     pos = len(tokens) - 1
     ref = copy.deepcopy(model).to(torch.float64)

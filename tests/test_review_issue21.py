@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import tiny_model
+from tiny_models import read_records, tiny_model, write_prompts
 from tl_jacobian_scopes.sweep import Layout, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +25,6 @@ TEXTS = ["the cat sat on the mat", "the dog ran to the big red house", "we love 
          "he ran", "the sun and the moon and the star", "she was in the house", "one two three four five six"]
 
 
-def _write(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
-    return path
-
-
-def _records(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def test_a_second_sweep_into_the_folder_is_refused_and_the_first_loses_nothing(t
     """Sweep B starts (and would merge) while sweep A is still appending: B is refused, A keeps all."""
     from tl_jacobian_scopes.sweep import jobs
 
-    data, out = _write(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
     explain = jobs.explain_prompt
     second = []
 
@@ -64,12 +56,12 @@ def test_a_second_sweep_into_the_folder_is_refused_and_the_first_loses_nothing(t
     line = next(x for x in err.splitlines() if x.startswith("error: "))
     assert "Another sweep is writing to" in line and f"pid {os.getpid()}" in line and "started 20" in line
     assert "another --out folder" in line
-    assert [r["id"] for r in _records(out / "set.jsonl")] == list(range(len(TEXTS)))
+    assert [r["id"] for r in read_records(out / "set.jsonl")] == list(range(len(TEXTS)))
     assert not Layout(out, "set").parts()
 
 
 def test_a_lock_held_by_another_process_is_named_and_released_when_it_dies(tiny, tmp_path, capsys):
-    data, out = _write(tmp_path / "set.jsonl", TEXTS[:2]), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS[:2]), tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; from tl_jacobian_scopes.sweep.lock import try_lock; "
@@ -88,7 +80,7 @@ def test_a_lock_held_by_another_process_is_named_and_released_when_it_dies(tiny,
         holder.kill()  # as kill -9: the OS releases the lock; its file stays, stale
         holder.wait()
     assert cli.main([str(data), "--scope", "semantic", "--out", str(out)], model=tiny) == 0
-    assert len(_records(out / "set.jsonl")) == 2
+    assert len(read_records(out / "set.jsonl")) == 2
 
 
 def test_merge_keeps_a_part_file_that_grows_while_it_is_read(tmp_path, monkeypatch):
@@ -158,10 +150,10 @@ def _fill_disk_on(monkeypatch, suffix, fail_at):
 @pytest.mark.parametrize("where, suffix, fail_at", [("append", "-of-1.jsonl", 4), ("merge", ".jsonl.merging", 2)])
 def test_a_full_disk_is_one_line_exit_2_and_every_record_is_kept(tiny, tmp_path, monkeypatch, capsys,
                                                                    where, suffix, fail_at):
-    data, out = _write(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
     args = [str(data), "--scope", "semantic", "--out"]
     assert cli.main([*args, str(tmp_path / "ref")], model=tiny) == 0
-    reference = _records(tmp_path / "ref" / "set.jsonl")
+    reference = read_records(tmp_path / "ref" / "set.jsonl")
     capsys.readouterr()
     with monkeypatch.context() as patch:
         _fill_disk_on(patch, suffix, fail_at)
@@ -171,20 +163,20 @@ def test_a_full_disk_is_one_line_exit_2_and_every_record_is_kept(tiny, tmp_path,
     assert "run the same command again" in err
     assert not list(out.glob("*.merging"))  # no partial merged copy left
     layout = Layout(out, "set")
-    kept = [r for p in layout.files() for r in _records(p)]  # every file ends with a whole line
+    kept = [r for p in layout.files() for r in read_records(p)]  # every file ends with a whole line
     if where == "append":
         assert sorted(r["id"] for r in kept) == [0, 1, 2] and not layout.merged.exists()
     else:
         assert sorted(r["id"] for r in kept) == list(range(len(TEXTS))) and len(layout.parts()) == 1
     assert cli.main([*args, str(out)], model=tiny) == 0
-    assert _records(layout.merged) == reference and not layout.parts()
+    assert read_records(layout.merged) == reference and not layout.parts()
 
 
 @pytest.mark.torchrun
 def test_torchrun_ranks_share_the_lock_and_a_locked_folder_stops_every_rank(tmp_path):
     from tl_jacobian_scopes.sweep.lock import folder_lock
 
-    data, out = _write(tmp_path / "set.jsonl", TEXTS[:4]), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS[:4]), tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import tiny_model
+from tiny_models import read_records, tiny_model, write_prompts
 from tl_jacobian_scopes.errors import DataFileError, OptionError, StaleRecordsError
 from tl_jacobian_scopes.sweep import Item, Layout, merge, pending, shard
 from tl_jacobian_scopes.sweep import cli
@@ -28,14 +28,6 @@ TINY_TEXTS = ["the cat sat on the mat", "the dog ran to the big red house", "we 
               "he ran", "the sun and the moon and the star", "she was in the house", "one two three four five six"]
 
 
-def _write(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r if isinstance(r, dict) else {"text": r}) + "\n" for r in rows))
-    return path
-
-
-def _records(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +77,18 @@ def test_shares_cover_the_todo_once_across_a_change_of_world_size(first, second)
 def test_merge_sorts_deduplicates_drops_cut_lines_and_removes_the_parts(tmp_path):
     layout = Layout(tmp_path, "set")
     rec = {i: {"id": i, "key": f"k{i}", "value": i * 1.5} for i in range(6)}
-    _write(layout.merged, [rec[0], rec[3]])
-    _write(layout.part(0, 2), [rec[4], rec[1]])
-    _write(layout.part(1, 2), [rec[5], rec[3]])  # 3 again: a record in two files is kept once
+    write_prompts(layout.merged, [rec[0], rec[3]])
+    write_prompts(layout.part(0, 2), [rec[4], rec[1]])
+    write_prompts(layout.part(1, 2), [rec[5], rec[3]])  # 3 again: a record in two files is kept once
     with layout.part(1, 2).open("a") as fh:
         fh.write('{"id": 2, "key": "k2", "val')  # a rank killed mid-write
-    _write(layout.part(0, 1), [rec[2]])  # a part of a run with another world size
+    write_prompts(layout.part(0, 1), [rec[2]])  # a part of a run with another world size
     (tmp_path / "set.part-x-of-2.jsonl").write_text("not a part file")
     (tmp_path / "other.part-0-of-1.jsonl").write_text(json.dumps(rec[1]) + "\n")
     assert len(layout.parts()) == 3 and layout.parts(2) == [layout.part(0, 2), layout.part(1, 2)]
     merged = merge(layout)
     assert merged == [rec[i] for i in range(6)]
-    assert _records(layout.merged) == merged
+    assert read_records(layout.merged) == merged
     assert layout.parts() == [] and (tmp_path / "other.part-0-of-1.jsonl").exists()
     assert merge(layout) == merged  # idempotent
 
@@ -110,12 +102,12 @@ def test_a_malformed_records_line_names_the_file_and_line(tmp_path):
 
 def test_the_line_counter_counts_only_lines_added_since_it_started(tmp_path):
     layout = Layout(tmp_path, "set")
-    _write(layout.part(0, 2), [{"id": 0, "key": "a"}])
+    write_prompts(layout.part(0, 2), [{"id": 0, "key": "a"}])
     counter = LineCounter(lambda: layout.parts(2))
     assert counter.count() == 0
     with layout.part(0, 2).open("a") as fh:
         fh.write('{"id": 1, "key": "b"}\n{"id": 2, "ke')
-    _write(layout.part(1, 2), [{"id": 3, "key": "c"}, {"id": 4, "key": "d"}])
+    write_prompts(layout.part(1, 2), [{"id": 3, "key": "c"}, {"id": 4, "key": "d"}])
     assert counter.count() == 3
     # Its writer cuts the cut-short line off, then appends a record shorter than it was.
     raw = layout.part(0, 2).read_bytes()
@@ -141,13 +133,13 @@ def test_ranks_and_devices_come_from_torchruns_environment(monkeypatch):
 
 
 def test_prompt_fields_are_checked_with_their_line(tmp_path):
-    path = _write(tmp_path / "set.jsonl", [{"text": "a b", "target": " x", "position": -1}, {"text": "c", "target": 1.5}])
+    path = write_prompts(tmp_path / "set.jsonl", [{"text": "a b", "target": " x", "position": -1}, {"text": "c", "target": 1.5}])
     with pytest.raises(DataFileError, match=r"set\.jsonl:2: \"target\""):
         read_prompts(path)
-    _write(path, [{"text": "a b", "position": "last"}])
+    write_prompts(path, [{"text": "a b", "position": "last"}])
     with pytest.raises(DataFileError, match=r"set\.jsonl:1: \"position\""):
         read_prompts(path)
-    _write(path, [{"text": "a b", "target": " x", "position": -1, "note": 3}])
+    write_prompts(path, [{"text": "a b", "target": " x", "position": -1, "note": 3}])
     assert read_prompts(path)[0].inputs() == {"text": "a b", "target": " x", "contrast": None, "position": -1}
 
 
@@ -155,11 +147,11 @@ def test_prompt_fields_are_checked_with_their_line(tmp_path):
 
 
 def test_records_hold_the_scope_and_skip_prompts_that_cannot_be_explained(tiny, tmp_path):
-    data = _write(tmp_path / "set.jsonl", [TINY_TEXTS[0], {"text": TINY_TEXTS[1], "target": "house", "position": 3},
+    data = write_prompts(tmp_path / "set.jsonl", [TINY_TEXTS[0], {"text": TINY_TEXTS[1], "target": "house", "position": 3},
                                            {"text": "the cat", "position": 9}, {"text": "the cat", "target": "big red"},
                                            TINY_TEXTS[0]])
     summary = tjs.run_sweep(tiny, data, tmp_path / "out", scope="semantic")
-    records = _records(tmp_path / "out" / "set.jsonl")
+    records = read_records(tmp_path / "out" / "set.jsonl")
     assert [r["id"] for r in records] == [0, 1, 2, 3, 4] and [r["line"] for r in records] == [1, 2, 3, 4, 5]
     assert summary["n_records"] == 5 and summary["n_skipped"] == 2
     assert records[4]["scores"] == records[0]["scores"]  # a repeated text gets its own record
@@ -173,7 +165,7 @@ def test_records_hold_the_scope_and_skip_prompts_that_cannot_be_explained(tiny, 
 
 
 def test_other_settings_or_another_data_file_are_refused(tiny, tmp_path, capsys):
-    data, out = _write(tmp_path / "set.jsonl", TINY_TEXTS[:3]), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TINY_TEXTS[:3]), tmp_path / "out"
     assert cli.main([str(data), "--scope", "fisher", "--out", str(out)], model=tiny) == 0
     capsys.readouterr()
     assert cli.main([str(data), "--scope", "fisher", "--rank", "2", "--out", str(out)], model=tiny) == 2
@@ -181,15 +173,15 @@ def test_other_settings_or_another_data_file_are_refused(tiny, tmp_path, capsys)
     assert err.startswith("error: ") and "other settings" in err and "--out" in err and "'rank': 1" in err
     with pytest.raises(StaleRecordsError, match="other settings .*scope='fisher' \\(now 'temperature'\\)"):
         tjs.run_sweep(tiny, data, out, scope="temperature")
-    _write(data, [TINY_TEXTS[1], TINY_TEXTS[0], TINY_TEXTS[2]])
+    write_prompts(data, [TINY_TEXTS[1], TINY_TEXTS[0], TINY_TEXTS[2]])
     with pytest.raises(StaleRecordsError, match="record 0 .*not text 0 .*delete"):
         tjs.run_sweep(tiny, data, out, scope="fisher", rank=1)
-    _write(data, [*TINY_TEXTS[:3], TINY_TEXTS[3]])  # extended: resumes, computes one
+    write_prompts(data, [*TINY_TEXTS[:3], TINY_TEXTS[3]])  # extended: resumes, computes one
     assert tjs.run_sweep(tiny, data, out, scope="fisher", rank=1)["n_computed"] == 1
     smaller = tjs.run_sweep(tiny, data, out, scope="fisher", rank=1, limit=1)  # a smaller run's summary
     written = json.loads((out / "set_summary.json").read_text())
     assert smaller["n_records"] == written["n_records"] == 1 and written["n_records_in_file"] == 4
-    _write(data, [{"text": TINY_TEXTS[0], "target": "cat"}])
+    write_prompts(data, [{"text": TINY_TEXTS[0], "target": "cat"}])
     with pytest.raises(OptionError, match="set.jsonl:1: the temperature scope takes no target"):
         tjs.run_sweep(tiny, data, tmp_path / "out2", scope="temperature")
 
@@ -199,10 +191,10 @@ def test_other_settings_or_another_data_file_are_refused(tiny, tmp_path, capsys)
 
 @pytest.mark.torchrun
 def test_torchrun_kill_and_resume_with_other_world_sizes_equals_one_process(tiny, tmp_path, one_thread, capsys):
-    data = _write(tmp_path / "set.jsonl", [*TINY_TEXTS, {"text": "the", "position": 4}])
+    data = write_prompts(tmp_path / "set.jsonl", [*TINY_TEXTS, {"text": "the", "position": 4}])
     args = [str(data), "--scope", "semantic", "--out"]
     assert cli.main([*args, str(tmp_path / "ref")], model=tiny) == 0
-    reference = _records(tmp_path / "ref" / "set.jsonl")
+    reference = read_records(tmp_path / "ref" / "set.jsonl")
     assert len(reference) == 8 and sum("skipped" in r for r in reference) == 1
 
     out = tmp_path / "out"
@@ -213,10 +205,10 @@ def test_torchrun_kill_and_resume_with_other_world_sizes_equals_one_process(tiny
                     {"TJS_SWEEP_DIE_AFTER": "1", "TJS_SWEEP_DIE_RANK": "1"})
     assert run.returncode != 0, run.stdout + run.stderr
     layout = Layout(out, "set")
-    assert [r["id"] for r in _records(layout.merged)] == [0, 1]  # no merge after a death
+    assert [r["id"] for r in read_records(layout.merged)] == [0, 1]  # no merge after a death
     part0, part1 = layout.part(0, 2), layout.part(1, 2)
-    assert [r["id"] for r in _records(part1)] == [3]
-    ids0 = [r["id"] for r in _records(part0)] if part0.exists() else []
+    assert [r["id"] for r in read_records(part1)] == [3]
+    ids0 = [r["id"] for r in read_records(part0)] if part0.exists() else []
     assert set(ids0) <= {2, 4, 6}
     with part0.open("a") as fh:  # as if rank 0 had been killed mid-write too
         fh.write('{"id": 4, "key": "')
@@ -225,7 +217,7 @@ def test_torchrun_kill_and_resume_with_other_world_sizes_equals_one_process(tiny
     assert cli.main([*args, str(out)], model=tiny) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_computed"] == 8 - 2 - 1 - len(ids0) and summary["world_size"] == 1
-    assert _records(layout.merged) == reference and layout.parts() == []
+    assert read_records(layout.merged) == reference and layout.parts() == []
 
 
 @pytest.mark.torchrun
@@ -233,13 +225,13 @@ def test_torchrun_on_the_default_model_equals_one_process(default_model, tmp_pat
     rows = ["She opened the old wooden box and found a letter from her grandmother, written in faded ink",
             "The train left the station at noon, and by evening the passengers could see the mountains",
             {"text": "The capital of France is", "target": " Paris"}]
-    data = _write(tmp_path / "set.jsonl", rows)
+    data = write_prompts(tmp_path / "set.jsonl", rows)
     args = [str(data), "--scope", "semantic", "--out"]
     assert cli.main([*args, str(tmp_path / "one")], model=default_model) == 0
-    reference = _records(tmp_path / "one" / "set.jsonl")
+    reference = read_records(tmp_path / "one" / "set.jsonl")
     run = _torchrun(["-m", "tl_jacobian_scopes.sweep", *args, str(tmp_path / "two"), "--device", "cpu"])
     assert run.returncode == 0, run.stdout + run.stderr
-    assert _records(tmp_path / "two" / "set.jsonl") == reference
+    assert read_records(tmp_path / "two" / "set.jsonl") == reference
     assert run.stdout.count('"world_size": 2') == 1 and run.stdout.count('"world_size"') == 1  # rank 0 prints
     assert reference[2]["target"]["token"] == " Paris" and reference[2]["tokens"][-1] == " is"
 
@@ -258,7 +250,7 @@ def test_bad_input_is_one_line_exit_2_before_the_model_loads(args, needle, tmp_p
 
     loads = []
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a))
-    data = _write(tmp_path / "set.jsonl", [{"text": "a b", "target": " c"}] if "TARGETS" in args else ["a b"])
+    data = write_prompts(tmp_path / "set.jsonl", [{"text": "a b", "target": " c"}] if "TARGETS" in args else ["a b"])
     (tmp_path / "FILE").write_text("")
     args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args if a != "TARGETS"]
     first = str(tmp_path / "missing.jsonl") if "MISSING" in args else str(data)

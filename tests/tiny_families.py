@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from tiny_models import tiny_tokenizer
+from tiny_models import randomize_norms, tiny_tokenizer
 
 FAMILIES = ["gemma2", "cohere", "granite", "olmo"]
 
@@ -46,12 +46,7 @@ def family_hf_model(family: str, seed: int = 0) -> Any:
         raise ValueError(family)
     config.architectures = [cls.__name__]
     model = cls(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith("weight") else 0.1 * torch.randn_like(param))
-            elif param.ndim >= 2:
-                param.mul_(5.0)
+    randomize_norms(model, ("norm",), "weight", 5.0)
     return model
 
 

@@ -75,15 +75,23 @@ def tiny_hf_model(kind: str, seed: int = 0):
         model = LlamaForCausalLM(config)
     else:
         raise ValueError(kind)
-    # Random norm gains and biases: with gains of exactly 1, ‖y‖ would be constant.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "ln" in name or "norm" in name:
-                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith("weight") else 0.1 * torch.randn_like(param))
-            elif param.ndim >= 2:
-                param.mul_(5.0)  # larger weights: a less trivial, less linear model
+    randomize_norms(model, ("ln", "norm"), "weight", 5.0)
     model.eval()
     return model
+
+
+def randomize_norms(model, norm_names=("ln", "norm"), gain_suffix: str = "weight", weight_scale: float = 5.0) -> None:
+    """Random norm gains (≈1) and biases, and matrices scaled by ``weight_scale``, in place.
+
+    With gains of exactly 1, ‖y‖ would be constant; larger weights make a less trivial, less linear model.
+    """
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(key in name for key in norm_names):
+                param.copy_(1.0 + 0.3 * torch.randn_like(param) if name.endswith(gain_suffix)
+                            else 0.1 * torch.randn_like(param))
+            elif param.ndim >= 2:
+                param.mul_(weight_scale)
 
 
 def tiny_model(kind: str, backend: str, seed: int = 0):
@@ -241,3 +249,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-
     ``|expected|`` (tiny scores next to large ones are compared at the large ones' scale)."""
     expected = expected.to(actual.dtype)
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def write_prompts(path, rows):
+    """A JSONL prompt file: each row a text, or a dict of prompt fields."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r if isinstance(r, dict) else {"text": r}) + "\n" for r in rows))
+    return path
+
+
+def read_records(path):
+    """The records of a JSONL results file."""
+    import json
+    from pathlib import Path
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
