@@ -271,6 +271,26 @@ def all_modules(model: Any) -> list[Any]:
     return list(found.values())
 
 
+#: A module's torch hook dicts (any of them holding a user's hook: the module is hooked).
+TORCH_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+#: Packages whose own hooks are part of the model (TransformerLens wires capture hooks on its first
+#: forward pass, e.g. a bridge block's ``_capture_pre_ln1``): not a user's edit.
+_LIBRARY_HOOK_PACKAGES = ("transformer_lens.", "transformers.", "torch.", "accelerate.")
+
+
+def has_user_hooks(module: Any, names: tuple[str, ...] = TORCH_HOOK_DICTS) -> bool:
+    """True when one of ``module``'s torch hook dicts ``names`` holds a hook that is not the
+    model's own (TransformerLens's, transformers', torch's or Accelerate's)."""
+    state = vars(module)
+    for name in names:
+        for hook in (state.get(name) or {}).values():
+            fn = getattr(hook, "func", hook)  # functools.partial
+            origin = str(getattr(fn, "__module__", "") or "")
+            if not origin.startswith(_LIBRARY_HOOK_PACKAGES):
+                return True
+    return False
+
+
 def refuse_backward_hooks(modules: list[Any]) -> None:
     """Raise :class:`ScopeError` when a backward hook sits on one of ``modules`` (a torch
     ``register_full_backward_hook`` / ``..._pre_hook``, which a TransformerLens ``add_hook(...,
@@ -278,7 +298,9 @@ def refuse_backward_hooks(modules: list[Any]) -> None:
     them without changing the forward pass, where the self-check looks."""
     from torch.nn.modules import module as torch_module
 
-    hooked = next((m for m in modules if vars(m).get("_backward_hooks") or vars(m).get("_backward_pre_hooks")), None)
+    # A TransformerLens hook point wraps its hooks in its own function: its bwd_hooks list names them.
+    hooked = next((m for m in modules if has_user_hooks(m, ("_backward_hooks", "_backward_pre_hooks"))
+                   or vars(m).get("bwd_hooks")), None)
     if hooked is None and not (getattr(torch_module, "_global_backward_hooks", None)
                                or getattr(torch_module, "_global_backward_pre_hooks", None)):
         return

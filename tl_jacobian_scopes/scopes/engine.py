@@ -32,7 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import ArchitectureError, MissingHookError, ScopeError, ScopeMemoryError
-from ..models.access import ModelAccess
+from ..models.access import ModelAccess, has_user_hooks
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, internal_hook_names
 
 
@@ -348,8 +348,6 @@ def attention_kernel(access: ModelAccess, hook_names: Sequence[str] = (EMBED_HOO
     return "sdpa"
 
 
-#: A module's torch hook dicts (any of them non-empty: the module is hooked).
-TORCH_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _global_torch_hooks() -> bool:
@@ -369,7 +367,7 @@ def unembed_hooked(access: ModelAccess) -> bool:
     """
     # A hook on the model itself (or the HF model a bridge wraps) sees the logits too.
     for root in (access.model, getattr(access.model, "original_model", None)):
-        if isinstance(root, torch.nn.Module) and any(vars(root).get(name) for name in TORCH_HOOK_DICTS):
+        if isinstance(root, torch.nn.Module) and has_user_hooks(root):
             return True
     unembed = getattr(access.model, "unembed", None)
     read = unembed._modules.get("hook_in") if unembed is not None else None
@@ -383,7 +381,7 @@ def unembed_hooked(access: ModelAccess) -> bool:
             hooked = module is not read and bool(
                 module.fwd_hooks or getattr(module, "bwd_hooks", None) or module._forward_hooks)
         else:
-            hooked = any(state.get(name) for name in TORCH_HOOK_DICTS)
+            hooked = has_user_hooks(module)
         if hooked:
             return True
         stack.extend(module._modules.values())
@@ -411,7 +409,7 @@ def _hook_points_within(modules: Sequence[Any], hooked: Optional[list[Any]] = No
         state = vars(module)
         if "fwd_hooks" in state:
             found[id(module)] = module
-        elif hooked is not None and any(state.get(name) for name in TORCH_HOOK_DICTS):
+        elif hooked is not None and has_user_hooks(module):
             hooked.append(module)
         stack.extend(module._modules.values())
     return found

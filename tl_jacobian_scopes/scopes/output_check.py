@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from ..errors import OutputMismatchError
-from ..models.access import ModelAccess, hook_count
+from ..models.access import ModelAccess, has_user_hooks, hook_count
 from ..models.hook_names import FINAL_HOOK
 from . import probes as P
-from .engine import TORCH_HOOK_DICTS, forward_to_final_hidden, model_family, run_model, unembed_hooked
+from .engine import forward_to_final_hidden, model_family, run_model, unembed_hooked
 
 #: Largest total-variation distance ``½ Σ|p_lib - p_model|`` accepted, by the model's dtype: the
 #: model rounds its logits to its dtype (bf16 keeps ~3 significant digits), the library works in float32.
@@ -154,7 +154,7 @@ def _wrapped_model_logits(access: ModelAccess, tokens: Tensor) -> Optional[Tenso
                 if child is None:
                     continue
                 inner = child._modules.get("_original_component") or child._modules.get("original_component")
-                if any(vars(child).get(n) for n in TORCH_HOOK_DICTS):
+                if has_user_hooks(child) or isinstance(inner, torch.nn.Module) and has_user_hooks(inner):
                     # A torch hook on a bridge component or an HF module: whether model(tokens) runs
                     # it depends on the bridge's path, so only model(tokens) itself is the reference.
                     return None
