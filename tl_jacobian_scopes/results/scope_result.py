@@ -435,8 +435,6 @@ class ScopeResult(SavedAsJson):
         if data.get("contrast") is not None or data.get("contrast_prob") is not None:
             data["contrast_prob"] = _optional_float(data.get("contrast_prob"), "contrast_prob")
         data["scores"] = _float_tensor(data["scores"], "scores")
-        # A scope never reports these (it refuses non-finite scores): the file was edited or damaged.
-        _require(bool(torch.isfinite(data["scores"]).all()), "Field 'scores' holds NaN or infinity.")
         for name in ("predicted_prob", "target_prob", "contrast_prob"):
             value = data.get(name)
             _require(value is None or math.isnan(value) or 0.0 <= value <= 1.0,
