@@ -47,7 +47,7 @@ def skip_output_check(model: Any, skip: bool = True) -> None:
     differ (e.g. a hook that edits the logits on purpose).
 
     Example:
-        >>> tjs.skip_output_check(model)  # doctest: +SKIP
+        >>> tjs.skip_output_check(model)  # not run: it would turn the check off for the shared model  # doctest: +SKIP
     """
     if skip:
         _SKIPPED.add(model)

@@ -208,8 +208,8 @@ def run(
     # n_records: this run's prompts (a --limit run resumes a prefix); n_records_in_file: every record
     # the folder's merged file holds, so a smaller run's summary never hides the larger file.
     summary = {"data": str(data), "scope": scope, "params": params, "n_records": len(mine),
-               "n_records_in_file": len(outcome.records), "limit": limit,
-               "n_skipped": sum("skipped" in r for r in mine), "n_computed": outcome.computed,
+               "n_skipped": sum("skipped" in r for r in mine), "n_records_in_file": len(outcome.records),
+               "limit": limit, "n_computed": outcome.computed,
                "world_size": ranks.world, "seconds": seconds,
                "records_per_second": outcome.computed / seconds if seconds > 0 else None,
                "merge_seconds": outcome.merge_seconds,

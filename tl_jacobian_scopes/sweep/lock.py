@@ -13,7 +13,7 @@ lock is not re-entrant: a second sweep started inside the same process (a thread
 runs a sweep) is refused too.
 
 Example:
-    >>> with folder_lock(Path("results")):  # doctest: +SKIP
+    >>> with folder_lock(Path("results")):  # not run: it would lock a folder in the caller's directory  # doctest: +SKIP
     ...     ...  # append and merge records in results/
 """
 
