@@ -17,14 +17,10 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import read_records, tiny_model, write_prompts
+from tiny_models import TINY_TEXTS, read_records, tiny_model, write_prompts
 from tl_jacobian_scopes.sweep import Layout, cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["the cat sat on the mat", "the dog ran to the big red house", "we love the food of the city",
-         "he ran", "the sun and the moon and the star", "she was in the house", "one two three four five six"]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +35,7 @@ def test_a_second_sweep_into_the_folder_is_refused_and_the_first_loses_nothing(t
     """Sweep B starts (and would merge) while sweep A is still appending: B is refused, A keeps all."""
     from tl_jacobian_scopes.sweep import jobs
 
-    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TINY_TEXTS), tmp_path / "out"
     explain = jobs.explain_prompt
     second = []
 
@@ -56,12 +52,12 @@ def test_a_second_sweep_into_the_folder_is_refused_and_the_first_loses_nothing(t
     line = next(x for x in err.splitlines() if x.startswith("error: "))
     assert "Another sweep is writing to" in line and f"pid {os.getpid()}" in line and "started 20" in line
     assert "another --out folder" in line
-    assert [r["id"] for r in read_records(out / "set.jsonl")] == list(range(len(TEXTS)))
+    assert [r["id"] for r in read_records(out / "set.jsonl")] == list(range(len(TINY_TEXTS)))
     assert not Layout(out, "set").parts()
 
 
 def test_a_lock_held_by_another_process_is_named_and_released_when_it_dies(tiny, tmp_path, capsys):
-    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS[:2]), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TINY_TEXTS[:2]), tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; from tl_jacobian_scopes.sweep.lock import try_lock; "
@@ -150,7 +146,7 @@ def _fill_disk_on(monkeypatch, suffix, fail_at):
 @pytest.mark.parametrize("where, suffix, fail_at", [("append", "-of-1.jsonl", 4), ("merge", ".jsonl.merging", 2)])
 def test_a_full_disk_is_one_line_exit_2_and_every_record_is_kept(tiny, tmp_path, monkeypatch, capsys,
                                                                    where, suffix, fail_at):
-    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TINY_TEXTS), tmp_path / "out"
     args = [str(data), "--scope", "semantic", "--out"]
     assert cli.main([*args, str(tmp_path / "ref")], model=tiny) == 0
     reference = read_records(tmp_path / "ref" / "set.jsonl")
@@ -167,7 +163,7 @@ def test_a_full_disk_is_one_line_exit_2_and_every_record_is_kept(tiny, tmp_path,
     if where == "append":
         assert sorted(r["id"] for r in kept) == [0, 1, 2] and not layout.merged.exists()
     else:
-        assert sorted(r["id"] for r in kept) == list(range(len(TEXTS))) and len(layout.parts()) == 1
+        assert sorted(r["id"] for r in kept) == list(range(len(TINY_TEXTS))) and len(layout.parts()) == 1
     assert cli.main([*args, str(out)], model=tiny) == 0
     assert read_records(layout.merged) == reference and not layout.parts()
 
@@ -176,7 +172,7 @@ def test_a_full_disk_is_one_line_exit_2_and_every_record_is_kept(tiny, tmp_path,
 def test_torchrun_ranks_share_the_lock_and_a_locked_folder_stops_every_rank(tmp_path):
     from tl_jacobian_scopes.sweep.lock import folder_lock
 
-    data, out = write_prompts(tmp_path / "set.jsonl", TEXTS[:4]), tmp_path / "out"
+    data, out = write_prompts(tmp_path / "set.jsonl", TINY_TEXTS[:4]), tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
@@ -223,7 +219,7 @@ def test_exact_fisher_at_every_position_is_counted(default_model, monkeypatch, n
 def test_the_batch_size_and_samples_enter_the_guard(tiny, monkeypatch):
     from tl_jacobian_scopes.scopes import engine
 
-    prompts, samples = TEXTS[:4], 4000
+    prompts, samples = TINY_TEXTS[:4], 4000
     access = tjs.scopes.driver.ModelAccess(tiny)
     making = 16 * samples * access.d_vocab  # the Rademacher draws of one prediction
     one, four = (engine.probes_memory(access, samples + 8, n, 1, making) for n in (1, 4))
@@ -240,7 +236,7 @@ def test_the_batch_size_and_samples_enter_the_guard(tiny, monkeypatch):
 
 @pytest.fixture(scope="module")
 def saved_internals(tiny):
-    return tjs.semantic_scope(tiny, TEXTS[0], internals=True, progress=False).to_dict()
+    return tjs.semantic_scope(tiny, TINY_TEXTS[0], internals=True, progress=False).to_dict()
 
 
 @pytest.mark.parametrize("rows", [1, 2])
@@ -282,7 +278,7 @@ def test_a_400_digit_logit_difference_in_a_patching_file_is_refused(tmp_path):
 
 
 def test_save_json_of_deeply_nested_params_is_a_clear_error(tiny, tmp_path):
-    result = tjs.semantic_scope(tiny, TEXTS[0], progress=False)
+    result = tjs.semantic_scope(tiny, TINY_TEXTS[0], progress=False)
     deep: dict = {}
     for _ in range(900):
         deep = {"x": deep}
@@ -293,7 +289,7 @@ def test_save_json_of_deeply_nested_params_is_a_clear_error(tiny, tmp_path):
 
 
 def test_the_html_view_of_deeply_nested_params_is_bounded(tiny, tmp_path):
-    result = tjs.semantic_scope(tiny, TEXTS[0], progress=False)
+    result = tjs.semantic_scope(tiny, TINY_TEXTS[0], progress=False)
     deep: dict = {}
     for _ in range(3000):
         deep = {"x": deep}
@@ -322,7 +318,7 @@ def test_patching_plot_draws_a_loaded_mathtext_row_label_literally(tmp_path):
 @pytest.mark.parametrize("target", [torch.tensor(1.5), torch.tensor(1.0), torch.tensor(True), torch.tensor([2.5])])
 def test_a_non_integral_target_id_is_refused(tiny, target):
     with pytest.raises(tjs.TargetError, match="integer"):
-        tjs.semantic_scope(tiny, TEXTS[0], target=target, progress=False)
+        tjs.semantic_scope(tiny, TINY_TEXTS[0], target=target, progress=False)
 
 
 # ---- time series ---------------------------------------------------------------------------------
@@ -404,7 +400,7 @@ def test_a_torch_hook_on_a_wrapped_module_never_makes_the_scope_explain_another_
         module = getattr(module, name)
     handle = module.register_forward_hook(_replace_output)
     try:
-        tokens = model.to_tokens(TEXTS[1])
+        tokens = model.to_tokens(TINY_TEXTS[1])
         with torch.no_grad():
             probs = model(tokens)[0, -1].float().softmax(-1)
         result = tjs.semantic_scope(model, tokens, internals=internals, progress=False)
@@ -435,7 +431,7 @@ def test_a_hook_that_changes_the_logits_after_y_is_refused(where):
     """The scopes compute the logits from y and W_U: a hook after y would make them explain other logits.
     The self-check verifies every call while such a hook is attached (even after the model passed once)."""
     model = tiny_model("llama", "bridge")[0]
-    tokens = model.to_tokens(TEXTS[1])
+    tokens = model.to_tokens(TINY_TEXTS[1])
     tjs.semantic_scope(model, tokens, progress=False)  # the model passes once: the hook is added afterwards
     scale = lambda module, args, output: output * 3  # noqa: E731
     if where == "torch hook on unembed":
@@ -463,7 +459,7 @@ def test_a_hook_that_changes_the_logits_after_y_is_refused(where):
 def test_an_observing_hook_on_the_unembedding_is_allowed_and_checked_each_call():
     """A hook that only reads the logits leaves them unchanged: the scope runs, and stays exact."""
     model = tiny_model("llama", "bridge")[0]
-    tokens = model.to_tokens(TEXTS[1])
+    tokens = model.to_tokens(TINY_TEXTS[1])
     seen = []
     handle = model.unembed.register_forward_hook(lambda module, args, output: seen.append(output.shape) and None)
     try:
@@ -482,7 +478,7 @@ def test_a_hook_on_the_model_root_added_after_a_pass_is_caught(root):
     """A forward hook on the model itself edits the logits after y: checked at every call, also
     once the model has passed the self-check."""
     model = tiny_model("llama", "bridge")[0]
-    tokens = model.to_tokens(TEXTS[1])
+    tokens = model.to_tokens(TINY_TEXTS[1])
     tjs.semantic_scope(model, tokens, progress=False)  # passes: the verdict is cached
     if root == "bridge":
         handle = model.register_forward_hook(lambda module, args, output: output * 3)
@@ -501,7 +497,7 @@ def test_integration_steps_are_bounded_before_any_work():
     model = tiny_model("llama", "bridge")[0]
     for steps in (10**10, 2**63):
         with pytest.raises(tjs.OptionError, match="steps"):
-            tjs.integrated_gradients(model, TEXTS[1], steps=steps, progress=False)
+            tjs.integrated_gradients(model, TINY_TEXTS[1], steps=steps, progress=False)
 
 
 @pytest.mark.parametrize("value", ["abc", "nan", "inf", "1e400", "0", "-1"])
@@ -509,7 +505,7 @@ def test_a_bad_memory_budget_variable_is_a_clear_error(monkeypatch, value):
     model = tiny_model("llama", "bridge")[0]
     monkeypatch.setenv("TL_JACOBIAN_SCOPES_MEMORY_BUDGET", value)
     with pytest.raises(tjs.ScopeError, match="TL_JACOBIAN_SCOPES_MEMORY_BUDGET"):
-        tjs.semantic_scope(model, TEXTS[1], progress=False)
+        tjs.semantic_scope(model, TINY_TEXTS[1], progress=False)
 
 
 # ---- second red-team round ------------------------------------------------------------------------
@@ -526,20 +522,20 @@ def test_a_backward_hook_is_refused_since_it_changes_gradients_not_outputs(where
         handle = type("Reset", (), {"remove": lambda self: model.reset_hooks()})()
     try:
         with pytest.raises(tjs.ScopeError, match="backward hook"):
-            tjs.semantic_scope(model, TEXTS[1], progress=False)
+            tjs.semantic_scope(model, TINY_TEXTS[1], progress=False)
     finally:
         handle.remove()
-    tjs.semantic_scope(model, TEXTS[1], progress=False)
+    tjs.semantic_scope(model, TINY_TEXTS[1], progress=False)
 
 
 def test_numpy_and_tensor_integer_options_are_plain_ints():
     np = pytest.importorskip("numpy")
     model = tiny_model("llama", "bridge")[0]
-    a = tjs.fisher_scope(model, TEXTS[1], rank=None, samples=4, seed=np.int64(3), progress=False)
-    b = tjs.fisher_scope(model, TEXTS[1], rank=None, samples=4, seed=3, progress=False)
+    a = tjs.fisher_scope(model, TINY_TEXTS[1], rank=None, samples=4, seed=np.int64(3), progress=False)
+    b = tjs.fisher_scope(model, TINY_TEXTS[1], rank=None, samples=4, seed=3, progress=False)
     assert torch.equal(a.scores, b.scores) and type(a.params["seed"]) is int
-    r = tjs.random_attribution(model, TEXTS[1], seed=torch.tensor(1), progress=False)
-    assert torch.equal(r.scores, tjs.random_attribution(model, TEXTS[1], seed=1, progress=False).scores)
+    r = tjs.random_attribution(model, TINY_TEXTS[1], seed=torch.tensor(1), progress=False)
+    assert torch.equal(r.scores, tjs.random_attribution(model, TINY_TEXTS[1], seed=1, progress=False).scores)
 
 
 def test_serialize_refuses_unreadable_numbers_and_keeps_constant_series():
@@ -557,7 +553,7 @@ def test_serialize_refuses_unreadable_numbers_and_keeps_constant_series():
 def test_a_loaded_result_refuses_impossible_probabilities(tmp_path, edit):
     """(Non-finite scores round-trip on purpose: test_result_files.py.)"""
     model = tiny_model("llama", "bridge")[0]
-    path = tjs.semantic_scope(model, TEXTS[1], progress=False).save_json(tmp_path / "r.json")
+    path = tjs.semantic_scope(model, TINY_TEXTS[1], progress=False).save_json(tmp_path / "r.json")
     data = json.loads(path.read_text())
     field, value = edit
     if field == "scores":
@@ -571,7 +567,7 @@ def test_a_loaded_result_refuses_impossible_probabilities(tmp_path, edit):
 
 def test_a_loaded_result_with_deeply_nested_params_renders(tmp_path):
     model = tiny_model("llama", "bridge")[0]
-    path = tjs.semantic_scope(model, TEXTS[1], progress=False).save_json(tmp_path / "r.json")
+    path = tjs.semantic_scope(model, TINY_TEXTS[1], progress=False).save_json(tmp_path / "r.json")
     data = json.loads(path.read_text())
     deep: list = []
     for _ in range(900):

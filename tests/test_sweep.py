@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import read_records, tiny_model, write_prompts
+from tiny_models import TINY_TEXTS, read_records, tiny_model, write_prompts
 from tl_jacobian_scopes.errors import DataFileError, OptionError, StaleRecordsError
 from tl_jacobian_scopes.sweep import Item, Layout, merge, pending, shard
 from tl_jacobian_scopes.sweep import cli
@@ -24,10 +24,6 @@ from tl_jacobian_scopes.sweep.prompts import read_prompts
 from tl_jacobian_scopes.sweep.runner import LineCounter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TEXTS = ["the cat sat on the mat", "the dog ran to the big red house", "we love the food of the city",
-              "he ran", "the sun and the moon and the star", "she was in the house", "one two three four five six"]
-
-
 
 
 @pytest.fixture(scope="module")

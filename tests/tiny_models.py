@@ -20,6 +20,10 @@ WORDS = (
     "sun moon star sky day night one two three four five six seven eight nine ten"
 ).split()
 
+#: Short prompts in the tiny tokenizer's words (sweeps and prompt files in the tests).
+TINY_TEXTS = ["the cat sat on the mat", "the dog ran to the big red house", "we love the food of the city",
+              "he ran", "the sun and the moon and the star", "she was in the house", "one two three four five six"]
+
 BACKENDS = ["bridge"] + (["hooked"] if has_hooked_transformer() else [])
 KINDS = ["gpt2", "llama"]
 
