@@ -22,6 +22,7 @@ dist = sys.argv[1]
 name = build_meta.build_sdist(dist)
 names = tarfile.open(f"{dist}/{name}").getnames()
 need = ["tests/conftest.py", "tests/tiny_models.py", "tests/scope_fixtures.py", "tests/virtual_devices.py",
+        "tests/browser.py", "tests/pages.py",
         "docs/method.md", "LICENSE", "tl_jacobian_scopes/py.typed", "tl_jacobian_scopes/data/lambada_1000.jsonl"]
 missing = [n for n in need if not any(x.endswith("/" + n) for x in names)]
 assert not missing, f"the sdist lacks {missing}"

@@ -2,6 +2,11 @@
 
 Tiny random models and the independent references live in ``tiny_models.py`` (with the
 ``assert_close`` helper); only tests that need a real model's behaviour use ``default_model``.
+
+Test files are named after the behaviour they test, and no test module imports another: shared
+helpers live in helper modules (``tiny_models.py``, ``tiny_families.py``, ``architectures.py``,
+``scope_fixtures.py`` for synthetic results, ``browser.py`` for headless Chromium, ``pages.py``
+for hostile strings and the inert-page check, ``virtual_devices.py``) or here, as fixtures.
 """
 
 import pytest

@@ -5,10 +5,7 @@ The browser tests skip without gradio, playwright or Chromium, unless TJS_BROWSE
 (CI), where a missing piece fails instead.
 """
 
-import importlib.util
 import json
-import os
-import shutil
 import socket
 import threading
 import time
@@ -18,6 +15,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
+from browser import BROWSER_REQUIRED, CHROMIUM, HAVE_BROWSER, _free_port, needs_app_browser
 from tl_jacobian_scopes.app.engine import Engine, Request, pasted_series, write_downloads
 from tl_jacobian_scopes.app.render import token_html
 from tl_jacobian_scopes.app.state import ModelSlot, Stopped
@@ -25,12 +23,6 @@ from tl_jacobian_scopes.models.access import hook_count, model_lock
 from tl_jacobian_scopes.progress import Progress, observe
 
 PROMPT = "The capital of France is"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-BROWSER_REQUIRED = os.environ.get("TJS_BROWSER_REQUIRED") == "1"
-HAVE_BROWSER = (CHROMIUM is not None and importlib.util.find_spec("gradio") is not None
-                and importlib.util.find_spec("playwright") is not None)
-needs_browser = pytest.mark.skipif(not HAVE_BROWSER and not BROWSER_REQUIRED,
-                                   reason="needs gradio, playwright (pip) and Chromium (apt-get install chromium)")
 
 
 def assert_scores_close(shown, expected, rel=1e-3):
@@ -159,12 +151,6 @@ def test_cli_app_binds_localhost_by_default(default_model, monkeypatch, capsys):
 # ---- the page in a real browser ------------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(default_model, tmp_path_factory):
     """The app on the embedded model, with every outgoing connection of this process recorded:
@@ -247,7 +233,7 @@ def _wait_for_message(page, text, timeout=60_000):
                            arg=text.lower(), timeout=timeout)
 
 
-@needs_browser
+@needs_app_browser
 def test_each_scope_click_internals_and_download(server, browser, default_model, tmp_path):
     page = _open(browser, server)
     started = time.monotonic()
@@ -310,7 +296,7 @@ def test_each_scope_click_internals_and_download(server, browser, default_model,
     assert time.monotonic() - started < 60
 
 
-@needs_browser
+@needs_app_browser
 def test_bad_input_shows_its_message_and_the_next_request_works(server, browser, default_model):
     page = _open(browser, server)
     for prompt, scope, target, message in (
@@ -330,7 +316,7 @@ def test_bad_input_shows_its_message_and_the_next_request_works(server, browser,
     assert_scores_close(_shown(page)[2], tjs.fisher_scope(default_model, PROMPT, progress=False).scores)
 
 
-@needs_browser
+@needs_app_browser
 def test_two_sessions_get_their_own_results(server, browser, default_model):
     first, second = _open(browser, server), _open(browser, server)
     prompts = {"fisher": "One, two, three, four,", "temperature": "The cat sat on the mat because it was"}
@@ -347,7 +333,7 @@ def test_two_sessions_get_their_own_results(server, browser, default_model):
         assert_scores_close(scores, expected.scores)
 
 
-@needs_browser
+@needs_app_browser
 def test_compare_and_time_series_tabs(server, browser, default_model):
     page = _open(browser, server)
     page.get_by_role("tab", name="Compare").click()
@@ -366,7 +352,7 @@ def test_compare_and_time_series_tabs(server, browser, default_model):
     page.wait_for_selector("#tjs-ts-plot img", timeout=30_000)
 
 
-@needs_browser
+@needs_app_browser
 def test_queue_progress_and_stop(server, browser, default_model):
     """Exact Fisher (hundreds of probes) shows progress; a second tab waits in the queue; Stop ends
     the computation, and the queued request runs next, on an unchanged model."""
@@ -393,7 +379,7 @@ def test_queue_progress_and_stop(server, browser, default_model):
     assert_scores_close(_shown(page)[2], tjs.fisher_scope(default_model, PROMPT, progress=False).scores)
 
 
-@needs_browser
+@needs_app_browser
 def test_model_load_failure_is_shown_in_the_page(browser):
     from tl_jacobian_scopes.app import build_app, launch
 
@@ -417,3 +403,39 @@ def test_model_load_failure_is_shown_in_the_page(browser):
         assert page.query_selector("#tjs-message .tjs-error") and "Traceback" not in page.inner_text("#tjs-message")
     finally:
         blocks.close()
+
+
+# ---- hostile text in a real browser --------------------------------------------------------------
+
+
+HOSTILE = ('</textarea><img src=x onerror="window.__pwned=1">${window.__pwned=2}'
+           "{{constructor.constructor('window.__pwned=3')()}}<script>window.__pwned=4</script> é 😀 \"'")
+
+
+@needs_app_browser
+def test_hostile_prompt_target_and_series_are_shown_as_text(server, browser):  # noqa: F811
+    page = _open(browser, server)
+    page.fill("#tjs-prompt textarea", HOSTILE)
+    page.check("#tjs-scope input[value='temperature']")
+    page.click("#tjs-run")
+    page.wait_for_selector("#tjs-tokens [data-pos]", timeout=60_000)
+    shown = page.inner_text("#tjs-tokens")
+    assert "<img src=x" in shown and "${window.__pwned=2}" in shown.replace("\u21b5", "")
+    assert "{{constructor" in shown and "é" in shown  # (an emoji split over byte tokens shows as two U+FFFD)
+    page.check("#tjs-scope input[value='semantic']")
+    page.fill("#tjs-target input", "<script>window.__pwned=5</script>${1+1}{{x}}")
+    page.keyboard.press("Enter")
+    page.click("#tjs-run")
+    page.wait_for_selector("#tjs-message .tjs-error", timeout=60_000)
+    message = page.inner_text("#tjs-message")
+    assert "<script>window.__pwned=5</script>" in message and "${1+1}{{x}}" in message
+    page.get_by_role("tab", name="Time series").click()
+    page.fill("#tjs-ts-paste textarea", "1, 2, <img src=x onerror=window.__pwned=6>")
+    page.click("#tjs-ts-source input")
+    page.locator("[role='option']").filter(has_text="paste").first.click()
+    page.click("#tjs-ts-run")
+    page.wait_for_selector("#tjs-ts-message .tjs-error", timeout=60_000)
+    assert "item 2 is '<img'" in page.inner_text("#tjs-ts-message")
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.query_selector("#tjs-tokens img, #tjs-message img, #tjs-ts-message img, "
+                               "#tjs-tokens script, #tjs-message script") is None

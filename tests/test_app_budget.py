@@ -272,7 +272,7 @@ def test_stop_is_not_a_cancellation(app):
 
 # ---- a served app: no uploads, the named API, a closed page ends its work --------------------------
 
-from test_app import CHROMIUM, HAVE_BROWSER, _free_port, needs_browser  # noqa: E402
+from browser import CHROMIUM, _free_port, needs_app_browser  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +318,7 @@ def test_the_named_api_scripts_the_app_within_the_budget(served, default_model):
         client.predict(PROMPT, "fisher", "", "", "stochastic", 1, 100_000, api_name="/explain")
 
 
-@needs_browser
+@needs_app_browser
 def test_a_closed_page_ends_its_work_within_seconds(served):
     """Exact Fisher started from a page, then the page closed: the server's work ends within a few
     seconds (old code: it ran to the end with no client)."""

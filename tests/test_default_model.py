@@ -107,3 +107,23 @@ def test_loading_is_quiet_and_keeps_transformers_progress_setting(capfd):
         finally:
             hf_logging.enable_progress_bar()
     assert "Loading weights" not in capfd.readouterr().err
+
+
+# ---- the first conversion is quiet ---------------------------------------------------------------
+
+
+def test_first_conversion_prints_one_line_not_progress_bars(tmp_path, monkeypatch, capfd) -> None:
+    """The GGUF conversion's own tqdm bar (hundreds of redraws in a log) is silenced; one line says what runs."""
+    monkeypatch.setenv("TL_JACOBIAN_SCOPES_CACHE", str(tmp_path))
+    model, tokenizer = tjs.models.load_default_hf_model()
+    err = capfd.readouterr().err
+    assert "converting the embedded model once" in err
+    assert "de-quantizing" not in err and "Loading weights" not in err and "%|" not in err
+    # transformers' and the GGUF module's progress settings are as they were.
+    from transformers.utils import logging as hf_logging
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    import tqdm.auto
+
+    assert hf_logging.is_progress_bar_enabled()
+    assert gguf_utils.tqdm is tqdm.auto.tqdm
+    assert tokenizer("Paris")["input_ids"] and isinstance(model.lm_head.weight, torch.Tensor)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import BACKENDS, tiny_hf_model, tiny_model, tiny_tokenizer
+from tiny_models import BACKENDS, TINY_TEXTS, tiny_hf_model, tiny_model, tiny_tokenizer
 from tl_jacobian_scopes.models import bridge_from_hf, hook_count
 
 PROMPT = "the cat sat on the mat"
@@ -13,6 +13,11 @@ PROMPT = "the cat sat on the mat"
 @pytest.fixture(scope="module", params=BACKENDS)
 def model(request):
     return tiny_model("llama", request.param)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model("llama", "bridge")[0]
 
 
 def _state(model):
@@ -133,3 +138,12 @@ def test_scope_too_big_for_memory_is_refused_before_running(model, monkeypatch):
             tjs.fisher_scope(model, " ".join(["the"] * 30))
     assert not ran  # refused before any forward pass
     assert isinstance(tjs.ScopeMemoryError("x"), MemoryError)
+
+
+# ---- ids are integers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [torch.tensor(1.5), torch.tensor(1.0), torch.tensor(True), torch.tensor([2.5])])
+def test_a_non_integral_target_id_is_refused(tiny, target):
+    with pytest.raises(tjs.TargetError, match="integer"):
+        tjs.semantic_scope(tiny, TINY_TEXTS[0], target=target, progress=False)

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
+import tl_jacobian_scopes as tjs
 from tiny_models import tiny_model
+from tiny_models import write_prompts as _data
 from tl_jacobian_scopes.errors import DataFileError, OptionError, OutputPathError, PositionError, PromptError
 from tl_jacobian_scopes.evaluation import faithfulness as F
 from tl_jacobian_scopes.models import loading
@@ -246,3 +248,21 @@ def test_deletion_needs_a_token_to_ablate(tiny):
         A.loo_percentile(torch.rand(3), torch.rand(3), torch.arange(1, 1))
     with pytest.raises(OptionError):
         A.aopc([-1.0, -2.0])
+
+
+# ---- an --out folder holding the data file -------------------------------------------------------
+
+
+def test_the_faithfulness_runner_refuses_an_out_folder_holding_its_data_file(tiny, tmp_path, capsys):
+    """Its records file ``<out>/<stem>.jsonl`` is the data file too: the error told the user to
+    delete it (or to "adopt" it, which rewrites it)."""
+    from tl_jacobian_scopes.evaluation import faithfulness
+
+    data = _data(tmp_path / "set.jsonl", [{"text": "the cat sat on the mat and the dog ran to the big red house"}])
+    before = data.read_bytes()
+    with pytest.raises(tjs.OutputPathError, match="another --out") as info:
+        faithfulness.run(tiny, data, tmp_path, n=1, methods=["semantic"], ig_steps=2)
+    assert "delete" not in str(info.value)
+    assert faithfulness.main([str(data), "--out", str(tmp_path), "--methods", "semantic"], model=tiny) == 2
+    assert "another --out" in capsys.readouterr().err
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["set.jsonl"]

@@ -8,8 +8,8 @@ import torch
 
 import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result
-from test_page_safety import IMG, MARKERS, SCRIPT, TOKENS, assert_inert
-from test_views import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText
+from browser import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText
+from pages import IMG, MARKERS, SCRIPT, TOKENS, assert_inert
 from tiny_models import BACKENDS, assert_close, tiny_model
 from tl_jacobian_scopes.models.access import hook_count
 
@@ -155,3 +155,28 @@ def test_generated_text_fed_back_warns_where_it_can(default_model):
     with pytest.warns(tjs.TokenizationWarning, match="U\\+FFFD.*token ids") as record:
         tjs.temperature_scope(default_model, PROMPT + split)
     assert len(record) == 1 and record[0].filename == __file__
+
+
+# ---- the scope call is checked before generating -------------------------------------------------
+
+
+def test_explain_generation_refuses_a_misspelt_option_before_generating(monkeypatch):
+    model = tiny_model("llama", "bridge")[0]
+
+    def generate(*args, **kwargs):
+        raise AssertionError("generate() ran before the scope's options were checked")
+
+    monkeypatch.setattr(model, "generate", generate)
+    for scope, options, message in (
+        ("fisher", {"rnak": 2}, "no option 'rnak'.*Did you mean 'rank'"),  # the scope's own message
+        ("fisher", {"rank": 0}, "rank must be an int"),
+        ("semantic", {"internals": "yes"}, "internals must be True or False"),
+        ("semantic", {"batch_size": 0}, "batch_size must be an int"),
+    ):
+        with pytest.raises(tjs.OptionError, match=message):
+            tjs.explain_generation(model, "the cat sat", 3, scope=scope, **options)
+    with pytest.raises(tjs.TargetError, match="takes no target or contrast"):
+        tjs.explain_generation(model, "the cat sat", 3, scope="fisher", contrast=" dog")
+    # The direct call gives the same error for the same typo.
+    with pytest.raises(tjs.OptionError, match="no option 'rnak'.*Did you mean 'rank'"):
+        tjs.fisher_scope(model, "the cat sat", rnak=2)

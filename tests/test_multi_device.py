@@ -303,3 +303,38 @@ def test_the_cli_splits_with_n_devices_and_names_the_fix_on_one_line(gpus, capsy
     assert cli.main(["the cat sat", "--scope", "semantic", "--n-devices", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: n_devices=2 needs 2 CUDA GPUs") and "\n" not in err, err
+
+
+# ---- a device_map strategy that offloads what the GPUs cannot hold -------------------------------
+
+
+@pytest.mark.parametrize("placed, ok", [
+    ({"model.embed_tokens": 0, "model.layers": 0, "lm_head": "cpu"}, False),  # "auto": the rest on the CPU
+    ({"model.embed_tokens": 0, "model.layers": 1, "lm_head": "disk"}, False),  # n_devices: the rest on disk
+    ({"model": 0, "lm_head": "cuda:1"}, True),
+    ({"": "cpu"}, True),
+])
+def test_a_model_accelerate_offloaded_is_refused_after_loading(monkeypatch, placed, ok):
+    """device_map="auto"/"balanced" or n_devices= (max_memory = the GPUs' free memory) let
+    Accelerate offload what does not fit; checked only for dicts given up front, the offloaded
+    model reached the scopes (placeholder weights)."""
+    import torch
+
+    from tl_jacobian_scopes.models import loading
+
+    class Loaded(torch.nn.Module):
+        hf_device_map = placed
+
+        def __init__(self):
+            super().__init__()
+            self.config = type("Config", (), {})()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(loading, "load_default_hf_model", lambda **kw: (Loaded(), None))
+    monkeypatch.setattr(loading, "bridge_from_hf", lambda *a, **k: "bridge")
+    if ok:
+        assert tjs.load_default_model(backend="bridge", device_map="auto") == "bridge"
+    else:
+        with pytest.raises(tjs.DeviceError, match="does not fit .*offloaded .*n_devices="):
+            tjs.load_default_model(backend="bridge", device_map="auto")

@@ -15,7 +15,7 @@ import torch
 
 import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result, result_dict
-from test_views import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText
+from browser import CHROMIUM, _chromium, _RenderedText, needs_browser
 from tl_jacobian_scopes.views import html as views_html
 
 BUNDLE_MARK = "var CircuitsVis"  # once per bundle copy
@@ -150,10 +150,6 @@ document.querySelectorAll('.tjs-hm th.col').forEach(function(th){var s=th.firstC
 document.body.setAttribute('data-measure',JSON.stringify({mounts:mounts,cols:cols,heatmaps:heatmaps,
  missing:document.querySelectorAll('.tjs-missing').length}));},DELAY);</script>"""
 
-needs_browser = pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED,
-                                   reason="needs Chromium (apt-get install chromium)")
-
-
 def _measure(page, tmp_path, *flags, delay_ms=3000):
     assert CHROMIUM, "Chromium is required here (TJS_BROWSER_REQUIRED=1)"
     path = tmp_path / "page.html"
@@ -253,3 +249,116 @@ def test_a_real_kernel_shows_the_bundle_once_and_a_figure_once(tmp_path, monkeyp
         images = [o for o in figure_cell if "image/png" in o.get("data", {})]
         assert len(images) == 1 and len(figure_cell) == 1, figure_cell  # the figure, once
     assert "<ScopeView 'fisher scope': tokens, layers, heads" in outputs[5][0]["text"]
+
+
+# ---- a view displayed twice, batches, packed data, a re-run cell ---------------------------------
+
+
+MOUNT = re.compile(r'id="(tjs-cv-[0-9a-f]{12})"')
+
+
+def test_a_view_displayed_twice_gets_its_own_element_ids(fresh_kernel):
+    view = make_result().show()
+    first, second = view._repr_html_(), view._repr_html_()
+    ids_first, ids_second = MOUNT.findall(first), MOUNT.findall(second)
+    assert len(ids_first) == len(ids_second) == 5  # 3 CircuitsVis mounts + 2 heatmaps
+    assert not set(ids_first) & set(ids_second)
+    # Each id is still referenced by the script that renders into it.
+    for mount in ids_second:
+        assert second.count(mount) == 2
+
+
+@needs_browser
+def test_a_view_displayed_twice_renders_twice(fresh_kernel, tmp_path):
+    view = make_result().show()
+    seen, _ = _measure(_notebook_page([view._repr_html_(), view._repr_html_()]), tmp_path)
+    assert seen["missing"] == 0
+    assert len(seen["mounts"]) == 6 and all("cat" in m["text"] for m in seen["mounts"]), seen["mounts"]
+    assert seen["heatmaps"] == [3, 2, 3, 2]  # not [6, 4, 0, 0]: each display draws its own
+
+
+def test_save_html_of_a_batch_over_different_prompts_or_of_matrices(tmp_path):
+    """`tjs.save_html(batch, path=...)` saves what `batch.show()` shows (it tried to compare the
+    items, which needs one prompt's tokens and ScopeResults)."""
+    other = make_result(("a", " dog", " ran"), position=2)
+    batch = tjs.ScopeBatch([make_result(), other])
+    for path in (tjs.save_html(batch, path=tmp_path / "b.html"), tjs.save_html(batch, tmp_path / "b2.html")):
+        text = path.read_text(encoding="utf-8")
+        assert "Prompt 0" in text and "Prompt 1" in text and " dog" in text
+    matrices = tjs.ScopeBatch([tjs.ScopeMatrix([make_result(position=p) for p in (3, 4)]),
+                               tjs.ScopeMatrix([make_result(("a", " dog", " ran"), position=p) for p in (1, 2)])])
+    text = tjs.save_html(matrices, path=tmp_path / "m.html").read_text(encoding="utf-8")
+    assert text.count("tjsMatrix(") == 2
+    # A list of results on one prompt is still a comparison.
+    assert "Comparison" in tjs.save_html([make_result(), make_result()], path=tmp_path / "c.html").read_text()
+
+
+@pytest.mark.parametrize("peak", [1e-42, 1e-30, 1.0, 3e38])
+def test_packed_data_keeps_tiny_and_huge_scores(peak):
+    """Scores below ~1e-41 packed as infinity: the step (peak / 9999) underflowed in float32."""
+    from tl_jacobian_scopes.views.html import _pack
+
+    values = torch.tensor([1.0, 0.5, 0.0, 0.25]) * peak
+    step, shape, data = _pack(values)["$tjs"]
+    assert shape == [4] and all(isinstance(d, int) for d in data), data
+    decoded = [d * step for d in data]
+    expected = values.double().tolist()
+    for got, want in zip(decoded, expected):
+        assert abs(got - want) <= 1e-4 * peak
+
+
+class _FakeKernel:
+    def __init__(self):
+        self.parent = {}
+
+    def get_parent(self, channel="shell"):
+        return self.parent
+
+
+class _FakeShell:
+    def __init__(self):
+        self.kernel = _FakeKernel()
+
+
+def test_rerunning_the_cell_that_carried_the_bundle_carries_it_again(fresh_kernel, monkeypatch):
+    """'Run All' (or re-running the first view's cell) in the same kernel replaced the only output
+    holding CircuitsVis by one without it: the saved notebook then rendered no view offline."""
+    IPython = pytest.importorskip("IPython")
+    from tl_jacobian_scopes.views import html as views_html
+
+    monkeypatch.setitem(views_html._notebook, "carrier", None)
+    shell = _FakeShell()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    mark = "var CircuitsVis"
+
+    def run(cell, request):
+        shell.kernel.parent = {"header": {"msg_id": request}, "metadata": {"cellId": cell}}
+        return make_result()._repr_html_().count(mark)
+
+    assert run("cell-a", "req-1") == 1  # the first view
+    assert run("cell-a", "req-1") == 0  # a second view in the same execution
+    assert run("cell-b", "req-2") == 0  # a later cell
+    assert run("cell-a", "req-3") == 1  # cell a re-run: its old output (and bundle) is replaced
+    assert run("cell-b", "req-4") == 0
+    shell.kernel.parent = {"header": {"msg_id": "req-5"}}  # a front end without cell ids
+    assert make_result()._repr_html_().count(mark) == 0
+
+
+def test_an_empty_batch_displays_as_text():
+    """Displaying an empty batch (e.g. a filtered one) raised ScopeError in the HTML formatter."""
+    empty = tjs.ScopeBatch([])
+    assert empty._repr_html_() is None and repr(empty).startswith("ScopeBatch(0")
+    with pytest.raises(tjs.ScopeError, match="empty"):
+        empty.show()
+
+
+# ---- show() parts as a list ----------------------------------------------------------------------
+
+
+def test_show_takes_parts_as_names_or_as_a_list():
+    r = make_result()
+    assert r.show(["tokens"]).parts == r.show("tokens").parts == ["tokens"]
+    assert r.show(("tokens",))._repr_html_().count("tjs-cv-") == r.show("tokens")._repr_html_().count("tjs-cv-")
+    for bad in (["tokens", "heatmap"], ["raw"], [3]):
+        with pytest.raises(tjs.OptionError, match="parts must be names among"):
+            r.show(bad)

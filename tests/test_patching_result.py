@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from test_page_safety import ALLOWED_TAGS, COMMENT, IMG, MARKERS, SCRIPT, SEPARATORS, TOKEN_IMG, _Page
-from test_views import BROWSER_REQUIRED, CHROMIUM, _chromium
+from browser import BROWSER_REQUIRED, CHROMIUM, _chromium
+from scope_fixtures import make_patching as _patching
+from pages import ALLOWED_TAGS, COMMENT, IMG, MARKERS, SCRIPT, SEPARATORS, TOKEN_IMG, _Page
 from tiny_models import BACKENDS, tiny_model
 from tl_jacobian_scopes import errors as E
 from tl_jacobian_scopes.evaluation.patching import logit_difference, spearman
@@ -261,3 +262,29 @@ def test_patch_top_ranks_a_patching_result_by_its_own_cells(tiny):
         assert outcome.patched == [(best.layer, best.head if site == "head" else best.position)]
         # patching the single best cell restores what the map says it does
         assert outcome.recovered == pytest.approx(best.value, abs=1e-4)
+
+
+# ---- NaN cells, and files whose token lists do not fit the map -----------------------------------
+
+
+def test_patching_top_ranks_nan_cells_last():
+    values = torch.tensor([[float("nan"), 0.2], [0.9, -0.5]])
+    result = _patching(values)
+    assert [c.label for c in result.top(3)] == ["L1H0", "L0H1", "L1H1"]
+    assert [c.label for c in result.top(3, absolute=True)] == ["L1H0", "L1H1", "L0H1"]
+    assert result.top(4)[-1].label == "L0H0" and str(result.top(4)[-1].value) == "nan"
+
+
+def test_patching_files_with_token_lists_that_do_not_fit_the_map_are_refused(tmp_path):
+    import json
+
+    good = _patching(torch.rand(2, 3), site="resid_pre")
+    path = good.save_json(tmp_path / "p.json")
+    assert len(tjs.load(path).to_dataframe()) == 6
+    for change in ({"clean_str_tokens": ["a"]}, {"corrupted_str_tokens": ["a", " b"]},
+                   {"values": [[], []], "col_labels": []}):
+        data = json.loads(path.read_text())
+        data.update(change)
+        (tmp_path / "t.json").write_text(json.dumps(data))
+        with pytest.raises(tjs.DataFileError):
+            tjs.load(tmp_path / "t.json")  # it loaded, then to_dataframe()/plot() raised IndexError/ValueError

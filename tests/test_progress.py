@@ -1,5 +1,6 @@
 """The progress line: quiet for fast work, updated in place in a notebook, final state kept."""
 
+import re
 import time
 
 import pytest
@@ -149,3 +150,34 @@ def test_saved_notebook_keeps_the_final_state(tmp_path):
         text = outputs[0].data["text/plain"]
         assert text.startswith(expected) and text.endswith(", done") and "%" not in text, text
         assert "done" in outputs[0].data["text/html"]
+
+
+# ---- the count and the percentage agree ----------------------------------------------------------
+
+
+def _count_and_percent(text):
+    found = re.search(r": ([0-9.]+)/7 positions \(([0-9]+)%\)", text)
+    assert found, text
+    return float(found.group(1)), int(found.group(2))
+
+
+def test_progress_count_and_percentage_agree_while_a_unit_is_partly_done():
+    bar = P.Progress("fisher scope", total=7, unit="positions", enabled=False)
+    bar.set(0.49)
+    assert _count_and_percent(bar.text()) == (0.4, 5)  # was "0/7 positions (7%)"
+    for done in [k / 20 for k in range(140)] + [0.99, 6.99, 1 / 3]:
+        bar.set(done)
+        count, percent = _count_and_percent(bar.text())
+        assert count <= done < count + 0.1 + 1e-9
+        assert percent <= 100 * count / 7 < percent + 1 and percent < 100  # 100% only when done
+    bar.set(7)
+    assert _count_and_percent(bar.text()) == (7.0, 100) and "7/7 positions" in bar.text()
+
+
+def test_terminal_bar_shows_the_partial_count(monkeypatch, capsys):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(P, "_kernel_display", lambda: None)
+    with P.Progress("forced", total=7, unit="positions", enabled=True) as bar:
+        bar.set(0.49)
+        err = capsys.readouterr().err
+        assert "0.4/7 positions" in err and "  6%|" in err, err  # 0.4 of 7 is 5.7%: tqdm rounds

@@ -8,11 +8,18 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
+from scope_fixtures import make_patching as _patching
 from scope_fixtures import make_result, result_dict
+from tiny_models import TINY_TEXTS, tiny_model
 from tl_jacobian_scopes.errors import DataFileError, OptionError, OutputPathError, PositionError, ScopeError
 from tl_jacobian_scopes.views import show
 
 NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model("llama", "bridge")[0]
 
 
 def _strict_loads(text):
@@ -284,3 +291,143 @@ def test_escaped_prompt_headings_in_batch_views():
     batch = tjs.ScopeBatch([make_result(["<script>", "x"]), make_result(["a", "b", "c"])])
     page = batch.show()._repr_html_()
     assert "<h3>Prompt 0: &lt;script&gt;x</h3>" in page
+
+
+# ---- equality, and tampered files ----------------------------------------------------------------
+
+
+def test_results_compare_equal_by_content_and_batches_like_lists(tmp_path):
+    """`==` on two results (or batches, as lists) raised 'Boolean value of Tensor ... ambiguous'."""
+    import copy
+
+    r = make_result()
+    r.scores[0] = float("nan")
+    assert r == copy.deepcopy(r) and not r != copy.deepcopy(r)
+    assert tjs.load(r.save_json(tmp_path / "r.json")) == r  # a round trip, NaN included
+    changed = copy.deepcopy(r)
+    changed.scores[1] += 1e-3
+    assert r != changed and r != "r"
+    batch = tjs.ScopeBatch([r, make_result(position=3)])
+    assert batch == copy.deepcopy(batch) and batch != tjs.ScopeBatch([r, changed])
+    assert tjs.load(batch.save_json(tmp_path / "b.json")) == batch
+    matrix = tjs.ScopeMatrix([make_result(position=p) for p in (3, 4)])
+    assert matrix == copy.deepcopy(matrix) and matrix != tjs.ScopeMatrix([make_result(position=3)])
+    patching = _patching(torch.tensor([[0.5, float("nan")]]))
+    assert patching == copy.deepcopy(patching) and tjs.load(patching.save_json(tmp_path / "p.json")) == patching
+
+
+def test_tampered_internal_maps_and_batch_kinds_are_refused(tmp_path):
+    """A file with some internal maps null loaded, then show() failed on an assert; a batch item
+    whose kind is a list raised TypeError (unhashable) instead of DataFileError."""
+    import json
+
+    path = make_result().save_json(tmp_path / "r.json")
+    assert tjs.load(path).show().to_html()  # the untouched file has internals and shows them
+    for change in ({"attn_scores": None}, {"head_scores": None},
+                   {"mlp_scores": json.loads(path.read_text())["mlp_scores"][:1]}):
+        data = json.loads(path.read_text())
+        data.update(change)
+        (tmp_path / "t.json").write_text(json.dumps(data))
+        with pytest.raises(tjs.DataFileError):
+            tjs.load(tmp_path / "t.json")
+    batch = tjs.ScopeBatch([make_result()]).to_dict()
+    batch["items"][0]["kind"] = []
+    (tmp_path / "b.json").write_text(json.dumps(batch))
+    with pytest.raises(tjs.DataFileError):
+        tjs.load(tmp_path / "b.json")
+
+
+# ---- numbers, shapes and nesting a file cannot hold ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_internals(tiny):
+    return tjs.semantic_scope(tiny, TINY_TEXTS[0], internals=True, progress=False).to_dict()
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_internal_norms_whose_shape_differs_from_their_map_are_refused(saved_internals, rows):
+    data = json.loads(json.dumps(saved_internals))
+    assert len(data["internal_norms"]["layer"]) == 3  # tiny: 2 layers + final
+    data["internal_norms"]["layer"] = data["internal_norms"]["layer"][:rows]  # 1 row would broadcast silently
+    with pytest.raises(tjs.DataFileError, match=r"internal_norms\.layer.*shape of 'layer_scores' \(3, "):
+        tjs.ScopeResult.from_dict(data)
+    assert tjs.ScopeResult.from_dict(json.loads(json.dumps(saved_internals))).has_internals  # the real file loads
+
+
+@pytest.mark.parametrize("field, value", [("scores", 10**400), ("target_prob", -(10**400)), ("scores", "1.5"),
+                                          ("scores", True), ("tokens", 1.5), ("tokens", 2.0)],
+                         ids=["400-digit-score", "400-digit-prob", "string-score", "bool-score", "float-id", "2.0-id"])
+def test_numbers_a_file_cannot_hold_are_refused(saved_internals, tmp_path, field, value):
+    data = json.loads(json.dumps(saved_internals))
+    if isinstance(data[field], list):
+        data[field][1] = value
+    else:
+        data[field] = value
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(tjs.DataFileError, match=field):
+        tjs.load(path)
+
+
+def test_a_400_digit_logit_difference_in_a_patching_file_is_refused(tmp_path):
+    values = torch.ones(2, 3)
+    result = tjs.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
+                                row_labels=["L0", "L1"], col_labels=["H0", "H1", "H2"], clean_str_tokens=["a"],
+                                corrupted_str_tokens=["b"], answer_str="cat", wrong_str="dog", ld_clean=2.0,
+                                ld_corrupted=-1.0, model_name="m")
+    data = result.to_dict()
+    data["ld_clean"] = 10**400
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(tjs.DataFileError, match="ld_clean"):
+        tjs.load(tmp_path / "p.json")
+
+
+def test_save_json_of_deeply_nested_params_is_a_clear_error(tiny, tmp_path):
+    result = tjs.semantic_scope(tiny, TINY_TEXTS[0], progress=False)
+    deep: dict = {}
+    for _ in range(900):
+        deep = {"x": deep}
+    result.params["deep"] = deep
+    with pytest.raises(tjs.OutputPathError, match="nested too deeply.*flatten"):
+        result.save_json(tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_the_html_view_of_deeply_nested_params_is_bounded(tiny, tmp_path):
+    result = tjs.semantic_scope(tiny, TINY_TEXTS[0], progress=False)
+    deep: dict = {}
+    for _ in range(3000):
+        deep = {"x": deep}
+    result.params.update(deep=deep, big=list(range(10**5)))
+    page = result.save_html(tmp_path / "r.html").read_text()
+    assert "deep={&#x27;x&#x27;: {" in page and "99999" not in page
+
+
+@pytest.mark.parametrize("edit", [("predicted_prob", 1.5), ("predicted_prob", -0.5), ("target_prob", 2.0)])
+def test_a_loaded_result_refuses_impossible_probabilities(tmp_path, edit):
+    """(Non-finite scores round-trip on purpose: test_result_files.py.)"""
+    model = tiny_model("llama", "bridge")[0]
+    path = tjs.semantic_scope(model, TINY_TEXTS[1], progress=False).save_json(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    field, value = edit
+    if field == "scores":
+        text = json.dumps({**data, "scores": [0.0] + data["scores"][1:]}).replace('"scores": [0.0', f'"scores": [{value}', 1)
+    else:
+        text = json.dumps({**data, field: value})
+    path.write_text(text)
+    with pytest.raises(tjs.DataFileError):
+        tjs.load(path)
+
+
+def test_a_loaded_result_with_deeply_nested_params_renders(tmp_path):
+    model = tiny_model("llama", "bridge")[0]
+    path = tjs.semantic_scope(model, TINY_TEXTS[1], progress=False).save_json(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    data["params"]["deep"] = deep
+    path.write_text(json.dumps(data))
+    html = tjs.load(path).save_html(tmp_path / "r.html").read_text()
+    assert "deep=[[[[…]]]]" in html

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
+from scope_fixtures import make_result
 from tiny_models import tiny_model
 from tl_jacobian_scopes import cli
 from tl_jacobian_scopes.cli import main
@@ -113,3 +114,18 @@ def test_cli_positions_samples_internals(capsys, tmp_path, session_model_in_cli)
     assert main(["The capital of France is", "--scope", "fisher", "--samples", "8", "--internals", "--html", str(html)]) == 0
     out = capsys.readouterr().out
     assert "standard errors up to" in out and "top heads" in out and html.stat().st_size > 1_000_000
+
+
+# ---- ScopeBatch slicing --------------------------------------------------------------------------
+
+
+def test_a_sliced_or_copied_batch_is_still_a_batch():
+    items = [make_result(), make_result(position=3), make_result(position=4)]
+    batch = tjs.ScopeBatch(items)
+    tail = batch[1:]
+    assert type(tail) is tjs.ScopeBatch and list(tail) == items[1:]
+    assert list(tail.to_dataframe().prompt_index.unique()) == [0, 1]
+    assert "Jacobian" in tail.show()._repr_html_()
+    assert batch[-1] is items[2] and isinstance(batch[0], tjs.ScopeResult)
+    duplicate = batch.copy()
+    assert type(duplicate) is tjs.ScopeBatch and duplicate == batch and duplicate is not batch

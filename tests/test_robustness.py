@@ -8,11 +8,13 @@ was: each module's train/eval flag, each parameter's requires_grad, hooks, and g
 import threading
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 import tl_jacobian_scopes as tjs
-from tiny_models import tiny_model
+from tiny_models import TINY_TEXTS, tiny_model
+from tl_jacobian_scopes.errors import ScopeError
 from tl_jacobian_scopes.models import hook_count
 
 PROMPT = "the cat sat on the mat"
@@ -207,3 +209,173 @@ def test_a_forward_pass_that_skips_the_unembedding_hook_is_a_clear_error():
     model.forward = lambda *args, **kwargs: torch.zeros(1)  # never reaches unembed.hook_in
     with pytest.raises(tjs.MissingHookError, match="never reached 'unembed.hook_in'"):
         tjs.semantic_scope(model, PROMPT)
+
+
+# ---- the wrapped model's training flag; a model made under inference_mode ------------------------
+
+
+def test_bridge_wrapped_hf_model_keeps_its_training_flag(model):
+    """frozen() calls model.eval(), which TransformerBridge propagates to ``original_model``
+    (kept outside the registered module tree), but restores only ``model.modules()``: the
+    wrapped HF model is left in eval mode after every scope."""
+    hf = model.original_model
+    model.train()
+    try:
+        before = [m.training for m in hf.modules()]
+        assert all(before)
+        tjs.semantic_scope(model, PROMPT)
+        assert [m.training for m in hf.modules()] == before
+    finally:
+        model.eval()
+
+
+def test_model_loaded_under_inference_mode_is_refused_and_left_as_it_was():
+    """Parameters made under torch.inference_mode() are inference tensors: the forward pass
+    fails with a plain RuntimeError, then frozen()'s own restoration raises ('Setting
+    requires_grad=True on inference tensor outside InferenceMode'), which skips the rest of
+    the restoration: every parameter is left with requires_grad=False and every module in
+    eval mode."""
+    with torch.inference_mode():
+        model = tiny_model("llama", "bridge")[0]
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    with pytest.raises(ScopeError, match="inference_mode"):
+        tjs.semantic_scope(model, PROMPT)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert [m.training for m in model.modules()] == modes
+
+
+# ---- padded batches, numpy prompts and positions, meta tensors -----------------------------------
+
+
+def test_padded_batch_from_to_tokens_does_not_explain_a_pad_token(model):
+    """``model.to_tokens([...])`` pads short prompts; the driver explains each row's last
+    column, i.e. a pad token, with no warning. It must either explain the real last token
+    (as the single-prompt call does) or refuse with a ScopeError naming the fix."""
+    tokens = model.to_tokens([PROMPT, "a dog"])
+    pad = model.tokenizer.pad_token_id
+    assert int(tokens[1, -1]) == pad  # the short row is right-padded
+    single = tjs.semantic_scope(model, "a dog")
+    try:
+        results = tjs.semantic_scope(model, tokens)
+    except ScopeError:
+        return
+    assert results[1].position == single.position
+    assert torch.allclose(results[1].scores[: len(single.scores)], single.scores, rtol=1e-4, atol=1e-6)
+
+
+def test_list_of_numpy_ints_is_one_prompt(model):
+    """``list(np_array)`` holds np.int64, which is_batch() does not count as ints: the list is
+    taken as a batch of one-token "prompts" and refused with "Cannot read a prompt of type
+    int64: pass a string or token ids" although token ids were passed."""
+    ids = model.to_tokens(PROMPT)[0]
+    expected = tjs.semantic_scope(model, ids)
+    got = tjs.semantic_scope(model, list(ids.numpy()))
+    assert isinstance(got, tjs.ScopeResult)
+    assert torch.allclose(got.scores, expected.scores)
+
+
+def test_numpy_2d_array_is_a_batch(model):
+    """A ``[batch, pos]`` numpy array is refused as 'one prompt of shape (2, n)' while the
+    same tensor is a batch."""
+    ids = model.to_tokens(PROMPT)[0].numpy()
+    got = tjs.semantic_scope(model, np.stack([ids, ids]))
+    assert isinstance(got, list) and len(got) == 2
+
+
+@pytest.mark.parametrize("positions", [np.array([1, 2]), [np.int64(1), np.int64(2)]])
+def test_numpy_positions(model, positions):
+    """``positions=np.arange(...)`` is refused with a misleading hint ('for one position pass
+    position=array([1, 2])'); a list of np.int64 with 'position must be an int, got int64'."""
+    matrix = tjs.semantic_scope(model, PROMPT, positions=positions)
+    assert [r.position for r in matrix.results] == [1, 2]
+
+
+def test_numpy_int_position_and_target(model):
+    """np.int64 (e.g. from np.argmax) is refused as a position and as a target id."""
+    expected = tjs.semantic_scope(model, PROMPT, position=3, target=5)
+    got = tjs.semantic_scope(model, PROMPT, position=np.int64(3), target=np.int64(5))
+    assert torch.allclose(got.scores, expected.scores)
+
+
+def test_prompt_on_the_meta_device_gives_a_scope_error(model):
+    """A token tensor on another device that cannot be read ('meta') escapes as a plain
+    RuntimeError ('Tensor.item() cannot be called on meta tensors')."""
+    ids = model.to_tokens(PROMPT)[0].to("meta")
+    with pytest.raises(ScopeError):
+        tjs.semantic_scope(model, ids)
+
+
+# ---- numpy and tensor integer options ------------------------------------------------------------
+
+
+def test_numpy_and_tensor_integer_options_are_plain_ints():
+    np = pytest.importorskip("numpy")
+    model = tiny_model("llama", "bridge")[0]
+    a = tjs.fisher_scope(model, TINY_TEXTS[1], rank=None, samples=4, seed=np.int64(3), progress=False)
+    b = tjs.fisher_scope(model, TINY_TEXTS[1], rank=None, samples=4, seed=3, progress=False)
+    assert torch.equal(a.scores, b.scores) and type(a.params["seed"]) is int
+    r = tjs.random_attribution(model, TINY_TEXTS[1], seed=torch.tensor(1), progress=False)
+    assert torch.equal(r.scores, tjs.random_attribution(model, TINY_TEXTS[1], seed=1, progress=False).scores)
+
+
+# ---- error messages that name the fix ------------------------------------------------------------
+
+
+def test_misspelt_common_argument_is_hinted(model):
+    """``postion=2`` says 'semantic has no option 'postion'; its options are none.': the
+    common arguments are left out of the close-match hint."""
+    with pytest.raises(ScopeError, match="position"):
+        tjs.semantic_scope(model, PROMPT, postion=2)
+
+
+def test_prepend_bos_that_is_not_a_bool_is_refused(model):
+    """``prepend_bos="no"`` is truthy: BOS is silently prepended (the scores change)."""
+    with pytest.raises(ScopeError, match="prepend_bos"):
+        tjs.semantic_scope(model, PROMPT, prepend_bos="no")
+
+
+def test_contrast_equal_to_the_next_token_names_the_next_token(model):
+    """With target="next", a contrast equal to the next token is refused with 'contrast
+    equals the default target (the model's top prediction): pass target=.', which names
+    neither the real cause nor a fix (the user did pass target=)."""
+    ids = model.to_tokens(PROMPT)[0]
+    with pytest.raises(ScopeError) as info:
+        tjs.semantic_scope(model, ids, position=1, target="next", contrast=int(ids[2]))
+    assert "top prediction" not in str(info.value)
+
+
+# ---- methods pickle; warnings point at the caller ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gradient_x_input", "integrated_gradients", "path_semantic_scope"])
+def test_every_public_method_pickles(name):
+    """semantic_scope and leave_one_out pickle, but the methods whose strategy is a closure
+    (vjp_strategy's lambda, _path's inner function) do not: they cannot be sent to worker
+    processes (multiprocessing, joblib) as the refactor's predecessors, plain functions, could."""
+    import pickle
+
+    scope = getattr(tjs, name)
+    assert pickle.loads(pickle.dumps(scope)).method.name == scope.method.name
+
+
+def test_processed_weights_warning_points_at_the_callers_line():
+    """_semantic warns with stacklevel=4, which lands on Scope.__call__ in scopes/api.py
+    (one frame short since the driver refactor): every warning reports api.py:105, so the
+    default filter shows it once per session whatever the call site, and a filter on the
+    user's module cannot match it."""
+    import warnings
+
+    from tl_jacobian_scopes.errors import ProcessedWeightsWarning
+
+    model = tiny_model("llama", "bridge")[0]
+    with torch.no_grad():
+        head = model.original_model.lm_head.weight
+        head -= head.mean(dim=0, keepdim=True)  # center_unembed=True, by hand
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tjs.semantic_scope(model, PROMPT)
+    found = [w for w in caught if issubclass(w.category, ProcessedWeightsWarning)]
+    assert found, "the centered W_U should be reported"
+    assert found[0].filename == __file__

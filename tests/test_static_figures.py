@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import tl_jacobian_scopes as tjs
 from scope_fixtures import make_result
 
 pytest.importorskip("matplotlib")
@@ -106,3 +107,20 @@ def test_layer_by_head_panel_has_layers_as_rows_and_readable_layer_labels():
         assert len(labels) >= n_rows // 2  # at most every other layer left unlabelled
         boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.y0)
         assert all(low.y1 <= high.y0 + 0.5 for low, high in zip(boxes, boxes[1:])), "layer labels overlap"
+
+
+# ---- a loaded patching map -----------------------------------------------------------------------
+
+
+def test_patching_plot_draws_a_loaded_mathtext_row_label_literally(tmp_path):
+    import io
+
+    values = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    result = tjs.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
+                                row_labels=["L0", "$\\frac{$"], col_labels=["H0", "H1", "H2"], clean_str_tokens=["a"],
+                                corrupted_str_tokens=["b"], answer_str="cat", wrong_str="dog", ld_clean=2.0,
+                                ld_corrupted=-1.0, model_name="m")
+    result.save_json(tmp_path / "p.json")
+    fig = tjs.load(tmp_path / "p.json").plot()
+    fig.savefig(io.BytesIO(), format="png")  # mathtext would raise on "$\frac{$"
+    assert "$\\frac{$" in [t.get_text() for t in fig.axes[0].get_yticklabels()]

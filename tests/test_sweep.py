@@ -16,6 +16,7 @@ import torch
 
 import tl_jacobian_scopes as tjs
 from tiny_models import TINY_TEXTS, read_records, tiny_model, write_prompts
+from tiny_models import write_prompts as _data
 from tl_jacobian_scopes.errors import DataFileError, OptionError, StaleRecordsError
 from tl_jacobian_scopes.sweep import Item, Layout, merge, pending, shard
 from tl_jacobian_scopes.sweep import cli
@@ -256,3 +257,64 @@ def test_bad_input_is_one_line_exit_2_before_the_model_loads(args, needle, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert loads == []
+
+
+# ---- an --out folder holding the data file; options for the whole run ----------------------------
+
+
+def test_an_out_folder_holding_the_data_file_is_refused_and_the_data_is_kept(tiny, tmp_path, capsys, monkeypatch):
+    """The merged file ``<out>/<stem>.jsonl`` would be the data file itself: it was read as
+    records, and the error told the user to delete their data file."""
+    from tl_jacobian_scopes.models import loading
+
+    data = _data(tmp_path / "set.jsonl", [{"text": "the cat sat"}, {"text": "the dog ran"}])
+    before = data.read_bytes()
+    with pytest.raises(tjs.OutputPathError, match="another --out") as info:
+        tjs.run_sweep(tiny, data, tmp_path, scope="semantic")
+    assert "delete" not in str(info.value)
+    # The command line refuses it before the model loads.
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded before checking"))
+    assert cli.main([str(data), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "another --out" in err and "\n" not in err, err
+    assert data.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set.jsonl"]
+
+
+@pytest.mark.parametrize("scope, options, error, needle", [
+    ("fisher", {"target": "cat"}, tjs.OptionError, "takes no target"),
+    ("temperature", {"contrast": "cat"}, tjs.OptionError, "takes no contrast"),
+    ("semantic", {"target": "big red"}, tjs.TargetError, "2 tokens"),
+    ("semantic", {"target": 10**9}, tjs.TargetError, "outside the vocabulary"),
+    ("semantic", {"target": "cat", "contrast": "cat"}, tjs.TargetError, "same token"),
+    ("semantic", {"position": 1.5}, tjs.PositionError, "position must be an int"),
+    ("fisher", {"positions": "all"}, tjs.OptionError, "one position per prompt"),
+    ("fisher", {"progress": True}, tjs.OptionError, "progress"),
+])
+def test_a_bad_run_wide_option_is_an_error_not_a_skipped_record_per_prompt(tiny, tmp_path, scope, options, error,
+                                                                           needle):
+    """These were recorded as a "skipped" record for every prompt (kept as done, so the fix then
+    met a StaleRecordsError), or raised a bare AssertionError / TypeError."""
+    data = _data(tmp_path / "set.jsonl", [{"text": "the cat sat"}, {"text": "the dog ran"}])
+    with pytest.raises(error, match=needle):
+        tjs.run_sweep(tiny, data, tmp_path / "out", scope=scope, **options)
+    assert not (tmp_path / "out" / "set.jsonl").exists()
+    assert not list((tmp_path / "out").glob("set.part-*"))
+
+
+def test_per_prompt_problems_are_still_skipped_records(tiny, tmp_path):
+    """Control: a run-wide position that one short prompt lacks skips that prompt only."""
+    data = _data(tmp_path / "set.jsonl", [{"text": "the cat sat on the mat"}, {"text": "the dog"}])
+    summary = tjs.run_sweep(tiny, data, tmp_path / "out", scope="semantic", position=4, target="mat")
+    assert (summary["n_records"], summary["n_skipped"]) == (2, 1)
+
+
+def test_the_cli_reports_a_run_wide_target_of_two_tokens_once_and_writes_no_records(tmp_path, capsys, monkeypatch):
+    from tl_jacobian_scopes.models import loading
+
+    data = _data(tmp_path / "set.jsonl", [{"text": "the cat sat"}])
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: tiny_model("llama", "bridge")[0])
+    assert cli.main([str(data), "--scope", "semantic", "--target", "big red", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "2 tokens" in err and "\n" not in err, err
+    assert not (tmp_path / "out" / "set.jsonl").exists()

@@ -341,3 +341,68 @@ def test_study_summary_has_intervals_over_seeds():
     meta = {"model": "m", "length": 120, "steps": 3, "spacing": 5, "dim": 3, "recency": 5, "k": 3, "env": "e"}
     text = study.summary_markdown(summary, ["temperature"], meta)
     assert "| lorenz | 6 | temperature |" in text and "[" in text
+
+
+# ---- ranges, options and lengths checked before any work -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts_model():
+    return _tiny("digits", "bridge")[0]
+
+
+@pytest.mark.parametrize("series", [[1e308, -1e308, 0.0, 1e308], [0.0, 5e-324, 0.0, 5e-324], [1.0, 1.0 + 1e-15, 1.0]],
+                         ids=["wider-than-float64", "subnormal", "below-resolution"])
+def test_serialize_refuses_a_range_that_cannot_be_rescaled(series):
+    from tl_jacobian_scopes import timeseries as ts
+
+    with pytest.raises(tjs.PromptError, match="cannot be rescaled.*rescale it yourself"):
+        ts.serialize(series)
+    s = ts.serialize([1e300, -1e300, 0.0])  # a wide range that float64 can rescale still works
+    assert list(s.values) == [85, 15, 50] and abs(s.decode(85) - 1e300) < 1e286
+
+
+@pytest.mark.parametrize("options, needle", [({"min_step": 0, "steps": "all"}, "min_step"),
+                                             ({"min_step": -5, "steps": "all"}, "min_step"),
+                                             ({"min_step": 1.5, "steps": "all"}, "min_step"),
+                                             ({"steps": [1.5]}, "steps"), ({"steps": [2.0]}, "steps"),
+                                             ({"steps": [True]}, "steps")])
+def test_min_step_and_steps_are_validated_before_any_work(ts_model, monkeypatch, options, needle):
+    from tl_jacobian_scopes import timeseries as ts
+    from tl_jacobian_scopes.timeseries import forecast
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the scope ran before the options were checked")
+
+    monkeypatch.setattr(forecast, "resolve_scope", no_work)
+    with pytest.raises(tjs.OptionError, match=needle):
+        ts.forecast_scope(ts_model, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], distribution=False, **options)
+
+
+def test_a_long_series_is_checked_against_the_context_before_mapping_its_tokens(ts_model, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tl_jacobian_scopes import timeseries as ts
+    from tl_jacobian_scopes.timeseries import forecast
+
+    calls = []
+    spy = SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    for name in ("flatnonzero", "searchsorted"):  # the per-token mapping (old and new)
+        setattr(spy, name, lambda *a, _f=getattr(np, name), **k: calls.append(1) or _f(*a, **k))
+    monkeypatch.setattr(forecast, "np", spy)
+    with pytest.raises(tjs.PromptError, match="context of 128"):
+        ts.forecast_scope(ts_model, list(range(2000)) * 3)
+    assert calls == []
+
+
+def test_serialize_refuses_unreadable_numbers_and_keeps_constant_series():
+    from tl_jacobian_scopes.timeseries.serialize import serialize
+
+    with pytest.raises(tjs.PromptError, match="float64"):
+        serialize([10**400, 0])
+    for value in (1e17, 1e308, -5.0, 2.5e-300, 0.0):  # written alike, decoded back to the value
+        s = serialize([value] * 3)
+        assert s.text == "15,15,15,"
+        assert s.decode(s.values) == pytest.approx([value] * 3, rel=1e-12)

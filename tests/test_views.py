@@ -1,21 +1,17 @@
 """Views: self-contained HTML rendered by a real browser offline, notebook display, static figures."""
 
-import os
 import re
-import shutil
 import socket
-import subprocess
-from html.parser import HTMLParser
 
 import pytest
+import torch
 
 import tl_jacobian_scopes as tjs
+from browser import BROWSER_REQUIRED, CHROMIUM, _chromium, _RenderedText, needs_browser
 from tiny_models import tiny_model
+from tl_jacobian_scopes.views import html as views_html
 
 PROMPT = "the cat sat on the mat and the dog ran to the"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-# CI installs Chromium and sets this, so a missing browser fails there instead of skipping.
-BROWSER_REQUIRED = os.environ.get("TJS_BROWSER_REQUIRED") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -70,43 +66,6 @@ def test_static_figure(results, tmp_path):
         assert image.size[0] > 300 and len(set(image.getdata())) > 20  # not blank
 
 
-class _RenderedText(HTMLParser):
-    """Text inside each CircuitsVis mount point (div.tjs-cv), as the browser rendered it."""
-
-    def __init__(self):
-        super().__init__()
-        self.depth, self.texts, self.current = 0, [], None
-
-    def handle_starttag(self, tag, attrs):
-        if self.current is not None:
-            self.depth += tag == "div"
-        elif tag == "div" and ("class", "tjs-cv") in attrs:
-            self.current, self.depth = [], 0
-
-    def handle_endtag(self, tag):
-        if self.current is not None and tag == "div":
-            if self.depth == 0:
-                self.texts.append("".join(self.current))
-                self.current = None
-            else:
-                self.depth -= 1
-
-    def handle_data(self, data):
-        if self.current is not None:
-            self.current.append(data)
-
-
-def _chromium(*args):
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-        "--disable-background-networking", "--disable-component-update", "--disable-quic",
-        # Networking off: every request goes to a dead proxy, so nothing can be fetched.
-        "--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=10000",
-    ]
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED, reason="needs Chromium (apt-get install chromium)")
 def test_views_render_in_a_real_browser_offline(results, tmp_path):
     assert CHROMIUM, "Chromium is required here (TJS_BROWSER_REQUIRED=1)"
@@ -133,3 +92,42 @@ def test_views_render_in_a_real_browser_offline(results, tmp_path):
     assert colours is not None and len(colours) > 50  # rendered content, not a blank page
     non_white = sum(count for count, rgb in colours if sum(rgb) < 720)
     assert non_white > 0.01 * image.size[0] * image.size[1]
+
+
+# ---- heatmaps with NaN cells ---------------------------------------------------------------------
+
+
+def _grid_with_nan():
+    grid = torch.arange(1.0, 13.0).reshape(3, 4)
+    grid[1, 2] = float("nan")
+    grid[2, 0] = float("inf")
+    return grid
+
+
+def test_heatmap_scale_comes_from_the_finite_cells():
+    spec, caption = views_html._heatmap_spec(_grid_with_nan(), "#336699")
+    assert spec["top"] == 12.0  # the largest finite cell, not nan (nor inf)
+    assert caption.startswith("max 12") and "2 non-finite cells" in caption and "nan" not in caption.split(";")[0]
+    big = torch.rand(20, 10)
+    big[0, 0] = float("nan")
+    spec, caption = views_html._heatmap_spec(big, "#336699")
+    finite = big.flatten()[1:]
+    assert abs(spec["top"] - float(torch.quantile(finite, 0.99))) < 1e-6 and "1 non-finite cell " in caption
+    _, clean = views_html._heatmap_spec(torch.rand(3, 4), "#336699")
+    assert "non-finite" not in clean
+
+
+@needs_browser
+def test_heatmap_with_a_nan_cell_still_colours_the_rest_in_a_browser(tmp_path):
+    grid = _grid_with_nan()
+    cell = views_html._heatmap(grid, ["a", "b", "c"], ["w", "x", "y", "z"], "#336699", "a grid")
+    path = views_html.ScopeView([cell], "nan grid").save(tmp_path / "nan.html")
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()).stdout
+    cells = [(re.search(r'background: ([^;"]*)', td).group(1), re.search(r'title="([^"]*)"', td).group(1))
+             for td in re.findall(r"<td [^>]*>", dom)]
+    assert len(cells) == 12, dom[-2000:]
+    by_title = {title.split(": ")[0]: (background, title.split(": ")[1]) for background, title in cells}
+    assert by_title["b, y"] == ("rgb(176, 176, 176)", "nan") and by_title["c, w"] == ("rgb(176, 176, 176)", "inf")
+    alphas = {k: float(re.search(r"rgba\(51, 102, 153, ([0-9.]+)\)", bg).group(1)) if "rgba" in bg else 1.0
+              for k, (bg, _) in by_title.items() if k not in ("b, y", "c, w")}
+    assert alphas["c, z"] == 1.0 and 0 < alphas["a, w"] < 0.2 < alphas["b, x"] < alphas["c, y"]

@@ -1,4 +1,4 @@
-"""Issue 22, a proper package: typed, licensed, with a description that renders on an index page
+"""A proper package: typed, licensed, with a description that renders on an index page
 and an sdist that carries its tests' helpers (the sdist and wheel themselves are built and
 installed by .ci/wheel_smoke.sh)."""
 
@@ -44,3 +44,18 @@ def test_docs_extra_matches_the_lock() -> None:
         lock = (ROOT / "constraints" / f"{leg}.txt").read_text(encoding="utf-8")
         for name in ("mkdocs", "mkdocs-material", "mkdocstrings", "mkdocstrings-python", "mkdocs-jupyter"):
             assert re.search(rf"^{re.escape(name)}==", lock, re.M), (leg, name)
+
+
+def test_test_modules_are_named_by_behaviour_and_import_only_helpers() -> None:
+    """Shared test helpers live in helper modules (conftest.py, tiny_models.py, browser.py, ...):
+    a test module imported by another would be collected twice over and tie unrelated files."""
+    import ast
+
+    tests = ROOT / "tests"
+    modules = {p.stem for p in tests.glob("test_*.py")}
+    assert not {m for m in modules if re.search(r"review|issue\d", m)}, "name test files after what they test"
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in modules], f"{path.name} imports a test module: {names}"

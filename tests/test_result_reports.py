@@ -1,13 +1,12 @@
-"""Issue 22, clear output: the CLI's diagnostics legend, top-k over the explained span only,
-the documented MissingPackageError for static figures without matplotlib, and a quiet
-first-time conversion of the embedded model. Tiny random models only (cheap)."""
+"""How a result reports itself: the CLI's diagnostics legend, top-k over the explained span
+only, and the documented MissingPackageError for static figures without matplotlib. Tiny
+random models only (cheap)."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
-import torch
 
 import tl_jacobian_scopes as tjs
 from tl_jacobian_scopes.cli import PARAM_LEGEND, format_matrix, format_result
@@ -59,18 +58,3 @@ def test_plot_without_matplotlib_names_the_extra(tiny, monkeypatch) -> None:
             call()
 
 
-def test_first_conversion_prints_one_line_not_progress_bars(tmp_path, monkeypatch, capfd) -> None:
-    """The GGUF conversion's own tqdm bar (hundreds of redraws in a log) is silenced; one line says what runs."""
-    monkeypatch.setenv("TL_JACOBIAN_SCOPES_CACHE", str(tmp_path))
-    model, tokenizer = tjs.models.load_default_hf_model()
-    err = capfd.readouterr().err
-    assert "converting the embedded model once" in err
-    assert "de-quantizing" not in err and "Loading weights" not in err and "%|" not in err
-    # transformers' and the GGUF module's progress settings are as they were.
-    from transformers.utils import logging as hf_logging
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    import tqdm.auto
-
-    assert hf_logging.is_progress_bar_enabled()
-    assert gguf_utils.tqdm is tqdm.auto.tqdm
-    assert tokenizer("Paris")["input_ids"] and isinstance(model.lm_head.weight, torch.Tensor)

@@ -1,4 +1,7 @@
-"""Hostile-input regressions for the app (issue 14 review): handlers called directly, no browser."""
+"""The app's event handlers called directly, no browser: hostile input (session hashes, click
+positions, series lengths), Stop that leaves the model as it was, and the files each tab offers.
+
+(Hostile text in a real browser: test_app.py.)"""
 
 import threading
 import time
@@ -111,41 +114,7 @@ def test_a_series_longer_than_the_context_is_refused_before_it_is_generated(app_
     assert asked == [] and "tjs-error" in message and "context" in message
 
 
-# ---- hostile text in a real browser ---------------------------------------------------------------------
-
-from test_app import _open, browser, needs_browser, server  # noqa: E402,F401
-
-HOSTILE = ('</textarea><img src=x onerror="window.__pwned=1">${window.__pwned=2}'
-           "{{constructor.constructor('window.__pwned=3')()}}<script>window.__pwned=4</script> é 😀 \"'")
-
-
-@needs_browser
-def test_hostile_prompt_target_and_series_are_shown_as_text(server, browser):  # noqa: F811
-    page = _open(browser, server)
-    page.fill("#tjs-prompt textarea", HOSTILE)
-    page.check("#tjs-scope input[value='temperature']")
-    page.click("#tjs-run")
-    page.wait_for_selector("#tjs-tokens [data-pos]", timeout=60_000)
-    shown = page.inner_text("#tjs-tokens")
-    assert "<img src=x" in shown and "${window.__pwned=2}" in shown.replace("\u21b5", "")
-    assert "{{constructor" in shown and "é" in shown  # (an emoji split over byte tokens shows as two U+FFFD)
-    page.check("#tjs-scope input[value='semantic']")
-    page.fill("#tjs-target input", "<script>window.__pwned=5</script>${1+1}{{x}}")
-    page.keyboard.press("Enter")
-    page.click("#tjs-run")
-    page.wait_for_selector("#tjs-message .tjs-error", timeout=60_000)
-    message = page.inner_text("#tjs-message")
-    assert "<script>window.__pwned=5</script>" in message and "${1+1}{{x}}" in message
-    page.get_by_role("tab", name="Time series").click()
-    page.fill("#tjs-ts-paste textarea", "1, 2, <img src=x onerror=window.__pwned=6>")
-    page.click("#tjs-ts-source input")
-    page.locator("[role='option']").filter(has_text="paste").first.click()
-    page.click("#tjs-ts-run")
-    page.wait_for_selector("#tjs-ts-message .tjs-error", timeout=60_000)
-    assert "item 2 is '<img'" in page.inner_text("#tjs-ts-message")
-    assert page.evaluate("() => window.__pwned") is None
-    assert page.query_selector("#tjs-tokens img, #tjs-message img, #tjs-ts-message img, "
-                               "#tjs-tokens script, #tjs-message script") is None
+# ---- stop, files, retired jobs, series messages ----------------------------------------------------------
 
 
 def test_stop_ends_the_background_precompute_even_after_a_click(default_model, tmp_path):

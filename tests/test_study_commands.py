@@ -1,4 +1,4 @@
-"""Issue 22, safe defaults: study and benchmark commands never write into committed results by
+"""Study and benchmark commands, safe defaults: they never write into committed results by
 default, refuse to replace a summary made from more records (naming the fix), say what the
 records they leave out are, and find the shipped LAMBADA sample from any folder."""
 
