@@ -150,7 +150,7 @@ def _build(model: Any, hf: torch.nn.Module, classes: frozenset[type]) -> Optiona
                 if type(child) in classes:  # a component wrapping a component: not a layout we know
                     return None
             stack.append(child)
-    embed = hf.get_input_embeddings()
+    embed: Any = getattr(hf, "get_input_embeddings")()
     if type(embed) in classes:
         embed = embed.original_component
     base = getattr(hf, "base_model", None)
@@ -199,7 +199,7 @@ def _unwrapped(plan: DirectPlan) -> Iterator[None]:
     try:
         plan.config._attn_implementation = "sdpa"
         for parent, name, component in plan.swaps:
-            parent._modules[name] = component.original_component
+            parent._modules[name] = getattr(component, "original_component")
             done += 1
         yield
     finally:
