@@ -35,8 +35,12 @@ from torch import Tensor
 from ..models.access import ModelAccess, all_modules, has_user_hooks
 
 #: Hugging Face architectures whose direct pass equals the bridge's bit for bit (tested).
+#: Every family of the architecture matrix (tests/architectures.py) whose bridge is built from the
+#: allowed components below and runs SDPA attention is on it: none of them differed.
 DIRECT_ARCHITECTURES = frozenset({
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+    "Ernie4_5ForCausalLM", "GemmaForCausalLM", "Gemma3ForCausalLM", "HunYuanDenseV1ForCausalLM",
+    "LlamaForCausalLM", "Ministral3ForCausalLM", "MistralForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM",
+    "Qwen2ForCausalLM", "Qwen3ForCausalLM", "SeedOssForCausalLM",
 })
 
 #: ``ENABLED[0] = False`` turns the direct pass off for the process (benchmarks and tests compare both paths).
