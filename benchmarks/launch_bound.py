@@ -70,13 +70,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # ---- the proxy ---------------------------------------------------------------------------------
 
 
-def proxy_hf(width: int, vocab: int, seed: int = 0) -> Any:
+def proxy_hf(width: int, vocab: int, seed: int = 0, layers: int = 30) -> Any:
     """SmolLM2-135M's layout (30 layers, 9 heads, 3 KV heads, tied embeddings) at ``width``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=width, intermediate_size=width * 8 // 3, num_hidden_layers=30,
+        vocab_size=vocab, hidden_size=width, intermediate_size=width * 8 // 3, num_hidden_layers=layers,
         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, rms_norm_eps=1e-5,
         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
     )
@@ -147,14 +147,22 @@ def theirs(original: Any, hf: Any, ids: torch.Tensor, scope: str) -> Callable[[]
 # ---- timing ------------------------------------------------------------------------------------
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(methods: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, float]]:
-    """Median CPU and wall seconds of each method, round-robin after one warm-up round."""
+    """Median CPU and wall seconds of each method, round-robin after one warm-up round (on a GPU
+    the wall time, synchronized, is the one that counts; the CPU time is the host's share)."""
     cpu: dict[str, list[float]] = {name: [] for name in methods}
     wall: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(rounds + 1):
         for name, fn in methods.items():
+            _sync()
             w, c = time.perf_counter(), time.thread_time()
             fn()
+            _sync()
             c, w = time.thread_time() - c, time.perf_counter() - w
             if r:
                 cpu[name].append(c)
@@ -237,16 +245,18 @@ def check_fisher_wrap() -> None:
 # ---- sections ----------------------------------------------------------------------------------
 
 
-def section_proxy(width: int, tokenizer: Any, original: Any, rounds: int, n_tokens: int = 64) -> dict[str, Any]:
-    hf = proxy_hf(width, len(tokenizer))
+def section_proxy(width: int, tokenizer: Any, original: Any, rounds: int, n_tokens: int = 64,
+                  device: str = "cpu", layers: int = 30) -> dict[str, Any]:
+    hf = proxy_hf(width, len(tokenizer), layers=layers).to(device)
     pristine = copy.deepcopy(hf)  # the bridge swaps its HF model's modules for its own in place
     frozen(pristine)
-    backends: dict[str, Any] = {"bridge": bridge_from_hf(copy.deepcopy(hf), tokenizer, f"proxy-{width}", device="cpu")}
+    backends: dict[str, Any] = {"bridge": bridge_from_hf(copy.deepcopy(hf), tokenizer, f"proxy-{width}", device=device)}
     if has_hooked_transformer():
-        backends["hooked"] = hooked_from_hf(copy.deepcopy(hf), tokenizer, device="cpu")
+        backends["hooked"] = hooked_from_hf(copy.deepcopy(hf), tokenizer, device=device)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(3, len(tokenizer), (n_tokens,), generator=gen)
     ids[0] = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
+    ids = ids.to(device)
     pos, target = n_tokens - 2, int(ids[-1])
     methods: dict[str, Callable[[], Any]] = {"HF floor": lambda: hf_floor(pristine, ids, pos, target)}
     for backend, model in backends.items():
@@ -266,7 +276,7 @@ def section_proxy(width: int, tokenizer: Any, original: Any, rounds: int, n_toke
     with Split() as split:
         overhead = {f"ours {scope}, {b}": split.overhead_ms(ours(m, ids, pos, scope), max(3, rounds // 2))
                     for b, m in backends.items() for scope in SCOPES}
-    print(f"\n[proxy] width {width}, 30 layers, {n_tokens} tokens; CPU ms, medians of {rounds} interleaved rounds; "
+    print(f"\n[proxy] width {width}, {layers} layers, {device}, {n_tokens} tokens; CPU ms, medians of {rounds} interleaved rounds; "
           f"HF floor {1e3 * floor:.1f} ms")
     print(f"{'':38s} {'CPU ms':>8s} {'/ HF floor':>10s} {'Python calls':>13s} {'C calls':>9s} {'overhead ms':>12s}")
     rows: dict[str, Any] = {}
@@ -281,7 +291,7 @@ def section_proxy(width: int, tokenizer: Any, original: Any, rounds: int, n_toke
             for backend in backends:
                 rows[f"ours {scope}, {backend}"]["over_original"] = (
                     times[f"ours {scope}, {backend}"]["cpu_s"] / times[f"original {scope}"]["cpu_s"])
-    return {"width": width, "n_tokens": n_tokens, "rounds": rounds, "backends": list(backends), "rows": rows,
+    return {"width": width, "layers": layers, "device": device, "n_tokens": n_tokens, "rounds": rounds, "backends": list(backends), "rows": rows,
             "overhead_split_ms": overhead}
 
 
