@@ -280,3 +280,18 @@ def test_the_model_is_as_before_after_a_direct_pass_and_after_an_interrupt(llama
     monkeypatch.undo()
     assert _state(llama) == before
     assert direct_forward.direct_plan(ModelAccess(llama)) is not None
+
+
+def test_the_call_walk_is_shared_only_for_the_call(llama):
+    """frozen() publishes its module walk for the direct pass's checks, and takes it back (nested too)."""
+    from tl_jacobian_scopes.models.access import walked_modules
+
+    assert walked_modules(llama) is None
+    access = ModelAccess(llama)
+    with access.frozen():
+        outer = walked_modules(llama)
+        assert outer is not None and [id(m) for m in outer] == [id(m) for m in all_modules(llama)]
+        with access.frozen():
+            assert walked_modules(llama) is not None
+        assert walked_modules(llama) is outer
+    assert walked_modules(llama) is None

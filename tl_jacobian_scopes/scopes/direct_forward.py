@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor
 
-from ..models.access import ModelAccess, all_modules, has_user_hooks
+from ..models.access import ModelAccess, all_modules, has_user_hooks, walked_modules
 
 #: Hugging Face architectures whose direct pass equals the bridge's bit for bit (tested).
 #: Every family of the architecture matrix (tests/architectures.py) whose bridge is built from the
@@ -54,7 +54,6 @@ _COMPONENTS = (
 )
 #: Packages whose module classes may sit in the tree (anything else is a user's module).
 _KNOWN_PACKAGES = ("transformers.", "torch.nn.")
-_TORCH_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _component_classes() -> frozenset[type]:
@@ -110,17 +109,21 @@ def _global_hooks() -> bool:
 
 def _modules_allow_direct(modules: list[Any], classes: frozenset[type]) -> bool:
     """Every module known and unpatched, no hook point hooked, no user torch hook (one pass)."""
+    get = dict.get
     for module in modules:
         state = module.__dict__
         if "forward" in state:
             return False
+        # Written out (no generator): this runs for each of the ~2,000 modules of every call.
+        hooked = (get(state, "_forward_hooks") or get(state, "_forward_pre_hooks") or get(state, "_backward_hooks")
+                  or get(state, "_backward_pre_hooks"))
         if "fwd_hooks" in state:  # a TransformerLens hook point: any hook at all is someone's
-            if state["fwd_hooks"] or state.get("bwd_hooks") or any(state.get(name) for name in _TORCH_HOOKS):
+            if hooked or state["fwd_hooks"] or get(state, "bwd_hooks"):
                 return False
             continue
         cls = type(module)
         if cls in classes:
-            if any(state.get(name) for name in _TORCH_HOOKS) and has_user_hooks(module):
+            if hooked and has_user_hooks(module):
                 return False
             if cls.__name__ == "RMSNormalizationBridge" and not state.get("use_native_layernorm_autograd"):
                 return False  # the python-norm path rounds differently from the HF module
@@ -129,7 +132,7 @@ def _modules_allow_direct(modules: list[Any], classes: frozenset[type]) -> bool:
             return False
         if cls.__name__ == "TransformerBridge" and not cls.__module__.startswith("transformer_lens."):
             return False
-        if any(state.get(name) for name in _TORCH_HOOKS) and has_user_hooks(module):
+        if hooked and has_user_hooks(module):
             return False
     return True
 
@@ -180,7 +183,7 @@ def direct_plan(access: ModelAccess) -> Optional[DirectPlan]:
     classes = component_classes()
     if not classes:
         return None
-    modules = all_modules(model)
+    modules = walked_modules(model) or all_modules(model)  # frozen()'s walk of this call, when inside it
     if not _modules_allow_direct(modules, classes):
         return None
     key = tuple(map(id, modules))
