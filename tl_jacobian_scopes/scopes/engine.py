@@ -426,7 +426,9 @@ def _hook_points_within(modules: Sequence[Any], hooked: Optional[list[Any]] = No
         state = vars(module)
         if "fwd_hooks" in state:
             found[id(module)] = module
-        elif hooked is not None and has_user_hooks(module):
+        elif hooked is not None and (state.get("_forward_hooks") or state.get("_forward_pre_hooks")
+                                     or state.get("_backward_hooks") or state.get("_backward_pre_hooks")) \
+                and has_user_hooks(module):  # the dicts first: most modules hold nothing (issue 24)
             hooked.append(module)
         stack.extend(module._modules.values())
     return found
