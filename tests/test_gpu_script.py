@@ -53,3 +53,22 @@ def test_the_dry_run_runs_every_section_and_writes_its_files(gpu_script, tmp_pat
     assert {r["scope"] for r in files["long_context_dryrun.json"]["rows"]} == {"semantic", "fisher rank 1"}
     tests = files["gpu_tests_dryrun.json"]
     assert tests["returncode"] == 0 and "collected" in tests["summary"], tests["tail"]
+
+
+def test_launch_bound_goals_say_pass_fail_or_not_measured(gpu_script):
+    import launch_bound as lb
+
+    rows = {f"ours {s}, bridge": {"over_floor": v} for s, v in
+            [("semantic", 1.05), ("temperature", 1.2), ("fisher rank 1", 1.3)]}
+    results = {"proxy": [{"width": 72, "backends": ["bridge"], "rows": rows}],
+               "real": {"tokens_64": {"semantic": {"ours_over_original": 0.8}, "temperature": {}},
+                        "overhead_64_ms": {"semantic": {"overhead": 4.0}, "temperature": {"overhead": 6.0}}}}
+    verdicts = {g["goal"]: g["pass"] for g in lb.goals(results)}
+    assert verdicts["proxy (width 72), bridge: semantic <= 1.1x the HF floor"] is True
+    assert verdicts["proxy (width 72), bridge: temperature <= 1.1x the HF floor"] is False
+    assert verdicts["proxy (width 72), bridge: fisher rank 1 <= 1.3x the HF floor"] is True
+    assert verdicts["real model, 64 tokens: semantic <= 0.9x the authors' code"] is True
+    assert verdicts["real model, 64 tokens: temperature <= 0.9x the authors' code"] is None  # not measured
+    assert verdicts["real model, 256 tokens: semantic <= 0.9x the authors' code"] is None
+    assert verdicts["real model, 64 tokens: semantic per-call overhead <= 5.0 ms CPU"] is True
+    assert verdicts["real model, 64 tokens: temperature per-call overhead <= 5.0 ms CPU"] is False
