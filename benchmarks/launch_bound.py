@@ -407,7 +407,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("\nGoals (issue 24):")
     for g in results["goals"]:
         verdict = "not measured" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
-        value = "-" if g["value"] is None else f"{g['value']:.2f}"
+        value = "-" if g["value"] is None else f"{g['value']:.3f}"
         print(f"    [{verdict:>12s}] {g['goal']}: {value}")
     if original is None:
         print("    (the authors' code was not given: pass --original PATH to measure those goals)")
