@@ -181,3 +181,16 @@ def test_shared_mean_and_norms_and_cached_chunks_give_the_same_products(monkeypa
     for i in range(3):
         want_vals, want_vecs = top_eigh(reference_fisher(W_U, probs[i]), 1)
         torch.testing.assert_close(evals[i].double(), want_vals, rtol=1e-5, atol=0)
+
+
+def test_a_narrow_model_forms_F_and_a_wide_one_keeps_lanczos():
+    """Issue 24: at d_model = 72 forming F (one pass over W_U) beats 18 memory-bound products."""
+    assert not P.iterative_is_cheaper(72, 1) and not P.iterative_is_cheaper(P.NARROW, 1)
+    assert P.iterative_is_cheaper(P.NARROW + 64, 1) and P.iterative_is_cheaper(576, 1)
+
+
+def test_the_apply_chunk_keeps_its_bytes_on_cpu_and_is_large_on_a_gpu():
+    W = torch.zeros(72, 49152)
+    assert P.apply_chunk(W, 2) == P.APPLY_CHUNK * 8 and P.apply_chunk(torch.zeros(576, 10), 2) == P.APPLY_CHUNK
+    meta = torch.empty(576, 49152, device="meta")  # stands for a GPU tensor (not a CPU one)
+    assert P.apply_chunk(meta, 2) >= 49152 and P.apply_chunk(meta, 2**20) == P.APPLY_CHUNK

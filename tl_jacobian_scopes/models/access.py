@@ -221,6 +221,7 @@ class ModelAccess:
         with model_lock(model):
             modules = all_modules(model)
             refuse_backward_hooks(modules)
+            outer = _WALKS.get(model)
             params = list({id(p): p for m in modules for p in m._parameters.values() if p is not None}.values())
             if any(p.is_inference() for p in params):
                 raise ModelLoadError(
@@ -239,9 +240,14 @@ class ModelAccess:
                 for p in params:
                     if p.requires_grad:
                         p.requires_grad_(False)
+                _WALKS[model] = modules  # for the direct pass's checks (walked_modules), this call only
                 with torch.inference_mode(False), torch.enable_grad():
                     yield
             finally:
+                if outer is None:
+                    _WALKS.pop(model, None)
+                else:
+                    _WALKS[model] = outer
                 # Only what differs is written back (a write goes through nn.Module.__setattr__).
                 for module, training in zip(modules, modes):
                     if module.training != training:
@@ -249,6 +255,16 @@ class ModelAccess:
                 for p, flag in zip(params, flags):
                     if p.requires_grad != flag:
                         p.requires_grad_(flag)
+
+
+#: The module walk of the scope call running on each model (inside :meth:`ModelAccess.frozen`).
+_WALKS: "weakref.WeakKeyDictionary[Any, list[Any]]" = weakref.WeakKeyDictionary()
+
+
+def walked_modules(model: Any) -> Optional[list[Any]]:
+    """:func:`all_modules` as the running scope call's :meth:`ModelAccess.frozen` walked it (the
+    model is locked for the call, so it is current), or None outside a call."""
+    return _WALKS.get(model)
 
 
 def all_modules(model: Any) -> list[Any]:
@@ -299,8 +315,11 @@ def refuse_backward_hooks(modules: list[Any]) -> None:
     from torch.nn.modules import module as torch_module
 
     # A TransformerLens hook point wraps its hooks in its own function: its bwd_hooks list names them.
-    hooked = next((m for m in modules if has_user_hooks(m, ("_backward_hooks", "_backward_pre_hooks"))
-                   or vars(m).get("bwd_hooks")), None)
+    # Cheap test first (every module of every call): only a module holding something is examined.
+    hooked = next((m for m in modules if (m.__dict__.get("_backward_hooks") or m.__dict__.get("_backward_pre_hooks")
+                                          or m.__dict__.get("bwd_hooks"))
+                   and (has_user_hooks(m, ("_backward_hooks", "_backward_pre_hooks")) or m.__dict__.get("bwd_hooks"))),
+                  None)
     if hooked is None and not (getattr(torch_module, "_global_backward_hooks", None)
                                or getattr(torch_module, "_global_backward_pre_hooks", None)):
         return

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..errors import ArchitectureError, MissingHookError, ScopeError, ScopeMemoryError
 from ..models.access import ModelAccess, has_user_hooks
 from ..models.hook_names import EMBED_HOOK, FINAL_HOOK, internal_hook_names
+from .direct_forward import direct_plan, run_direct
 
 
 #: Per thread: the models whose instrumented forward pass is running (nested calls are refused).
@@ -106,6 +107,22 @@ def forward_to_final_hidden(
         )
     if kernel is None:
         kernel = attention_kernel(access, [name for name, _ in fwd_hooks])
+    # ---- issue 24: the direct pass (direct_forward.py), bit-for-bit the bridge's, when nothing else would fire
+    if kernel == "sdpa" and not extra_hooks and not forward_kwargs and tuple(perturb) == (EMBED_HOOK,):
+        plan = direct_plan(access)
+        if plan is not None:
+            active.add(id(access.model))
+            try:
+                with torch.enable_grad():
+                    state.y, leaf, act = run_direct(plan, tokens, state.embed_scale)
+            finally:
+                active.discard(id(access.model))
+            state.leaves[EMBED_HOOK] = leaf
+            if keep_activations:
+                scale = state.embed_scale
+                state.activations[EMBED_HOOK] = act.detach() if scale == 1.0 else (act * scale).detach()
+            return state
+    # ---- end of the direct pass
     active.add(id(access.model))
     try:
         with torch.enable_grad(), _attention_running(access, kernel), access.model.hooks(fwd_hooks=fwd_hooks):
@@ -409,7 +426,9 @@ def _hook_points_within(modules: Sequence[Any], hooked: Optional[list[Any]] = No
         state = vars(module)
         if "fwd_hooks" in state:
             found[id(module)] = module
-        elif hooked is not None and has_user_hooks(module):
+        elif hooked is not None and (state.get("_forward_hooks") or state.get("_forward_pre_hooks")
+                                     or state.get("_backward_hooks") or state.get("_backward_pre_hooks")) \
+                and has_user_hooks(module):  # the dicts first: most modules hold nothing (issue 24)
             hooked.append(module)
         stack.extend(module._modules.values())
     return found

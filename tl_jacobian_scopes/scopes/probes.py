@@ -29,6 +29,19 @@ VOCAB_CHUNK = 8192
 APPLY_CHUNK = 1024
 
 
+def apply_chunk(W_U: Float[Tensor, "d_model d_vocab"], rows: int) -> int:
+    """Vocabulary columns per chunk of :func:`fisher_apply` for ``rows`` vectors.
+
+    On a CPU, :data:`APPLY_CHUNK` columns at ``d_model = 576`` and as many bytes at any other
+    width (8,192 columns at 72: a narrow model would otherwise pay Python per chunk, 48 chunks a
+    product, more than the arithmetic). On a GPU, where every chunk is a few kernel launches, as
+    few chunks as keep the ``rows x chunk`` intermediate under 256 MiB (one on the default model).
+    """
+    if W_U.device.type != "cpu":
+        return max(APPLY_CHUNK, 2**26 // max(1, rows))
+    return max(APPLY_CHUNK, APPLY_CHUNK * 576 // max(1, W_U.shape[0]))
+
+
 def _vocab_chunks(W_U: Float[Tensor, "d_model d_vocab"], chunk: int = VOCAB_CHUNK) -> Iterator[tuple[slice, Tensor]]:
     for start in range(0, W_U.shape[-1], chunk):
         cols = slice(start, min(start + chunk, W_U.shape[-1]))
@@ -235,7 +248,7 @@ def fisher_apply(
     n, m, d = vectors.shape
     out = torch.zeros_like(vectors)
     flat = vectors.reshape(n * m, d)
-    for cols, W in _vocab_chunks(W_U, APPLY_CHUNK):
+    for cols, W in _vocab_chunks(W_U, apply_chunk(W_U, n * m)):
         z = (flat @ W).reshape(n, m, -1) * probs[:, None, cols]
         out.add_((z.reshape(n * m, -1) @ W.T).reshape(n, m, d))
     return out - (vectors @ mean[:, :, None]) * mean[:, None, :]
@@ -341,8 +354,17 @@ def fisher_top_eigenpairs_iterative(
 
 
 def iterative_is_cheaper(d_model: int, rank: int) -> bool:
-    """Cost model: block Lanczos (:func:`expected_products` of ``2·V·d`` each) vs forming F (``V·d²``)."""
-    return expected_products(rank) * 2 < d_model
+    """Cost model: block Lanczos (:func:`expected_products` of ``2·V·d`` each) vs forming F (``V·d²``).
+
+    A product is two memory-bound passes over W_U, forming F one compute-bound pass: below
+    :data:`NARROW` columns forming F wins whatever the count (SmolLM2's depth at d_model = 72,
+    Fisher rank 1 per call: 68 ms formed against 95 ms by Lanczos, benchmarks/launch_bound.py).
+    """
+    return expected_products(rank) * 2 < d_model and d_model > NARROW
+
+
+#: ``d_model`` at or below which F is formed (:func:`iterative_is_cheaper`).
+NARROW = 192
 
 
 def fisher_top_eigenpairs(
