@@ -27,6 +27,7 @@ def result_dict(tokens, /, scope="semantic", **fields):
         "internal_norms": {"layer": grid(N_LAYERS + 1, n), "attn": grid(N_LAYERS, n), "mlp": grid(N_LAYERS, n),
                            "head": grid(N_LAYERS, N_HEADS, n)},
         "stderr": None,
+        "score_kind": "quadratic" if scope == "fisher" else "norm",
     }
     data.update(fields)
     return data
