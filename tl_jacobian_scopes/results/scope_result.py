@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from ..views.html import ScopeView
+    from ..views.page import ScopeView
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError, PositionError, ScopeError
+from .base import ViewableResult
 from .files import SavedAsJson, file_header, strict_json_value, strip_header
 
 class TokenScore(NamedTuple):
@@ -107,7 +108,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclass(eq=False)  # == compares saved content (SavedAsJson)
-class ScopeResult(SavedAsJson):
+class ScopeResult(ViewableResult, SavedAsJson):
     """Token-level attributions of one Jacobian scope for one explained prediction.
 
     Attributes:
@@ -506,9 +507,6 @@ class ScopeResult(SavedAsJson):
         from ..views.html import flatten_parts, show
 
         return show(self, normalization, flatten_parts(parts) or None)
-
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
 
     def save_html(self, path: Union[str, Path], normalization: str = "scaled") -> Path:
         """Write one self-contained HTML file (all JavaScript inlined, nothing fetched)."""

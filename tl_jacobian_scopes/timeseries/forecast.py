@@ -15,13 +15,17 @@ import numbers
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from ..views.page import ScopeView
 
 import numpy as np
 import torch
 
 from ..errors import OptionError, PromptError
 from ..models.access import ModelAccess, model_lock
+from ..results.base import ResultRows, ViewableResult
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
 from .serialize import Serialized, serialize
@@ -400,7 +404,7 @@ def forecast_distributions(
 
 
 @dataclass
-class ForecastResult:
+class ForecastResult(ViewableResult):
     """A scope of one forecast step, at the level of the series' values.
 
     Attributes:
@@ -470,7 +474,7 @@ class ForecastResult:
 
         return plot_forecast(self)
 
-    def show(self) -> Any:
+    def show(self) -> "ScopeView":
         """A CircuitsVis view: the values coloured by influence, with the forecast."""
         from .views import show_forecast
 
@@ -483,19 +487,13 @@ class ForecastResult:
 
 
 @dataclass
-class ForecastMatrix:
+class ForecastMatrix(ResultRows[ForecastResult], ViewableResult):
     """Many forecast steps of one series (``steps="all"`` or a list): steps × values."""
 
     steps_results: list[ForecastResult] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.steps_results)
-
-    def __getitem__(self, i: int) -> ForecastResult:
-        return self.steps_results[i]
-
-    def __iter__(self) -> Iterator[ForecastResult]:
-        return iter(self.steps_results)
+    def _rows(self) -> list[ForecastResult]:
+        return self.steps_results
 
     @property
     def series(self) -> Serialized:
@@ -560,7 +558,8 @@ class ForecastMatrix:
 
         return plot_matrix(self)
 
-    def show(self) -> Any:
+    def show(self) -> "ScopeView":
+        """A CircuitsVis view: the steps × values heatmap."""
         from .views import show_matrix
 
         return show_matrix(self)
