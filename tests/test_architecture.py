@@ -303,3 +303,18 @@ def test_no_module_loops_in_the_scopes_core() -> None:
     core_edges = [e for e in EDGES if e.source in CORE and e.target in CORE]
     loops = _cycles(core_edges, typing=True)
     assert not loops, loops
+
+
+# ---- files by job --------------------------------------------------------------------------------
+
+
+def test_the_forecast_is_split_by_job_and_the_hf_twin_lives_in_models() -> None:
+    """tokens → values, the exact distribution, the result types and forecast_scope each have a file;
+    rebuilding a plain HF model from a bridge is a models job."""
+    timeseries = ROOT / PACKAGE / "timeseries"
+    lines = {p.stem: len(p.read_text(encoding="utf-8").splitlines()) for p in timeseries.glob("*.py")}
+    assert {"tokens", "distribution", "results", "forecast"} <= set(lines)
+    assert max(lines[m] for m in ("tokens", "distribution", "results", "forecast")) < 300, lines
+    defined = {e.source for e in EDGES if e.target == f"{PACKAGE}.models.hf_twin"}
+    assert f"{PACKAGE}.timeseries.distribution" in defined
+    assert "AutoModelForCausalLM" not in "".join(p.read_text(encoding="utf-8") for p in timeseries.glob("*.py"))

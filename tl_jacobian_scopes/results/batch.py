@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, SupportsIndex, TypeVar, Union, overload
 
 if TYPE_CHECKING:
