@@ -50,9 +50,9 @@ def cell_label(row_label: str, col_label: str, site: str) -> str:
 class PatchingResult(ViewableResult, SavedAsJson):
     """A layer x position or layer x head patching map with everything needed to read it.
 
-    Returned by :func:`~tl_jacobian_scopes.patching_map`,
-    :func:`~tl_jacobian_scopes.residual_patching_map` and
-    :func:`~tl_jacobian_scopes.attribution_patching_map`. The tensor is ``values``;
+    Returned by :func:`~tl_jacobian_scopes.patching.patching_map`,
+    :func:`~tl_jacobian_scopes.patching.residual_patching_map` and
+    :func:`~tl_jacobian_scopes.patching.attribution_patching_map`. The tensor is ``values``;
     ``result[i, j]``, ``result.shape`` and ``numpy.asarray(result)`` read it directly.
 
     Attributes:
@@ -72,7 +72,7 @@ class PatchingResult(ViewableResult, SavedAsJson):
     Examples:
         >>> clean = "When Mary and John went to the store, John gave a drink to"
         >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
-        >>> heads = tjs.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")
+        >>> heads = tjs.patching.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")
         >>> heads.top(3)
         [PatchingCell(layer=23, head=3, position=None, label='L23H3', value=...), ...]
         >>> df = heads.to_dataframe()
