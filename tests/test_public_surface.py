@@ -73,10 +73,11 @@ def test_importing_the_package_and_star_import_do_not_warn() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_docs_demos_and_the_package_use_the_new_names() -> None:
+def test_docs_demos_tests_and_the_package_use_the_new_names() -> None:
     pattern = re.compile(r"(?<![\w.])(tjs|tl_jacobian_scopes)\.(" + "|".join(MOVED) + r")\b")
     files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "demos").glob("*.py"),
              *(ROOT / "demos").glob("*.ipynb"), *(ROOT / "benchmarks").glob("*.py"),
-             *(ROOT / "tl_jacobian_scopes").rglob("*.py")]
+             *(ROOT / "tl_jacobian_scopes").rglob("*.py"),
+             *(p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name)]
     stale = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text(encoding="utf-8"))]
     assert not stale, stale[:20]
