@@ -32,11 +32,11 @@ def prompt(model: object, n_tokens: int) -> torch.Tensor:
     return model.to_tokens(TEXT)[0, :n_tokens]  # type: ignore[attr-defined]
 
 
-def synthetic_internals(n_tokens: int, n_layers: int = 30, n_heads: int = 9) -> tjs.ScopeResult:
+def synthetic_internals(n_tokens: int, n_layers: int = 30, n_heads: int = 9) -> tjs.results.ScopeResult:
     g = torch.Generator().manual_seed(0)
     causal = torch.ones(n_tokens)
     rand = lambda *shape: (torch.rand(*shape, generator=g) * causal).tolist()  # noqa: E731
-    return tjs.ScopeResult.from_dict({
+    return tjs.results.ScopeResult.from_dict({
         "scope": "fisher", "model_name": "synthetic-30x9", "position": n_tokens - 1,
         "target": 1, "target_str": " a", "target_prob": 0.1, "predicted": 1, "predicted_str": " a",
         "predicted_prob": 0.1, "tokens": list(range(n_tokens)), "str_tokens": [f" w{i}" for i in range(n_tokens)],

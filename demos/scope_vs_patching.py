@@ -2,11 +2,11 @@
 
 For each clean/corrupted pair: the scope's layer x position map (sensitivity of the logit
 difference answer - wrong to each residual-stream cell, one backward pass), the same
-gradient dotted with the clean-minus-corrupted activations (``tjs.attribution_patching_map``,
+gradient dotted with the clean-minus-corrupted activations (``tjs.patching.attribution_patching_map``,
 one backward pass), and real residual-stream patching (fraction of the logit difference
 restored by patching that cell from the clean run, one forward pass per cell), with Spearman
 correlations (average ranks for ties) over the cells patching can move (from the first
-differing token on; earlier cells are exactly 0) and over all cells; then what patching the top heads restores (``tjs.patch_top``), ranked by
+differing token on; earlier cells are exactly 0) and over all cells; then what patching the top heads restores (``tjs.patching.patch_top``), ranked by
 head-level attribution patching (its default), by the scope's raw head map, or by its scaled head map.
 
 Writes ``docs/images/scope_vs_patching.png``.
@@ -36,7 +36,7 @@ def main() -> None:
     for subfig, (clean, corrupted, answer, wrong) in zip(fig.subfigures(len(PAIRS), 1), PAIRS):
         scope = tjs.semantic_scope(model, clean, target=answer, contrast=wrong, internals=True)
         patched = residual_patching_map(model, clean, corrupted, answer, wrong)
-        estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong)
+        estimate = tjs.patching.attribution_patching_map(model, clean, corrupted, answer, wrong)
         sensitivity = scope.internal("layer")[:-1]
         mask = movable_cells(model, clean, corrupted)
         rho, rho_estimate = spearman(sensitivity, patched, mask=mask), spearman(estimate, patched, mask=mask)
@@ -60,14 +60,14 @@ def main() -> None:
                         f"(ρ: Spearman with real patching over the cells it can move)", fontsize=10)
         print(f"{clean!r}: Spearman with residual patching, movable cells (all cells): "
               f"sensitivity map {rho:.2f} ({rho_all:.2f}), attribution patching {rho_estimate:.2f} ({rho_estimate_all:.2f})")
-        head_estimate = tjs.attribution_patching_map(model, clean, corrupted, answer, wrong, site="head")
+        head_estimate = tjs.patching.attribution_patching_map(model, clean, corrupted, answer, wrong, site="head")
         print(f"  {head_estimate!r}")
         for k in (1, 3, 5):
-            guided = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head")  # ranks by attribution patching
+            guided = tjs.patching.patch_top(model, clean, corrupted, scope, k=k, site="head")  # ranks by attribution patching
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", tjs.RawSensitivityWarning)  # shown here on purpose
-                raw = tjs.patch_top(model, clean, corrupted, scope, k=k, site="head", rank_by="scope")
-                scaled = tjs.patch_top(model, clean, corrupted, scope.aggregate(scope.internal("head", "scaled")),
+                warnings.simplefilter("ignore", tjs.patching.RawSensitivityWarning)  # shown here on purpose
+                raw = tjs.patching.patch_top(model, clean, corrupted, scope, k=k, site="head", rank_by="scope")
+                scaled = tjs.patching.patch_top(model, clean, corrupted, scope.aggregate(scope.internal("head", "scaled")),
                                        k=k, answer=answer, wrong=wrong)
             print(f"  top-{k} heads by attribution patching {guided.labels} restore {guided.recovered:+.0%}; "
                   f"by the raw scope head map {raw.labels} {raw.recovered:+.0%}; "

@@ -27,19 +27,20 @@ def result_dict(tokens, /, scope="semantic", **fields):
         "internal_norms": {"layer": grid(N_LAYERS + 1, n), "attn": grid(N_LAYERS, n), "mlp": grid(N_LAYERS, n),
                            "head": grid(N_LAYERS, N_HEADS, n)},
         "stderr": None,
+        "score_kind": "quadratic" if scope == "fisher" else "norm",
     }
     data.update(fields)
     return data
 
 
-def make_result(tokens=("the", " cat", " sat", " on", " the", " mat"), /, **fields) -> tjs.ScopeResult:
-    return tjs.ScopeResult.from_dict(result_dict(tokens, **fields))
+def make_result(tokens=("the", " cat", " sat", " on", " the", " mat"), /, **fields) -> tjs.results.ScopeResult:
+    return tjs.results.ScopeResult.from_dict(result_dict(tokens, **fields))
 
 
 def make_patching(values, site="head", clean=("a", " b", " c"), corrupted=None):
     rows, cols = values.shape
     col_labels = [f"H{h}" for h in range(cols)] if site == "head" else [f"{i}:{t}" for i, t in enumerate(clean)][:cols]
-    return tjs.PatchingResult(
+    return tjs.patching.PatchingResult(
         values=values, metric="m", method="activation patching", site=site,
         row_labels=[f"L{i}" for i in range(rows)], col_labels=col_labels, clean_str_tokens=list(clean),
         corrupted_str_tokens=list(corrupted if corrupted is not None else clean), answer_str=" x", wrong_str=" y",

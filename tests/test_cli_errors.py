@@ -85,7 +85,7 @@ def test_write_failure_after_the_check_is_one_line(tmp_path, loads, capsys, monk
     def disk_full(self, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tjs.ScopeResult, "save_json", disk_full)
+    monkeypatch.setattr(tjs.results.ScopeResult, "save_json", disk_full)
     assert cli.main([PROMPT, "--json", str(tmp_path / "r.json")]) == 2
     _one_error_line(capsys, "--json", "No space left")
 

@@ -29,7 +29,7 @@ def layer_maps(default_model):
     for clean, corrupt, answer, wrong in PAIRS:
         effect = residual_patching_map(default_model, clean, corrupt, answer, wrong)
         scope = tjs.semantic_scope(default_model, clean, target=answer, contrast=wrong, internals=True)
-        estimate = tjs.attribution_patching_map(default_model, clean, corrupt, answer, wrong)
+        estimate = tjs.patching.attribution_patching_map(default_model, clean, corrupt, answer, wrong)
         mask = movable_cells(default_model, clean, corrupt)
         rows.append((effect, scope.internal("layer")[:-1], estimate, mask))
     return rows
@@ -68,17 +68,17 @@ def test_head_attribution_patching_finds_the_heads_that_restore_the_answer(defau
     than the raw map by 0.3."""
     model = default_model
     for clean, corrupt, answer, wrong in PAIRS:
-        real = tjs.patching_map(model, clean, corrupt, answer, wrong, site="head")
-        estimate = tjs.attribution_patching_map(model, clean, corrupt, answer, wrong, site="head")
+        real = tjs.patching.patching_map(model, clean, corrupt, answer, wrong, site="head")
+        estimate = tjs.patching.attribution_patching_map(model, clean, corrupt, answer, wrong, site="head")
         assert spearman(estimate, real) > 0.85, clean
-        top3 = tjs.patch_top(model, clean, corrupt, estimate, k=3, answer=answer, wrong=wrong)
+        top3 = tjs.patching.patch_top(model, clean, corrupt, estimate, k=3, answer=answer, wrong=wrong)
         assert top3.recovered > 0.5, (clean, top3)
         # its top head is the single head whose real patch restores the most
         assert top3.patched[0] == divmod(int(real.values.flatten().argmax()), real.shape[1]), clean
         assert top3.labels[0] == real.top(1)[0].label
         raw = tjs.semantic_scope(model, clean, target=answer, contrast=wrong, internals=True)
-        with pytest.warns(tjs.RawSensitivityWarning):
-            by_raw_map = tjs.patch_top(model, clean, corrupt, raw, k=3, site="head", rank_by="scope")
+        with pytest.warns(tjs.patching.RawSensitivityWarning):
+            by_raw_map = tjs.patching.patch_top(model, clean, corrupt, raw, k=3, site="head", rank_by="scope")
         assert top3.recovered > by_raw_map.recovered + 0.3
 
 
@@ -89,8 +89,8 @@ def test_patch_top_leads_to_the_estimate_that_restores_the_answer(default_model)
     (layer-0 heads) ~0%. Bounds: default top-3 >= 0.3 and > the raw map's + 0.3."""
     clean, corrupt, answer, wrong = PAIRS[1]
     scope = tjs.semantic_scope(default_model, clean, target=answer, contrast=wrong, internals=True)
-    default = tjs.patch_top(default_model, clean, corrupt, scope, k=3, site="head")
-    with pytest.warns(tjs.RawSensitivityWarning):
-        raw = tjs.patch_top(default_model, clean, corrupt, scope, k=3, site="head", rank_by="scope")
+    default = tjs.patching.patch_top(default_model, clean, corrupt, scope, k=3, site="head")
+    with pytest.warns(tjs.patching.RawSensitivityWarning):
+        raw = tjs.patching.patch_top(default_model, clean, corrupt, scope, k=3, site="head", rank_by="scope")
     assert default.ranked_by == "attribution patching" and len(default.labels) == 3
     assert default.recovered >= 0.3 and default.recovered > raw.recovered + 0.3, (default, raw)

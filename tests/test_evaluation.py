@@ -33,7 +33,7 @@ def test_ablation_hooks_match_edited_embeddings(tiny):
     model, ref = tiny
     tokens = model.to_tokens(PROMPT)[0]
     for replacement in ("zero", "mean", 5):
-        hooks = tjs.ablate_positions([2, 4], replacement, model)
+        hooks = tjs.evaluation.ablate_positions([2, 4], replacement, model)
         got = torch.log_softmax(model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0, -1].double(), -1)
         W_E = ref.get_input_embeddings().weight.detach()
         fill = {"zero": torch.zeros(W_E.shape[1], dtype=W_E.dtype), "mean": W_E.mean(0), 5: W_E[5]}[replacement]
@@ -53,18 +53,18 @@ def test_patching_everything_recovers_clean_and_nothing_changes_nothing(tiny):
     with torch.no_grad():
         clean_logits, corrupt_logits = model(clean), model(corrupt)
         last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-        patched = model.run_with_hooks(corrupt, fwd_hooks=tjs.patch_activations(cache, [(last, None, None)]))
+        patched = model.run_with_hooks(corrupt, fwd_hooks=tjs.patching.patch_activations(cache, [(last, None, None)]))
         torch.testing.assert_close(patched, clean_logits)
-        same = tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", 3, None)])
+        same = tjs.patching.patch_activations(cache, [("blocks.0.hook_resid_pre", 3, None)])
         torch.testing.assert_close(model.run_with_hooks(corrupt, fwd_hooks=same), corrupt_logits)  # position 3 is equal
-        head = tjs.patch_activations(cache, [("blocks.1.attn.hook_z", 2, 1)])
+        head = tjs.patching.patch_activations(cache, [("blocks.1.attn.hook_z", 2, 1)])
         assert not torch.allclose(model.run_with_hooks(corrupt, fwd_hooks=head), corrupt_logits)
 
 
 def test_gradient_x_input_matches_autograd(tiny):
     model, ref = tiny
     tokens = model.to_tokens(PROMPT)[0]
-    r = tjs.gradient_x_input(model, PROMPT, target="dog", position=8)
+    r = tjs.evaluation.gradient_x_input(model, PROMPT, target="dog", position=8)
     x = ref.get_input_embeddings()(tokens[None]).detach().requires_grad_(True)
     logp = torch.log_softmax(ref(inputs_embeds=x).logits[0, 8], -1)[r.target]
     (g,) = torch.autograd.grad(logp, x)
@@ -88,7 +88,7 @@ def test_integrated_gradients_completeness(tiny_gpt2, objective):
     (only the norm's eps separates L(0) from L(0+)), a known blind spot of IG's path."""
     model, ref = tiny_gpt2
     tokens = model.to_tokens(PROMPT)[0]
-    fn = tjs.integrated_gradients if objective == "logprob" else tjs.path_semantic_scope
+    fn = tjs.evaluation.integrated_gradients if objective == "logprob" else tjs.evaluation.path_semantic_scope
     kwargs = dict(objective=objective) if objective == "logprob" else {}
     r = fn(model, PROMPT, target="dog", steps=256, reduce="sum", **kwargs)
     base = ref.get_input_embeddings()(tokens[None]).detach()
@@ -107,7 +107,7 @@ def test_integrated_gradients_completeness(tiny_gpt2, objective):
 def test_integrated_gradients_equals_a_loop_over_the_path(tiny):
     model, ref = tiny
     tokens = model.to_tokens(PROMPT)[0]
-    r = tjs.integrated_gradients(model, PROMPT, target="dog", steps=4)
+    r = tjs.evaluation.integrated_gradients(model, PROMPT, target="dog", steps=4)
     base = ref.get_input_embeddings()(tokens[None]).detach()
     total = torch.zeros_like(base)
     for alpha in (0.125, 0.375, 0.625, 0.875):
@@ -120,7 +120,7 @@ def test_integrated_gradients_equals_a_loop_over_the_path(tiny):
 def test_leave_one_out_matches_manual_kl(tiny):
     model, ref = tiny
     tokens = model.to_tokens(PROMPT)[0]
-    r = tjs.leave_one_out(model, PROMPT, position=7, batch_size=3)
+    r = tjs.evaluation.leave_one_out(model, PROMPT, position=7, batch_size=3)
     p = torch.exp(_hf_logprobs(ref, tokens, lambda e: e, 7))
     for t in (0, 4, 7):
         def edit(e, t=t):
@@ -135,8 +135,8 @@ def test_leave_one_out_matches_manual_kl(tiny):
 
 def test_random_attribution_is_seeded():
     model, _ = tiny_model("gpt2", "bridge")
-    a, b = tjs.random_attribution(model, PROMPT, seed=3), tjs.random_attribution(model, PROMPT, seed=3)
-    assert torch.equal(a.scores, b.scores) and not torch.equal(a.scores, tjs.random_attribution(model, PROMPT, seed=4).scores)
+    a, b = tjs.evaluation.random_attribution(model, PROMPT, seed=3), tjs.evaluation.random_attribution(model, PROMPT, seed=3)
+    assert torch.equal(a.scores, b.scores) and not torch.equal(a.scores, tjs.evaluation.random_attribution(model, PROMPT, seed=4).scores)
 
 
 def test_aopc_formula_and_deletions(tiny):
@@ -239,7 +239,7 @@ def test_patch_top_recovers_all_or_nothing(tiny):
     per_head[1, 2] = 1.0
     outcome = patch_top(model, clean, corrupt, per_head, k=1, answer="cat", wrong="dog")
     assert outcome.patched == [(1, 2)]
-    manual = tjs.patching_map(model, clean, corrupt, "cat", "dog", site="head")[1, 2]
+    manual = tjs.patching.patching_map(model, clean, corrupt, "cat", "dog", site="head")[1, 2]
     assert outcome.recovered == pytest.approx(float(manual), abs=1e-5)
     with pytest.raises(E.TargetError, match="answer= and wrong="):
         patch_top(model, clean, corrupt, per_head, k=1)
@@ -278,7 +278,7 @@ def test_residual_patching_map_matches_transformer_lens_patching(tiny):
     torch.testing.assert_close(ours.values, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
     assert ours.values.abs().max() > 0.1  # the map is not trivially zero
 
-    heads = tjs.patching_map(model, clean, corrupted, "cat", "dog", site="head", batch_size=5)
+    heads = tjs.patching.patching_map(model, clean, corrupted, "cat", "dog", site="head", batch_size=5)
     theirs = patching.get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, cache, restored)
     assert heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
     torch.testing.assert_close(heads.values, theirs.float().cpu(), rtol=1e-4, atol=1e-4)
@@ -293,7 +293,7 @@ def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
     model, _ = tiny
     clean, corrupted = "the cat sat on the mat", "the dog sat on the red"
     cat, dog = (int(model.to_single_token(w)) for w in ("cat", "dog"))
-    estimate = tjs.attribution_patching_map(model, clean, corrupted, "cat", "dog")
+    estimate = tjs.patching.attribution_patching_map(model, clean, corrupted, "cat", "dog")
     clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
     _, clean_cache = model.run_with_cache(clean_tokens)
     _, corrupted_cache = model.run_with_cache(corrupted_tokens)
@@ -313,7 +313,7 @@ def test_attribution_patching_is_the_directional_derivative_of_patching(tiny):
 
         derivative = (shifted(eps) - shifted(-eps)) / (2 * eps)
         assert float(estimate[layer, pos]) * gap == pytest.approx(derivative, rel=2e-2, abs=1e-4)
-    heads = tjs.attribution_patching_map(model, clean, corrupted, "cat", "dog", site="head")
+    heads = tjs.patching.attribution_patching_map(model, clean, corrupted, "cat", "dog", site="head")
     assert heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
     for layer, head in [(0, 0), (1, 1), (1, 3)]:
         name = f"blocks.{layer}.attn.hook_z"
@@ -339,16 +339,16 @@ def test_ablate_positions_outside_the_prompt_is_a_position_error(tiny):
     tokens = model.to_tokens("the cat sat on the mat")  # 7 tokens with BOS
     n = tokens.shape[-1]
     with pytest.raises(E.PositionError, match=f"0..{n - 1}"):  # was an IndexError from inside the hook
-        model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions([99]))
+        model.run_with_hooks(tokens, fwd_hooks=tjs.evaluation.ablate_positions([99]))
     with pytest.raises(E.PositionError, match="outside"):  # the model's context bounds it before any run
-        tjs.ablate_positions([model.cfg.n_ctx], model=model)
+        tjs.evaluation.ablate_positions([model.cfg.n_ctx], model=model)
     with pytest.raises(E.PositionError, match="ints"):
-        tjs.ablate_positions([1.5])
+        tjs.evaluation.ablate_positions([1.5])
     with pytest.raises(E.PositionError, match="mask"):
-        model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions(torch.zeros(1, n + 1, dtype=torch.bool)))
+        model.run_with_hooks(tokens, fwd_hooks=tjs.evaluation.ablate_positions(torch.zeros(1, n + 1, dtype=torch.bool)))
     # negative positions count from the end, like Python
-    last = model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions([-1]))
-    torch.testing.assert_close(last, model.run_with_hooks(tokens, fwd_hooks=tjs.ablate_positions([n - 1])))
+    last = model.run_with_hooks(tokens, fwd_hooks=tjs.evaluation.ablate_positions([-1]))
+    torch.testing.assert_close(last, model.run_with_hooks(tokens, fwd_hooks=tjs.evaluation.ablate_positions([n - 1])))
 
 
 def test_bad_ablation_replacements_are_option_errors(tiny):
@@ -356,11 +356,11 @@ def test_bad_ablation_replacements_are_option_errors(tiny):
     for replacement, message in [("median", "'zero', 'mean'"), (model.cfg.d_vocab, "vocabulary"),
                                  (torch.zeros(3), "shape"), (0.5, "float")]:
         with pytest.raises(E.OptionError, match=message):
-            tjs.ablate_positions([1], replacement, model)
+            tjs.evaluation.ablate_positions([1], replacement, model)
     with pytest.raises(E.OptionError, match="model="):
-        tjs.ablate_positions([1], "mean")
+        tjs.evaluation.ablate_positions([1], "mean")
     with pytest.raises(E.NonFiniteError):
-        tjs.ablate_positions([1], torch.full((model.cfg.d_model,), float("nan")), model)
+        tjs.evaluation.ablate_positions([1], torch.full((model.cfg.d_model,), float("nan")), model)
 
 
 def test_patch_activations_checks_its_sites(tiny):
@@ -368,14 +368,14 @@ def test_patch_activations_checks_its_sites(tiny):
     tokens = model.to_tokens("the cat sat on the mat")
     _, cache = model.run_with_cache(tokens)
     with pytest.raises(E.MissingHookError, match="no activation"):
-        tjs.patch_activations(cache, [("blocks.0.hook_nothing", 1, None)])
+        tjs.patching.patch_activations(cache, [("blocks.0.hook_nothing", 1, None)])
     with pytest.raises(E.PositionError, match="outside"):
-        tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", 99, None)])
+        tjs.patching.patch_activations(cache, [("blocks.0.hook_resid_pre", 99, None)])
     with pytest.raises(E.OptionError, match="head"):
-        tjs.patch_activations(cache, [("blocks.0.attn.hook_z", 1, model.cfg.n_heads)])
+        tjs.patching.patch_activations(cache, [("blocks.0.attn.hook_z", 1, model.cfg.n_heads)])
     with pytest.raises(E.OptionError, match="no head dimension"):
-        tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", 1, 0)])
-    hooks = tjs.patch_activations(cache, [("blocks.0.hook_resid_pre", None, None)])
+        tjs.patching.patch_activations(cache, [("blocks.0.hook_resid_pre", 1, 0)])
+    hooks = tjs.patching.patch_activations(cache, [("blocks.0.hook_resid_pre", None, None)])
     with pytest.raises(E.PromptError, match="same number of tokens"):
         model.run_with_hooks(model.to_tokens("the cat sat"), fwd_hooks=hooks)
 
@@ -405,10 +405,10 @@ def test_patching_refuses_pairs_without_a_gap(tiny, monkeypatch):
     model, _ = tiny
     n = len(model.to_tokens(CLEAN)[0])
     calls = [
-        lambda c, k, a, w: tjs.patching_map(model, c, k, a, w),
-        lambda c, k, a, w: tjs.patching_map(model, c, k, a, w, site="head"),
-        lambda c, k, a, w: tjs.attribution_patching_map(model, c, k, a, w),
-        lambda c, k, a, w: tjs.patch_top(model, c, k, torch.ones(n), k=1, answer=a, wrong=w),
+        lambda c, k, a, w: tjs.patching.patching_map(model, c, k, a, w),
+        lambda c, k, a, w: tjs.patching.patching_map(model, c, k, a, w, site="head"),
+        lambda c, k, a, w: tjs.patching.attribution_patching_map(model, c, k, a, w),
+        lambda c, k, a, w: tjs.patching.patch_top(model, c, k, torch.ones(n), k=1, answer=a, wrong=w),
     ]
     for call in calls:
         with pytest.raises(E.TargetError, match="same token"):
@@ -419,22 +419,22 @@ def test_patching_refuses_pairs_without_a_gap(tiny, monkeypatch):
             call(CLEAN, "the dog sat on the big mat", "cat", "dog")
     monkeypatch.setattr(patching, "logit_difference", lambda *args, **kwargs: torch.tensor([0.25]))
     with pytest.raises(E.TargetError, match="no gap"):
-        tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
+        tjs.patching.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
 
 
 def test_bad_patching_options_are_option_errors(tiny):
     model, _ = tiny
     for site in ("resid", "position", None):
         with pytest.raises(E.OptionError, match="site"):
-            tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog", site=site)
+            tjs.patching.patching_map(model, CLEAN, CORRUPT, "cat", "dog", site=site)
         with pytest.raises(E.OptionError, match="site"):
-            tjs.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site=site)
+            tjs.patching.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site=site)
     r = tjs.semantic_scope(model, CLEAN, target="cat", contrast="dog")
     with pytest.raises(E.OptionError, match="site"):
-        tjs.patch_top(model, CLEAN, CORRUPT, r, k=1, site="layer")
+        tjs.patching.patch_top(model, CLEAN, CORRUPT, r, k=1, site="layer")
     for batch_size in (0, -3, 2.0):
         with pytest.raises(E.OptionError, match="batch_size"):
-            tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog", batch_size=batch_size)
+            tjs.patching.patching_map(model, CLEAN, CORRUPT, "cat", "dog", batch_size=batch_size)
 
 
 def test_a_model_without_the_patched_hooks_is_a_missing_hook_error(tiny, monkeypatch):
@@ -442,9 +442,9 @@ def test_a_model_without_the_patched_hooks_is_a_missing_hook_error(tiny, monkeyp
     run = model.run_with_cache
     monkeypatch.setattr(model, "run_with_cache", lambda tokens, **kwargs: (run(tokens)[0], {}))  # was a KeyError
     with pytest.raises(E.MissingHookError, match="hook_resid_pre"):
-        tjs.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
+        tjs.patching.patching_map(model, CLEAN, CORRUPT, "cat", "dog")
     with pytest.raises(E.MissingHookError, match="hook_z"):
-        tjs.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site="head")
+        tjs.patching.attribution_patching_map(model, CLEAN, CORRUPT, "cat", "dog", site="head")
 
 
 def test_cells_patching_cannot_move_are_exactly_zero(tiny):
@@ -455,7 +455,7 @@ def test_cells_patching_cannot_move_are_exactly_zero(tiny):
 
     model, _ = tiny
     clean, corrupted = "the cat sat on the mat", "the cat sat on the red"
-    effect = tjs.patching_map(model, clean, corrupted, "cat", "dog", batch_size=3)
+    effect = tjs.patching.patching_map(model, clean, corrupted, "cat", "dog", batch_size=3)
     mask = movable_cells(model, clean, corrupted)
     first = int((model.to_tokens(clean)[0] != model.to_tokens(corrupted)[0]).nonzero()[0])
     assert mask.shape == effect.shape and not mask[:, :first].any() and mask[:, first:].all()

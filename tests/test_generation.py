@@ -67,15 +67,15 @@ def test_views_tables_and_files(generation, tmp_path):
     assert set(frame["step"]) == {0, 1, 2, 3}
     assert (frame["in_prompt"] == (frame["position"] < generation.prompt_length)).all()
     assert list(frame.groupby("step")["generated"].first()) == generation.generated_str_tokens
-    back = tjs.GenerationResult.load_json(generation.save_json(tmp_path / "g.json"))
+    back = tjs.results.GenerationResult.load_json(generation.save_json(tmp_path / "g.json"))
     assert back.generated == generation.generated and back.prompt_length == generation.prompt_length
     assert torch.equal(back.scores, generation.scores) and back.generation == generation.generation
     loaded = tjs.load(tmp_path / "g.json")  # the header names the type
-    assert isinstance(loaded, tjs.GenerationResult) and loaded.generated == generation.generated
+    assert isinstance(loaded, tjs.results.GenerationResult) and loaded.generated == generation.generated
     data = json.loads((tmp_path / "g.json").read_text())
     data["generated"] = data["generated"][:-1]
     with pytest.raises(tjs.DataFileError, match="save_json"):
-        tjs.GenerationResult.from_dict(data)
+        tjs.results.GenerationResult.from_dict(data)
     assert "GenerationResult(scope='semantic'" in repr(generation) and repr(generation.generated_str_tokens[0]) in repr(generation)
     page = generation.save_html(tmp_path / "g.html").read_text(encoding="utf-8")
     assert "tjs-generation" in page and "4 generated token(s)" in page
@@ -111,8 +111,8 @@ def test_sampling_on_tiny_models(backend):
 
 def test_generation_view_is_inert_with_hostile_tokens(tmp_path):
     prompt_length = 7
-    matrix = tjs.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG + SCRIPT) for p in (6, 7, 8)])
-    g = tjs.GenerationResult(matrix, prompt_length, [7, 8, 9], {"note": SCRIPT})
+    matrix = tjs.results.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG + SCRIPT) for p in (6, 7, 8)])
+    g = tjs.results.GenerationResult(matrix, prompt_length, [7, 8, 9], {"note": SCRIPT})
     text = assert_inert(g.show().to_html())
     assert SCRIPT in text  # the generation settings and tokens are shown as text
     from tl_jacobian_scopes.views import html as views_html
@@ -120,15 +120,15 @@ def test_generation_view_is_inert_with_hostile_tokens(tmp_path):
     first_display = not views_html._notebook["bundle_sent"]  # read before displaying: the display sets it
     assert_inert(g._repr_html_(), bundle=first_display)  # later displays: no bundle
     with pytest.raises(tjs.ScopeError, match="explain_generation"):
-        tjs.GenerationResult(matrix, prompt_length, [7, 8])
+        tjs.results.GenerationResult(matrix, prompt_length, [7, 8])
 
 
 @pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED, reason="needs Chromium (apt-get install chromium)")
 def test_generation_view_renders_in_a_real_browser(generation, tmp_path):
     assert CHROMIUM, "Chromium is required here (TJS_BROWSER_REQUIRED=1)"
     prompt_length = 7
-    hostile = tjs.GenerationResult(
-        tjs.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG) for p in (6, 7, 8)]), prompt_length, [7, 8, 9])
+    hostile = tjs.results.GenerationResult(
+        tjs.results.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG) for p in (6, 7, 8)]), prompt_length, [7, 8, 9])
     view = generation.show()
     view.sections += hostile.show().sections
     path = view.save(tmp_path / "generation.html")

@@ -84,7 +84,7 @@ def test_scaled_normalization_and_helpers(tiny):
     row = long[(long["site"] == "head") & (long["layer"] == 1) & (long["head"] == 2) & (long["position"] == 4)]
     assert row.score.item() == pytest.approx(float(r.head_scores[1, 2, 4]))
 
-    again = tjs.ScopeResult.from_dict(r.to_dict())
+    again = tjs.results.ScopeResult.from_dict(r.to_dict())
     torch.testing.assert_close(again.head_scores, r.head_scores)
     with pytest.raises(ValueError, match="internals=True"):
         tjs.fisher_scope(model, PROMPT).internal("layer")

@@ -119,7 +119,7 @@ def test_stochastic_fisher_is_unbiased_under_the_transform(family):
 def test_temperature_and_gradient_baselines(family):
     name, model, _, ref, tokens = family
     target = int(ref["p"].argmax())
-    assert_close(tjs.gradient_x_input(model, tokens, target=target).scores, family_scores(ref, "gxi", target))
+    assert_close(tjs.evaluation.gradient_x_input(model, tokens, target=target).scores, family_scores(ref, "gxi", target))
     if name == "olmo":  # a final LayerNorm without parameters: its own message, never the folded one
         with pytest.raises(tjs.ArchitectureError, match="no learned scale") as info:
             tjs.temperature_scope(model, tokens)
@@ -131,7 +131,7 @@ def test_temperature_and_gradient_baselines(family):
 def test_leave_one_out_kl_on_the_real_output(family):
     """KL(p ‖ p with token t's embedding zeroed), against the HF model's own logits."""
     _, model, hf, ref, tokens = family
-    r = tjs.leave_one_out(model, tokens)
+    r = tjs.evaluation.leave_one_out(model, tokens)
     ref_model = copy.deepcopy(hf).double()
     x = ref["x"]
     scale = float(getattr(hf.config, "embedding_multiplier", 1.0))
@@ -269,7 +269,7 @@ def test_codegen_upstream_failure_is_a_clear_error():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = bridge_from_hf(T.CodeGenForCausalLM(config).eval(), tok, "tiny-codegen", device="cpu")
-    for scope in (tjs.semantic_scope, tjs.fisher_scope, tjs.leave_one_out):
+    for scope in (tjs.semantic_scope, tjs.fisher_scope, tjs.evaluation.leave_one_out):
         with pytest.raises(tjs.ArchitectureError, match="CodeGen.*TransformerLens [34]"):
             scope(model, PROMPT)
 

@@ -66,7 +66,7 @@ def test_integration_steps_are_bounded_before_any_work():
     model = tiny_model("llama", "bridge")[0]
     for steps in (10**10, 2**63):
         with pytest.raises(tjs.OptionError, match="steps"):
-            tjs.integrated_gradients(model, TINY_TEXTS[1], steps=steps, progress=False)
+            tjs.evaluation.integrated_gradients(model, TINY_TEXTS[1], steps=steps, progress=False)
 
 
 @pytest.mark.parametrize("value", ["abc", "nan", "inf", "1e400", "0", "-1"])

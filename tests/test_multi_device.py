@@ -153,14 +153,14 @@ CALLS = {
     "internals": lambda m: tjs.semantic_scope(m, PROMPT, target="house", internals=True),
     "fisher internals": lambda m: tjs.fisher_scope(m, PROMPT, internals=True),
     "positions all": lambda m: tjs.fisher_scope(m, PROMPT, positions="all"),
-    "gradient x input": lambda m: tjs.gradient_x_input(m, PROMPT),
+    "gradient x input": lambda m: tjs.evaluation.gradient_x_input(m, PROMPT),
     "batch": lambda m: tjs.temperature_scope(m, [PROMPT, "the dog ran"], padding_side="left"),
 }
 
 
 def _values(result):
     """Every number a call returned (scores, internal maps), flattened over batches and matrices."""
-    if not isinstance(result, tjs.ScopeResult):  # a ScopeBatch (a list) or a ScopeMatrix (iterates its results)
+    if not isinstance(result, tjs.results.ScopeResult):  # a ScopeBatch (a list) or a ScopeMatrix (iterates its results)
         return [v for r in result for v in _values(r)]
     maps = (result.layer_scores, result.attn_scores, result.mlp_scores, result.head_scores)
     return [result.scores] + [m for m in maps if m is not None]
@@ -231,8 +231,8 @@ def test_attribution_patching_of_a_split_model_equals_one_device(split_bridge, s
     mode, model, one_device = split_bridge
     args = ("the cat sat on the mat", "the dog sat on the mat", "mat", "house")
     with mode:
-        split = tjs.attribution_patching_map(model, *args, site=site)
-    torch.testing.assert_close(split.values, tjs.attribution_patching_map(one_device, *args, site=site).values,
+        split = tjs.patching.attribution_patching_map(model, *args, site=site)
+    torch.testing.assert_close(split.values, tjs.patching.attribution_patching_map(one_device, *args, site=site).values,
                                rtol=0, atol=0)
 
 

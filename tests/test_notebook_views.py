@@ -37,7 +37,7 @@ def fresh_kernel(monkeypatch):
 
 def test_only_the_first_display_carries_the_bundle_and_later_ones_are_small(fresh_kernel):
     token_view = random_result(100, 99)
-    matrix = tjs.ScopeMatrix([random_result(100, p) for p in range(100)])
+    matrix = tjs.results.ScopeMatrix([random_result(100, p) for p in range(100)])
     first = token_view._repr_html_()
     assert first.count(BUNDLE_MARK) == 1 and len(first) > 1_000_000
     second, matrix_html = token_view.show()._repr_html_(), matrix._repr_html_()
@@ -49,7 +49,7 @@ def test_only_the_first_display_carries_the_bundle_and_later_ones_are_small(fres
 
 def test_saved_files_hold_exactly_one_bundle(fresh_kernel, tmp_path):
     a, b = random_result(12, 8), random_result(12, 8, seed=1, scope="fisher")
-    matrix = tjs.ScopeMatrix([random_result(12, p) for p in (3, 8)])
+    matrix = tjs.results.ScopeMatrix([random_result(12, p) for p in (3, 8)])
     a._repr_html_()  # a notebook display first: saved files must not depend on it
     pages = [a.show().to_html(), tjs.compare(a, b).to_html()]
     for path in (a.save_html(tmp_path / "1.html"), tjs.save_html(a, b, path=tmp_path / "2.html"),
@@ -166,7 +166,7 @@ def notebook_outputs():
     tokens = [" the", " cat", " sat", " on", " a", " capital", " mat", " and", " the", " dog"] * 3
     fisher = make_result(tokens, scope="fisher", position=25)
     semantic = make_result(tokens, scope="semantic", position=25)
-    matrix = tjs.ScopeMatrix([make_result(tokens, position=p) for p in range(5, 30, 3)])
+    matrix = tjs.results.ScopeMatrix([make_result(tokens, position=p) for p in range(5, 30, 3)])
     views = [fisher, tjs.compare(fisher, semantic), matrix, fisher.show("heads"), semantic.show("tokens")]
     return [v._repr_html_() for v in views], tokens
 
@@ -281,12 +281,12 @@ def test_save_html_of_a_batch_over_different_prompts_or_of_matrices(tmp_path):
     """`tjs.save_html(batch, path=...)` saves what `batch.show()` shows (it tried to compare the
     items, which needs one prompt's tokens and ScopeResults)."""
     other = make_result(("a", " dog", " ran"), position=2)
-    batch = tjs.ScopeBatch([make_result(), other])
+    batch = tjs.results.ScopeBatch([make_result(), other])
     for path in (tjs.save_html(batch, path=tmp_path / "b.html"), tjs.save_html(batch, tmp_path / "b2.html")):
         text = path.read_text(encoding="utf-8")
         assert "Prompt 0" in text and "Prompt 1" in text and " dog" in text
-    matrices = tjs.ScopeBatch([tjs.ScopeMatrix([make_result(position=p) for p in (3, 4)]),
-                               tjs.ScopeMatrix([make_result(("a", " dog", " ran"), position=p) for p in (1, 2)])])
+    matrices = tjs.results.ScopeBatch([tjs.results.ScopeMatrix([make_result(position=p) for p in (3, 4)]),
+                               tjs.results.ScopeMatrix([make_result(("a", " dog", " ran"), position=p) for p in (1, 2)])])
     text = tjs.save_html(matrices, path=tmp_path / "m.html").read_text(encoding="utf-8")
     assert text.count("tjsMatrix(") == 2
     # A list of results on one prompt is still a comparison.
@@ -346,7 +346,7 @@ def test_rerunning_the_cell_that_carried_the_bundle_carries_it_again(fresh_kerne
 
 def test_an_empty_batch_displays_as_text():
     """Displaying an empty batch (e.g. a filtered one) raised ScopeError in the HTML formatter."""
-    empty = tjs.ScopeBatch([])
+    empty = tjs.results.ScopeBatch([])
     assert empty._repr_html_() is None and repr(empty).startswith("ScopeBatch(0")
     with pytest.raises(tjs.ScopeError, match="empty"):
         empty.show()

@@ -26,8 +26,8 @@ def hostile_results():
         model_name=IMG + SCRIPT, params={SCRIPT: IMG, "note": COMMENT, "sep": SEPARATORS},
     )
     weird_scope = make_result(TOKENS, scope=SCRIPT + IMG, predicted_str=SCRIPT, model_name=COMMENT)
-    reloaded = tjs.ScopeResult.from_dict(json.loads(json.dumps(semantic.to_dict())))
-    matrix = tjs.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG + SCRIPT) for p in (3, 9)])
+    reloaded = tjs.results.ScopeResult.from_dict(json.loads(json.dumps(semantic.to_dict())))
+    matrix = tjs.results.ScopeMatrix([make_result(TOKENS, position=p, target_str=IMG + SCRIPT) for p in (3, 9)])
     return semantic, weird_scope, reloaded, matrix
 
 

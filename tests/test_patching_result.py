@@ -39,11 +39,11 @@ def test_patching_maps_are_labelled(tiny):
     model = tiny
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     clean_tokens, corrupted_tokens = model.to_str_tokens(CLEAN), model.to_str_tokens(CORRUPTED)
-    layer = tjs.patching_map(model, CLEAN, CORRUPTED, "cat", "dog", batch_size=5)
-    heads = tjs.patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site="head")
-    estimate = tjs.attribution_patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site="head")
-    assert isinstance(layer, tjs.PatchingResult) and isinstance(estimate, tjs.PatchingResult)
-    assert tjs.residual_patching_map(model, CLEAN, CORRUPTED, "cat", "dog").site == "resid_pre"
+    layer = tjs.patching.patching_map(model, CLEAN, CORRUPTED, "cat", "dog", batch_size=5)
+    heads = tjs.patching.patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site="head")
+    estimate = tjs.patching.attribution_patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site="head")
+    assert isinstance(layer, tjs.patching.PatchingResult) and isinstance(estimate, tjs.patching.PatchingResult)
+    assert tjs.patching.residual_patching_map(model, CLEAN, CORRUPTED, "cat", "dog").site == "resid_pre"
     assert (layer.site, layer.method, layer.metric) == ("resid_pre", "activation patching", RESTORED)
     assert (heads.site, estimate.site, estimate.method, estimate.metric) == ("head", "head", "attribution patching", ESTIMATED)
     assert layer.shape == (n_layers, len(clean_tokens)) and heads.shape == estimate.shape == (n_layers, n_heads)
@@ -71,17 +71,17 @@ def _hand_made(values, site="head", tokens=None, **kwargs):
                   col_labels=cols, clean_str_tokens=list(tokens), corrupted_str_tokens=list(tokens),
                   answer_str="cat", wrong_str="dog", ld_clean=2.0, ld_corrupted=-1.0, model_name="m")
     fields.update(kwargs)
-    return tjs.PatchingResult(values=values, **fields)
+    return tjs.patching.PatchingResult(values=values, **fields)
 
 
 def test_top_orders_by_value_and_breaks_ties_in_row_major_order():
     r = _hand_made(torch.tensor([[0.0, 0.5, 0.5], [0.5, -1.0, 0.0]]))
     assert [(c.layer, c.head, c.label, c.value) for c in r.top(4)] == [
         (0, 1, "L0H1", 0.5), (0, 2, "L0H2", 0.5), (1, 0, "L1H0", 0.5), (0, 0, "L0H0", 0.0)]
-    assert r.top(1, absolute=True)[0] == tjs.PatchingCell(1, 1, None, "L1H1", -1.0)
+    assert r.top(1, absolute=True)[0] == tjs.patching.PatchingCell(1, 1, None, "L1H1", -1.0)
     assert len(r.top(99)) == 6
     resid = _hand_made(torch.tensor([[0.0, 0.2], [0.1, 0.3]]), site="resid_pre", tokens=["a", " b"])
-    assert resid.top(1)[0] == tjs.PatchingCell(1, None, 1, "L1 1: b", pytest.approx(0.3))
+    assert resid.top(1)[0] == tjs.patching.PatchingCell(1, None, 1, "L1 1: b", pytest.approx(0.3))
     for k in (0, -1, 1.5, True):
         with pytest.raises(E.OptionError, match="positive integer"):
             r.top(k)
@@ -93,8 +93,8 @@ def test_top_orders_by_value_and_breaks_ties_in_row_major_order():
 
 def test_to_dataframe_round_trips_to_the_tensor(tiny):
     model = tiny
-    for result in (tjs.patching_map(model, CLEAN, CORRUPTED, "cat", "dog"),
-                   tjs.attribution_patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site="head")):
+    for result in (tjs.patching.patching_map(model, CLEAN, CORRUPTED, "cat", "dog"),
+                   tjs.patching.attribution_patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site="head")):
         df = result.to_dataframe()
         column = "head" if result.site == "head" else "position"
         assert len(df) == result.values.numel()
@@ -108,9 +108,9 @@ def test_to_dataframe_round_trips_to_the_tensor(tiny):
 
 
 def test_save_and_load_round_trip(tiny, tmp_path):
-    result = tjs.patching_map(tiny, CLEAN, CORRUPTED, "cat", "dog", site="head")
+    result = tjs.patching.patching_map(tiny, CLEAN, CORRUPTED, "cat", "dog", site="head")
     path = result.save_json(tmp_path / "heads.json")
-    back = tjs.PatchingResult.load_json(path)
+    back = tjs.patching.PatchingResult.load_json(path)
     assert torch.equal(back.values, result.values)
     for name in ("metric", "method", "site", "row_labels", "col_labels", "clean_str_tokens", "corrupted_str_tokens",
                  "answer_str", "wrong_str", "ld_clean", "ld_corrupted", "model_name"):
@@ -118,7 +118,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     # tjs.load reads the header and returns the right type; files of the first, headerless
     # format (kind "patching") still load.
     loaded = tjs.load(path)
-    assert isinstance(loaded, tjs.PatchingResult) and torch.equal(loaded.values, result.values)
+    assert isinstance(loaded, tjs.patching.PatchingResult) and torch.equal(loaded.values, result.values)
     old = {k: v for k, v in result.to_dict().items() if k not in ("format", "version")}
     old["kind"] = "patching"
     (tmp_path / "old.json").write_text(json.dumps(old))
@@ -127,15 +127,15 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     nan = _hand_made(torch.tensor([[float("nan"), 1.0]]))
     text = nan.save_json(tmp_path / "nan.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert torch.isnan(tjs.PatchingResult.load_json(tmp_path / "nan.json").values[0, 0])
+    assert torch.isnan(tjs.patching.PatchingResult.load_json(tmp_path / "nan.json").values[0, 0])
     bad = result.to_dict()
     bad["values"] = bad["values"][:-1]  # a row short of the labels
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(E.DataFileError, match="labels"):
-        tjs.PatchingResult.load_json(tmp_path / "bad.json")
+        tjs.patching.PatchingResult.load_json(tmp_path / "bad.json")
     del bad["site"]
     with pytest.raises(E.DataFileError, match="site"):
-        tjs.PatchingResult.from_dict(bad)
+        tjs.patching.PatchingResult.from_dict(bad)
 
 
 HOSTILE = ["the", SCRIPT, IMG, TOKEN_IMG, COMMENT, SEPARATORS, "&amp;", "$^_$"]
@@ -216,7 +216,7 @@ def _explicit_gradient_times_delta(model, site):
 
 def test_attribution_estimate_is_gradient_times_delta(tiny):
     for site in ("layer", "head"):
-        ours = tjs.attribution_patching_map(tiny, CLEAN, CORRUPTED, "cat", "dog", site=site)
+        ours = tjs.patching.attribution_patching_map(tiny, CLEAN, CORRUPTED, "cat", "dog", site=site)
         explicit = _explicit_gradient_times_delta(tiny, site)
         torch.testing.assert_close(ours.values, explicit, rtol=1e-4, atol=1e-5)
         assert explicit.abs().max() > 1e-3  # not trivially zero
@@ -229,34 +229,34 @@ def test_patch_top_ranks_by_attribution_by_default(tiny):
     expected = [divmod(int(i), explicit.shape[1]) for i in torch.argsort(explicit.flatten(), descending=True)[:3]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default ranking does not warn
-        outcome = tjs.patch_top(model, CLEAN, CORRUPTED, r, k=3, site="head")
-        by_answer = tjs.patch_top(model, CLEAN, CORRUPTED, k=3, site="head", answer="cat", wrong="dog")
+        outcome = tjs.patching.patch_top(model, CLEAN, CORRUPTED, r, k=3, site="head")
+        by_answer = tjs.patching.patch_top(model, CLEAN, CORRUPTED, k=3, site="head", answer="cat", wrong="dog")
     assert outcome.patched == by_answer.patched == expected
     assert outcome.labels == [f"L{layer}H{head}" for layer, head in expected] and outcome.site == "head"
     assert outcome.ranked_by == "attribution patching" and outcome.labels[0] in repr(outcome)
     assert f"recovered={outcome.recovered:.3f}" in repr(outcome)
     # Positions: the estimate of patching hook_embed ranks the one differing token ('cat' vs 'dog') first.
-    first = tjs.patch_top(model, CLEAN, "the dog sat on the mat", r, k=1)
+    first = tjs.patching.patch_top(model, CLEAN, "the dog sat on the mat", r, k=1)
     assert first.patched == [2] and first.labels == ["2:cat"] and first.recovered == pytest.approx(1.0, abs=1e-5)
-    with pytest.warns(tjs.RawSensitivityWarning, match="attribution"):
-        raw = tjs.patch_top(model, CLEAN, CORRUPTED, r, k=3, site="head", rank_by="scope")
+    with pytest.warns(tjs.patching.RawSensitivityWarning, match="attribution"):
+        raw = tjs.patching.patch_top(model, CLEAN, CORRUPTED, r, k=3, site="head", rank_by="scope")
     assert raw.ranked_by == "scope"
     with pytest.raises(E.OptionError, match="rank_by"):
-        tjs.patch_top(model, CLEAN, CORRUPTED, r, k=3, rank_by="sensitivity")
+        tjs.patching.patch_top(model, CLEAN, CORRUPTED, r, k=3, rank_by="sensitivity")
     with pytest.raises(E.OptionError, match="result="):
-        tjs.patch_top(model, CLEAN, CORRUPTED, k=3, answer="cat", wrong="dog", rank_by="scope")
+        tjs.patching.patch_top(model, CLEAN, CORRUPTED, k=3, answer="cat", wrong="dog", rank_by="scope")
     with pytest.raises(E.OptionError, match="rank_by"):
-        tjs.patch_top(model, CLEAN, CORRUPTED, torch.ones(model.cfg.n_layers, model.cfg.n_heads), k=1,
+        tjs.patching.patch_top(model, CLEAN, CORRUPTED, torch.ones(model.cfg.n_layers, model.cfg.n_heads), k=1,
                       answer="cat", wrong="dog", rank_by="scope")
     with pytest.raises(E.TargetError, match="answer= and wrong="):
-        tjs.patch_top(model, CLEAN, CORRUPTED, k=3)
+        tjs.patching.patch_top(model, CLEAN, CORRUPTED, k=3)
 
 
 def test_patch_top_ranks_a_patching_result_by_its_own_cells(tiny):
     model = tiny
     for site in ("layer", "head"):
-        real = tjs.patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site=site)
-        outcome = tjs.patch_top(model, CLEAN, CORRUPTED, real, k=1)  # answer and wrong come from the result
+        real = tjs.patching.patching_map(model, CLEAN, CORRUPTED, "cat", "dog", site=site)
+        outcome = tjs.patching.patch_top(model, CLEAN, CORRUPTED, real, k=1)  # answer and wrong come from the result
         best = real.top(1)[0]
         assert outcome.labels == [best.label] and outcome.site == real.site
         assert outcome.patched == [(best.layer, best.head if site == "head" else best.position)]

@@ -118,7 +118,7 @@ def test_scope_calls_report_every_position_without_changing_results(fake_kernel,
     fake_kernel.clear()
     batch = tjs.jacobian_scope(model, [ids, ids[:5], ids[:7]], "loo", batch_size=1, progress=True)
     assert fake_kernel[-1][1]["text/plain"].startswith("leave-one-out: 3/3 prompts") and len(batch) == 3
-    assert type(batch) is tjs.ScopeBatch and isinstance(batch[0], tjs.ScopeResult)
+    assert type(batch) is tjs.results.ScopeBatch and isinstance(batch[0], tjs.results.ScopeResult)
 
 
 NOTEBOOK_CELLS = [

@@ -45,7 +45,7 @@ def test_json_is_strict_and_round_trips_non_finite_values(tmp_path):
     assert data["params"]["bounds"] == [None, 1.5, None] and data["target_prob"] is None
     json.dumps(r.to_dict(), allow_nan=False)  # to_dict itself is strict-JSON ready
 
-    again = tjs.ScopeResult.load_json(tmp_path / "r.json")
+    again = tjs.results.ScopeResult.load_json(tmp_path / "r.json")
     finite = torch.isfinite(r.scores)
     assert torch.isnan(again.scores[~finite]).all()  # None reads back as NaN where a float is expected
     torch.testing.assert_close(again.scores[finite], r.scores[finite])
@@ -61,21 +61,21 @@ def test_files_written_by_older_versions_with_nan_still_load(tmp_path):
     data = result_dict(["a", "b", "c"], stderr=[0.1, NAN, 0.2])
     path.write_text(json.dumps(data))  # allow_nan=True: the old format
     assert "NaN" in path.read_text()
-    assert torch.isnan(tjs.ScopeResult.load_json(path).stderr[1])
+    assert torch.isnan(tjs.results.ScopeResult.load_json(path).stderr[1])
 
 
 def test_scope_matrix_json_round_trip(tmp_path):
     rows = [make_result(position=p) for p in (2, 5)]
     rows[0].scores[0] = NAN
-    matrix = tjs.ScopeMatrix(rows)
+    matrix = tjs.results.ScopeMatrix(rows)
     data = _strict_loads(matrix.save_json(tmp_path / "m.json").read_text(encoding="utf-8"))
     assert data["kind"] == "ScopeMatrix" and data["format"] == "tl_jacobian_scopes" and len(data["results"]) == 2
-    again = tjs.ScopeMatrix.load_json(tmp_path / "m.json")
+    again = tjs.results.ScopeMatrix.load_json(tmp_path / "m.json")
     assert again.positions == [2, 5] and again.str_tokens == matrix.str_tokens
     torch.testing.assert_close(again.scores, matrix.scores, equal_nan=True)
-    assert tjs.ScopeMatrix.from_dict(matrix.to_dict()).targets == matrix.targets
+    assert tjs.results.ScopeMatrix.from_dict(matrix.to_dict()).targets == matrix.targets
     with pytest.raises(DataFileError, match="ScopeResult.load_json"):
-        tjs.ScopeMatrix.from_dict(rows[0].to_dict())
+        tjs.results.ScopeMatrix.from_dict(rows[0].to_dict())
 
 
 @pytest.mark.parametrize(
@@ -92,19 +92,19 @@ def test_scope_matrix_json_round_trip(tmp_path):
 )
 def test_malformed_result_dicts_raise_data_file_error(change, message):
     with pytest.raises(DataFileError, match=message):
-        tjs.ScopeResult.from_dict(result_dict(["a", "b", "c", "d", "e", "f"], **change))
+        tjs.results.ScopeResult.from_dict(result_dict(["a", "b", "c", "d", "e", "f"], **change))
 
 
 def test_missing_or_broken_files_raise_data_file_error(tmp_path):
     data = result_dict(["a", "b"])
     del data["scores"]
     with pytest.raises(DataFileError, match="Missing ScopeResult field"):
-        tjs.ScopeResult.from_dict(data)
+        tjs.results.ScopeResult.from_dict(data)
     with pytest.raises(DataFileError, match="Cannot read"):
-        tjs.ScopeResult.load_json(tmp_path / "absent.json")
+        tjs.results.ScopeResult.load_json(tmp_path / "absent.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataFileError, match="not valid JSON"):
-        tjs.ScopeResult.load_json(tmp_path / "bad.json")
+        tjs.results.ScopeResult.load_json(tmp_path / "bad.json")
 
 
 def test_bad_options_raise_scope_errors_that_name_the_fix():
@@ -135,9 +135,9 @@ def test_bad_options_raise_scope_errors_that_name_the_fix():
 def test_collection_errors_raise_scope_errors():
     r = make_result()
     with pytest.raises(ScopeError, match="at least one result"):
-        tjs.ScopeMatrix([])
+        tjs.results.ScopeMatrix([])
     with pytest.raises(ScopeError, match="same tokens"):
-        tjs.ScopeMatrix([r, make_result(["x", "y"])])
+        tjs.results.ScopeMatrix([r, make_result(["x", "y"])])
     with pytest.raises(ScopeError, match="at least one result"):
         tjs.compare()
     with pytest.raises(ScopeError, match="same tokens"):
@@ -145,7 +145,7 @@ def test_collection_errors_raise_scope_errors():
     with pytest.raises(ScopeError, match="one label per result"):
         tjs.compare(r, make_result(scope="fisher"), labels=["only one"])
     with pytest.raises(ScopeError, match="m.show"):
-        tjs.compare(r, tjs.ScopeMatrix([r]))
+        tjs.compare(r, tjs.results.ScopeMatrix([r]))
 
 
 def test_layer_summary_head_indices_are_integers():
@@ -166,7 +166,7 @@ def test_static_figure_rejects_unknown_normalization():
 def test_unwritable_output_paths_raise_output_path_error(tmp_path):
     r = make_result()
     missing = tmp_path / "no_such_folder"
-    savers = [r.save_json, tjs.ScopeMatrix([r]).save_json, r.save_html, tjs.ScopeMatrix([r]).save_html]
+    savers = [r.save_json, tjs.results.ScopeMatrix([r]).save_json, r.save_html, tjs.results.ScopeMatrix([r]).save_html]
     try:
         import matplotlib  # noqa: F401
 
@@ -182,7 +182,7 @@ def test_unwritable_output_paths_raise_output_path_error(tmp_path):
 
 
 def _same_result(a, b):
-    assert type(a) is tjs.ScopeResult and a.str_tokens == b.str_tokens and a.position == b.position
+    assert type(a) is tjs.results.ScopeResult and a.str_tokens == b.str_tokens and a.position == b.position
     torch.testing.assert_close(a.scores, b.scores, equal_nan=True)
     torch.testing.assert_close(a.head_scores, b.head_scores, equal_nan=True)
 
@@ -190,9 +190,9 @@ def _same_result(a, b):
 def test_every_kind_round_trips_through_tjs_load(tmp_path):
     r = make_result(stderr=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     r.scores[1] = NAN  # null in the file, NaN again after loading
-    matrix = tjs.ScopeMatrix([make_result(position=p) for p in (1, 4)])
-    batch = tjs.ScopeBatch([make_result(), make_result(["x", " y", " z"], scope="fisher")])
-    batch_of_matrices = tjs.ScopeBatch([matrix, tjs.ScopeMatrix([make_result(["a", "b"], position=1)])])
+    matrix = tjs.results.ScopeMatrix([make_result(position=p) for p in (1, 4)])
+    batch = tjs.results.ScopeBatch([make_result(), make_result(["x", " y", " z"], scope="fisher")])
+    batch_of_matrices = tjs.results.ScopeBatch([matrix, tjs.results.ScopeMatrix([make_result(["a", "b"], position=1)])])
     for name, obj in (("r", r), ("m", matrix), ("b", batch), ("bm", batch_of_matrices)):
         path = obj.save_json(tmp_path / f"{name}.json")
         header = _strict_loads(path.read_text(encoding="utf-8"))
@@ -200,15 +200,15 @@ def test_every_kind_round_trips_through_tjs_load(tmp_path):
             "format": "tl_jacobian_scopes", "kind": type(obj).__name__, "version": 1}
     _same_result(tjs.load(tmp_path / "r.json"), r)
     m = tjs.load(tmp_path / "m.json")
-    assert type(m) is tjs.ScopeMatrix and m.positions == [1, 4]
+    assert type(m) is tjs.results.ScopeMatrix and m.positions == [1, 4]
     torch.testing.assert_close(m.scores, matrix.scores)
     b = tjs.load(tmp_path / "b.json")
-    assert type(b) is tjs.ScopeBatch and len(b) == 2 and b[1].scope == "fisher"
+    assert type(b) is tjs.results.ScopeBatch and len(b) == 2 and b[1].scope == "fisher"
     for again, original in zip(b, batch):
         _same_result(again, original)
     bm = tjs.load(str(tmp_path / "bm.json"))
-    assert [type(x) for x in bm] == [tjs.ScopeMatrix] * 2 and bm[1].str_tokens == ["a", "b"]
-    assert type(tjs.ScopeBatch.load_json(tmp_path / "b.json")) is tjs.ScopeBatch
+    assert [type(x) for x in bm] == [tjs.results.ScopeMatrix] * 2 and bm[1].str_tokens == ["a", "b"]
+    assert type(tjs.results.ScopeBatch.load_json(tmp_path / "b.json")) is tjs.results.ScopeBatch
 
 
 def test_files_without_a_header_load_as_before(tmp_path):
@@ -217,9 +217,9 @@ def test_files_without_a_header_load_as_before(tmp_path):
     old_matrix = {"kind": "scope_matrix", "results": [result_dict(["a", "b", "c"], position=p) for p in (0, 2)]}
     (tmp_path / "old_matrix.json").write_text(json.dumps(old_matrix))
     assert tjs.load(tmp_path / "old_result.json").str_tokens == ["a", "b", "c"]
-    assert tjs.ScopeResult.load_json(tmp_path / "old_result.json").position == 2
+    assert tjs.results.ScopeResult.load_json(tmp_path / "old_result.json").position == 2
     assert tjs.load(tmp_path / "old_matrix.json").positions == [0, 2]
-    assert tjs.ScopeMatrix.load_json(tmp_path / "old_matrix.json").positions == [0, 2]
+    assert tjs.results.ScopeMatrix.load_json(tmp_path / "old_matrix.json").positions == [0, 2]
 
 
 def _header(kind, **fields):
@@ -259,16 +259,16 @@ def test_hostile_or_garbled_files_raise_data_file_error_naming_the_path(tmp_path
 
 def test_loading_a_file_as_the_wrong_type_says_how_to_read_it(tmp_path):
     make_result().save_json(tmp_path / "r.json")
-    tjs.ScopeBatch([make_result()]).save_json(tmp_path / "b.json")
+    tjs.results.ScopeBatch([make_result()]).save_json(tmp_path / "b.json")
     with pytest.raises(DataFileError, match="tjs.load"):
-        tjs.ScopeBatch.load_json(tmp_path / "r.json")
+        tjs.results.ScopeBatch.load_json(tmp_path / "r.json")
     with pytest.raises(DataFileError, match="tjs.load"):
-        tjs.ScopeResult.load_json(tmp_path / "b.json")
+        tjs.results.ScopeResult.load_json(tmp_path / "b.json")
 
 
 def test_batch_is_a_list_with_a_combined_dataframe_and_views():
     items = [make_result(), make_result(["x", " y", " z"], scope="fisher"), make_result(position=2)]
-    batch = tjs.ScopeBatch(items)
+    batch = tjs.results.ScopeBatch(items)
     assert isinstance(batch, list) and batch == items and len(batch) == 3 and batch[1] is items[1]
     assert list(batch) == items and batch[-1] is items[2] and batch[:2] == items[:2]
     df = batch.to_dataframe()
@@ -279,16 +279,16 @@ def test_batch_is_a_list_with_a_combined_dataframe_and_views():
     assert text.startswith("ScopeBatch(3 ScopeResult, one per prompt)") and "[2] ScopeResult(" in text
     page = batch.show()._repr_html_()  # tokens differ: each prompt's own view, no comparison
     assert page.count("<h3>Prompt ") == 3 and "Comparison" not in page
-    same = tjs.ScopeBatch([make_result(), make_result(scope="fisher")])
+    same = tjs.results.ScopeBatch([make_result(), make_result(scope="fisher")])
     assert "Comparison" in same.show()._repr_html_() and "prompt 1" in same.show()._repr_html_()
-    matrices = tjs.ScopeBatch([tjs.ScopeMatrix([make_result(position=p) for p in (1, 3)])])
+    matrices = tjs.results.ScopeBatch([tjs.results.ScopeMatrix([make_result(position=p) for p in (1, 3)])])
     assert set(matrices.to_dataframe()["prompt_index"]) == {0} and len(matrices.to_dataframe()) == 12
     with pytest.raises(ScopeError, match=r"batch\[i\]\[j\].top"):
         matrices.top(2)
 
 
 def test_escaped_prompt_headings_in_batch_views():
-    batch = tjs.ScopeBatch([make_result(["<script>", "x"]), make_result(["a", "b", "c"])])
+    batch = tjs.results.ScopeBatch([make_result(["<script>", "x"]), make_result(["a", "b", "c"])])
     page = batch.show()._repr_html_()
     assert "<h3>Prompt 0: &lt;script&gt;x</h3>" in page
 
@@ -307,11 +307,11 @@ def test_results_compare_equal_by_content_and_batches_like_lists(tmp_path):
     changed = copy.deepcopy(r)
     changed.scores[1] += 1e-3
     assert r != changed and r != "r"
-    batch = tjs.ScopeBatch([r, make_result(position=3)])
-    assert batch == copy.deepcopy(batch) and batch != tjs.ScopeBatch([r, changed])
+    batch = tjs.results.ScopeBatch([r, make_result(position=3)])
+    assert batch == copy.deepcopy(batch) and batch != tjs.results.ScopeBatch([r, changed])
     assert tjs.load(batch.save_json(tmp_path / "b.json")) == batch
-    matrix = tjs.ScopeMatrix([make_result(position=p) for p in (3, 4)])
-    assert matrix == copy.deepcopy(matrix) and matrix != tjs.ScopeMatrix([make_result(position=3)])
+    matrix = tjs.results.ScopeMatrix([make_result(position=p) for p in (3, 4)])
+    assert matrix == copy.deepcopy(matrix) and matrix != tjs.results.ScopeMatrix([make_result(position=3)])
     patching = _patching(torch.tensor([[0.5, float("nan")]]))
     assert patching == copy.deepcopy(patching) and tjs.load(patching.save_json(tmp_path / "p.json")) == patching
 
@@ -330,7 +330,7 @@ def test_tampered_internal_maps_and_batch_kinds_are_refused(tmp_path):
         (tmp_path / "t.json").write_text(json.dumps(data))
         with pytest.raises(tjs.DataFileError):
             tjs.load(tmp_path / "t.json")
-    batch = tjs.ScopeBatch([make_result()]).to_dict()
+    batch = tjs.results.ScopeBatch([make_result()]).to_dict()
     batch["items"][0]["kind"] = []
     (tmp_path / "b.json").write_text(json.dumps(batch))
     with pytest.raises(tjs.DataFileError):
@@ -351,8 +351,8 @@ def test_internal_norms_whose_shape_differs_from_their_map_are_refused(saved_int
     assert len(data["internal_norms"]["layer"]) == 3  # tiny: 2 layers + final
     data["internal_norms"]["layer"] = data["internal_norms"]["layer"][:rows]  # 1 row would broadcast silently
     with pytest.raises(tjs.DataFileError, match=r"internal_norms\.layer.*shape of 'layer_scores' \(3, "):
-        tjs.ScopeResult.from_dict(data)
-    assert tjs.ScopeResult.from_dict(json.loads(json.dumps(saved_internals))).has_internals  # the real file loads
+        tjs.results.ScopeResult.from_dict(data)
+    assert tjs.results.ScopeResult.from_dict(json.loads(json.dumps(saved_internals))).has_internals  # the real file loads
 
 
 @pytest.mark.parametrize("field, value", [("scores", 10**400), ("target_prob", -(10**400)), ("scores", "1.5"),
@@ -372,7 +372,7 @@ def test_numbers_a_file_cannot_hold_are_refused(saved_internals, tmp_path, field
 
 def test_a_400_digit_logit_difference_in_a_patching_file_is_refused(tmp_path):
     values = torch.ones(2, 3)
-    result = tjs.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
+    result = tjs.patching.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
                                 row_labels=["L0", "L1"], col_labels=["H0", "H1", "H2"], clean_str_tokens=["a"],
                                 corrupted_str_tokens=["b"], answer_str="cat", wrong_str="dog", ld_clean=2.0,
                                 ld_corrupted=-1.0, model_name="m")

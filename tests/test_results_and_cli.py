@@ -71,7 +71,7 @@ def test_dict_round_trip(result, tmp_path):
     path = result.save_json(tmp_path / "r.json")
     data = json.loads(path.read_text())
     assert data["score_kind"] == "norm" and data["contrast_str"] == "cat"
-    again = tjs.ScopeResult.from_dict(data)
+    again = tjs.results.ScopeResult.from_dict(data)
     torch.testing.assert_close(again.scores, result.scores)
     assert again.str_tokens == result.str_tokens and again.position == result.position
     assert "semantic" in repr(result) and "'dog' vs 'cat'" in repr(result)
@@ -121,11 +121,11 @@ def test_cli_positions_samples_internals(capsys, tmp_path, session_model_in_cli)
 
 def test_a_sliced_or_copied_batch_is_still_a_batch():
     items = [make_result(), make_result(position=3), make_result(position=4)]
-    batch = tjs.ScopeBatch(items)
+    batch = tjs.results.ScopeBatch(items)
     tail = batch[1:]
-    assert type(tail) is tjs.ScopeBatch and list(tail) == items[1:]
+    assert type(tail) is tjs.results.ScopeBatch and list(tail) == items[1:]
     assert list(tail.to_dataframe().prompt_index.unique()) == [0, 1]
     assert "Jacobian" in tail.show()._repr_html_()
-    assert batch[-1] is items[2] and isinstance(batch[0], tjs.ScopeResult)
+    assert batch[-1] is items[2] and isinstance(batch[0], tjs.results.ScopeResult)
     duplicate = batch.copy()
-    assert type(duplicate) is tjs.ScopeBatch and duplicate == batch and duplicate is not batch
+    assert type(duplicate) is tjs.results.ScopeBatch and duplicate == batch and duplicate is not batch

@@ -169,9 +169,9 @@ def test_arguments_a_method_does_not_take_are_refused(model):
     with pytest.raises(tjs.TargetError, match="takes no target"):
         tjs.temperature_scope(model, PROMPT, target="dog")
     with pytest.raises(tjs.OptionError, match="no internal maps"):
-        tjs.gradient_x_input(model, PROMPT, internals=True)
+        tjs.evaluation.gradient_x_input(model, PROMPT, internals=True)
     with pytest.raises(tjs.TargetError, match="no contrast"):
-        tjs.gradient_x_input(model, PROMPT, target="dog", contrast="cat")
+        tjs.evaluation.gradient_x_input(model, PROMPT, target="dog", contrast="cat")
 
 
 @pytest.mark.parametrize("method", ["semantic", "fisher", "gxi", "random", "loo"])
@@ -181,10 +181,10 @@ def test_output_shape_is_decided_by_the_call_not_by_sub_batches(model, method):
     tokens = torch.stack([model.to_tokens(t)[0] for t in ("the cat sat", "a dog ran", "the sun is")])
     results = tjs.jacobian_scope(model, tokens, method, batch_size=2)
     assert isinstance(results, list) and len(results) == 3
-    assert all(isinstance(r, tjs.ScopeResult) for r in results)
+    assert all(isinstance(r, tjs.results.ScopeResult) for r in results)
     matrices = tjs.jacobian_scope(model, tokens, method, batch_size=2, positions=[1, 2])
     assert isinstance(matrices, list) and len(matrices) == 3
-    assert all(isinstance(m, tjs.ScopeMatrix) and m.positions == [1, 2] for m in matrices)
+    assert all(isinstance(m, tjs.results.ScopeMatrix) and m.positions == [1, 2] for m in matrices)
     whole = tjs.jacobian_scope(model, tokens, method, batch_size=3, positions=[1, 2])
     for a, b in zip(matrices, whole):
         torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-6)
@@ -194,14 +194,14 @@ def test_baselines_take_the_scopes_arguments(model):
     """Baselines run through the same driver: positions=, batches and target='next' work and
     agree with one-by-one calls."""
     text = "a dog ran to the big red house"
-    matrix = tjs.gradient_x_input(model, text, target="next", positions=[2, 4])
+    matrix = tjs.evaluation.gradient_x_input(model, text, target="next", positions=[2, 4])
     for pos, row in zip([2, 4], matrix):
-        single = tjs.gradient_x_input(model, text, target=int(model.to_tokens(text)[0, pos + 1]), position=pos)
+        single = tjs.evaluation.gradient_x_input(model, text, target=int(model.to_tokens(text)[0, pos + 1]), position=pos)
         torch.testing.assert_close(row.scores, single.scores, rtol=1e-4, atol=1e-6)
-    loo = tjs.leave_one_out(model, [text, PROMPT], position=[3, -1])
+    loo = tjs.evaluation.leave_one_out(model, [text, PROMPT], position=[3, -1])
     assert [r.position for r in loo] == [3, loo[1].n_tokens - 1]
     assert float(loo[0].scores[4:].abs().sum()) == 0.0  # causality
-    torch.testing.assert_close(loo[1].scores, tjs.leave_one_out(model, PROMPT).scores, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(loo[1].scores, tjs.evaluation.leave_one_out(model, PROMPT).scores, rtol=1e-4, atol=1e-7)
 
 
 def test_a_forward_pass_that_skips_the_unembedding_hook_is_a_clear_error():
@@ -272,7 +272,7 @@ def test_list_of_numpy_ints_is_one_prompt(model):
     ids = model.to_tokens(PROMPT)[0]
     expected = tjs.semantic_scope(model, ids)
     got = tjs.semantic_scope(model, list(ids.numpy()))
-    assert isinstance(got, tjs.ScopeResult)
+    assert isinstance(got, tjs.results.ScopeResult)
     assert torch.allclose(got.scores, expected.scores)
 
 
@@ -316,8 +316,8 @@ def test_numpy_and_tensor_integer_options_are_plain_ints():
     a = tjs.fisher_scope(model, TINY_TEXTS[1], rank=None, samples=4, seed=np.int64(3), progress=False)
     b = tjs.fisher_scope(model, TINY_TEXTS[1], rank=None, samples=4, seed=3, progress=False)
     assert torch.equal(a.scores, b.scores) and type(a.params["seed"]) is int
-    r = tjs.random_attribution(model, TINY_TEXTS[1], seed=torch.tensor(1), progress=False)
-    assert torch.equal(r.scores, tjs.random_attribution(model, TINY_TEXTS[1], seed=1, progress=False).scores)
+    r = tjs.evaluation.random_attribution(model, TINY_TEXTS[1], seed=torch.tensor(1), progress=False)
+    assert torch.equal(r.scores, tjs.evaluation.random_attribution(model, TINY_TEXTS[1], seed=1, progress=False).scores)
 
 
 # ---- error messages that name the fix ------------------------------------------------------------

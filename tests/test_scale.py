@@ -54,7 +54,7 @@ def test_batch_positions_per_prompt(model):
 def test_many_positions_equal_separate_calls(model, scope, kwargs):
     text = PROMPTS[1]
     matrix = tjs.jacobian_scope(model, text, scope, positions="all", **kwargs)
-    assert isinstance(matrix, tjs.ScopeMatrix)
+    assert isinstance(matrix, tjs.results.ScopeMatrix)
     n = len(matrix.str_tokens)
     assert matrix.scores.shape == (n, n) and matrix.positions == list(range(n))
     assert torch.all(matrix.scores.triu(1) == 0)  # causality: nothing right of the explained position

@@ -85,7 +85,7 @@ def _deep_result(n_layers=30, n_heads=9, n_tokens=12):
     grid = lambda *shape: (torch.arange(1, 1 + torch.Size(shape).numel()).reshape(shape) / 10.0).tolist()  # noqa: E731
     maps = {"layer": grid(n_layers + 1, n_tokens), "attn": grid(n_layers, n_tokens), "mlp": grid(n_layers, n_tokens),
             "head": grid(n_layers, n_heads, n_tokens)}
-    return tjs.ScopeResult.from_dict(result_dict([f" t{i}" for i in range(n_tokens)], scope="fisher",
+    return tjs.results.ScopeResult.from_dict(result_dict([f" t{i}" for i in range(n_tokens)], scope="fisher",
                                                  **{f"{k}_scores": v for k, v in maps.items()}, internal_norms=maps))
 
 
@@ -116,7 +116,7 @@ def test_patching_plot_draws_a_loaded_mathtext_row_label_literally(tmp_path):
     import io
 
     values = torch.arange(6, dtype=torch.float32).reshape(2, 3)
-    result = tjs.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
+    result = tjs.patching.PatchingResult(values=values, metric="restored", method="activation patching", site="head",
                                 row_labels=["L0", "$\\frac{$"], col_labels=["H0", "H1", "H2"], clean_str_tokens=["a"],
                                 corrupted_str_tokens=["b"], answer_str="cat", wrong_str="dog", ld_clean=2.0,
                                 ld_corrupted=-1.0, model_name="m")

@@ -385,13 +385,14 @@ def test_a_long_series_is_checked_against_the_context_before_mapping_its_tokens(
     import numpy as np
 
     from tl_jacobian_scopes import timeseries as ts
-    from tl_jacobian_scopes.timeseries import forecast
+    from tl_jacobian_scopes.timeseries import forecast, tokens
 
     calls = []
     spy = SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     for name in ("flatnonzero", "searchsorted"):  # the per-token mapping (old and new)
         setattr(spy, name, lambda *a, _f=getattr(np, name), **k: calls.append(1) or _f(*a, **k))
-    monkeypatch.setattr(forecast, "np", spy)
+    for module in (forecast, tokens):  # forecast_scope and the token mapping it calls (tokens.py)
+        monkeypatch.setattr(module, "np", spy)
     with pytest.raises(tjs.PromptError, match="context of 128"):
         ts.forecast_scope(ts_model, list(range(2000)) * 3)
     assert calls == []

@@ -8,6 +8,10 @@ Examples:
     ['The', ' capital', ' France']
 """
 
+import importlib
+import warnings
+from typing import Any
+
 from .errors import (
     ArchitectureError,
     DataFileError,
@@ -34,99 +38,95 @@ from .errors import (
     UnknownScopeError,
 )
 from .models import DEFAULT_MODEL_NAME, load_default_model, load_model
-from .results import CellScore, HeadScore, ScopeBatch, ScopeMatrix, ScopeResult, TokenScore, load
+from .results import load
 from .scopes import SCOPES, Method, Scope, fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from .views import ScopeView, compare, init_notebook, save_html
-from .results.generation import GenerationResult
 from .scopes.generation import explain_generation
-from .evaluation import (
-    ablate_positions,
-    attribution_patching_map,
-    gradient_x_input,
-    integrated_gradients,
-    leave_one_out,
-    movable_cells,
-    patch_activations,
-    patch_top,
-    patching_map,
-    path_semantic_scope,
-    random_attribution,
-    residual_patching_map,
-    spearman,
-    PatchOutcome,
-)
-from .evaluation import PatchingCell, PatchingResult, RawSensitivityWarning
 from .scopes.output_check import skip_output_check
-from . import data, sweep
+# The submodules: importing evaluation registers the gradient baselines (tjs.jacobian_scope(..., "gxi")).
+from . import data, evaluation, patching, results, sweep
 from .sweep import run_sweep
 
 __version__ = "0.1.0"
 
+# Names that lived at the top level before the public surface shrank (issue 23): each resolves, with a
+# DeprecationWarning, to the same object in its submodule for one release.
+_MOVED = {
+    **dict.fromkeys(("CellScore", "GenerationResult", "HeadScore", "ScopeBatch", "ScopeMatrix", "ScopeResult",
+                     "TokenScore"), "results"),
+    **dict.fromkeys(("ablate_positions", "gradient_x_input", "integrated_gradients", "leave_one_out",
+                     "path_semantic_scope", "random_attribution"), "evaluation"),
+    **dict.fromkeys(("PatchOutcome", "PatchingCell", "PatchingResult", "RawSensitivityWarning",
+                     "attribution_patching_map", "movable_cells", "patch_activations", "patch_top",
+                     "patching_map", "residual_patching_map", "spearman"), "patching"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _MOVED.get(name)
+    if submodule is None:
+        raise AttributeError(f"module 'tl_jacobian_scopes' has no attribute {name!r}")
+    warnings.warn(f"tl_jacobian_scopes.{name} moved to tl_jacobian_scopes.{submodule}.{name} "
+                  f"(tjs.{submodule}.{name}); the top-level name goes in the next release.",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MOVED))
+
+
 __all__ = [
+    # errors and warnings
     "ArchitectureError",
-    "CellScore",
-    "HeadScore",
-    "DEFAULT_MODEL_NAME",
     "DataFileError",
     "DeviceError",
-    "GenerationResult",
-    "Method",
+    "FolderLockedError",
+    "MissingHookError",
+    "MissingPackageError",
     "ModelLoadError",
     "NonFiniteError",
     "OptionError",
     "OutputMismatchError",
-    "PrecisionWarning",
-    "FolderLockedError",
     "OutputPathError",
-    "Scope",
-    "MissingHookError",
-    "MissingPackageError",
     "PositionError",
+    "PrecisionWarning",
     "ProcessedWeightsError",
     "ProcessedWeightsWarning",
     "PromptError",
-    "SCOPES",
     "ScopeError",
     "ScopeMemoryError",
-    "ScopeBatch",
-    "ScopeMatrix",
-    "ScopeResult",
-    "ScopeView",
     "StaleRecordsError",
     "TargetError",
     "TargetWarning",
     "TokenizationWarning",
-    "TokenScore",
     "UnknownScopeError",
-    "ablate_positions",
-    "attribution_patching_map",
-    "compare",
-    "explain_generation",
-    "gradient_x_input",
-    "init_notebook",
-    "integrated_gradients",
-    "leave_one_out",
-    "load",
-    "movable_cells",
-    "PatchOutcome",
-    "PatchingCell",
-    "PatchingResult",
-    "RawSensitivityWarning",
-    "patch_activations",
-    "patch_top",
-    "patching_map",
-    "path_semantic_scope",
-    "random_attribution",
-    "run_sweep",
-    "residual_patching_map",
-    "spearman",
-    "fisher_scope",
-    "jacobian_scope",
+    # models
+    "DEFAULT_MODEL_NAME",
     "load_default_model",
     "load_model",
-    "save_html",
+    # the scopes
+    "Method",
+    "SCOPES",
+    "Scope",
+    "explain_generation",
+    "fisher_scope",
+    "jacobian_scope",
     "semantic_scope",
     "skip_output_check",
-    "sweep",
     "temperature_scope",
+    # results and views
+    "ScopeView",
+    "compare",
+    "init_notebook",
+    "load",
+    "save_html",
+    # sweeps
+    "run_sweep",
+    # submodules
+    "data",
+    "evaluation",
+    "patching",
+    "results",
+    "sweep",
 ]

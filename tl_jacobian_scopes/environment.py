@@ -50,12 +50,24 @@ def environment(model: Any = None) -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     if model is not None:
-        from .models.access import backend_name
-
         W_U = model.W_U
         env["model"] = {"name": str(getattr(model.cfg, "model_name", "")), "backend": backend_name(model),
                         "device": str(W_U.device), "dtype": str(W_U.dtype).replace("torch.", "")}
     return env
+
+
+def backend_name(model: Any) -> str:
+    """Return ``"bridge"`` for a TransformerBridge, ``"hooked"`` for a HookedTransformer.
+
+    Here, at the bottom of the house, so that the environment can name a model's backend without
+    importing ``models`` (which re-exports it).
+    """
+    names = {cls.__name__ for cls in type(model).__mro__}
+    if "TransformerBridge" in names or "BridgeCore" in names:
+        return "bridge"
+    if "HookedTransformer" in names:
+        return "hooked"
+    return type(model).__name__
 
 
 def describe(env: dict[str, Any]) -> str:

@@ -91,7 +91,7 @@ gradient_x_input = register(Scope(Method(
     or ``"logit"``.
 
     Examples:
-        >>> r = tjs.gradient_x_input(model, "The capital of France is")
+        >>> r = tjs.evaluation.gradient_x_input(model, "The capital of France is")
 """))
 
 
@@ -166,7 +166,7 @@ integrated_gradients = register(Scope(Method(
     ``reduce="l2" | "sum"``.
 
     Examples:
-        >>> r = tjs.integrated_gradients(model, "The capital of France is", steps=32)
+        >>> r = tjs.evaluation.integrated_gradients(model, "The capital of France is", steps=32)
 """))
 
 path_semantic_scope = register(Scope(Method(
@@ -182,7 +182,7 @@ path_semantic_scope = register(Scope(Method(
     (the target logit ``w_target · y``). Options: ``steps=16``, ``reduce="l2" | "sum"``.
 
     Examples:
-        >>> r = tjs.path_semantic_scope(model, "The capital of France is", target=" Paris")
+        >>> r = tjs.evaluation.path_semantic_scope(model, "The capital of France is", target=" Paris")
 """))
 
 
@@ -215,7 +215,7 @@ random_attribution = register(Scope(Method(
     Seeded uniform random scores for positions up to the explained one (0 after): the floor.
 
     Examples:
-        >>> r = tjs.random_attribution(model, "The capital of France is", seed=1)
+        >>> r = tjs.evaluation.random_attribution(model, "The capital of France is", seed=1)
 """))
 
 
@@ -270,5 +270,5 @@ leave_one_out = register(Scope(Method(
     gradients. Options: ``replacement="zero" | "mean" | token id | vector``.
 
     Examples:
-        >>> r = tjs.leave_one_out(model, "The capital of France is")
+        >>> r = tjs.evaluation.leave_one_out(model, "The capital of France is")
 """))

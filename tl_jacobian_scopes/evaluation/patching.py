@@ -187,7 +187,7 @@ def patch_top(
         >>> clean = "When Mary and John went to the store, John gave a drink to"
         >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
         >>> r = tjs.semantic_scope(model, clean, target=" Mary", contrast=" John")
-        >>> tjs.patch_top(model, clean, corrupted, r, k=3, site="head")
+        >>> tjs.patching.patch_top(model, clean, corrupted, r, k=3, site="head")
         PatchOutcome(recovered=0.95..., patched 3 head(s) ['L23H3', 'L29H1', 'L19H2'], ranked_by='attribution patching', ...)
     """
     if rank_by not in RANK_BY:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from ..views.html import ScopeView
+    from ..views.page import ScopeView
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError
+from ..results.base import ViewableResult
 from ..results.files import SavedAsJson, file_header, register_kind, strict_json_value, strip_header
 from ..results.scope_result import _float_tensor, _optional_float, _require
 
@@ -47,12 +47,12 @@ def cell_label(row_label: str, col_label: str, site: str) -> str:
 
 
 @dataclass(eq=False)  # == compares saved content (SavedAsJson)
-class PatchingResult(SavedAsJson):
+class PatchingResult(ViewableResult, SavedAsJson):
     """A layer x position or layer x head patching map with everything needed to read it.
 
-    Returned by :func:`~tl_jacobian_scopes.patching_map`,
-    :func:`~tl_jacobian_scopes.residual_patching_map` and
-    :func:`~tl_jacobian_scopes.attribution_patching_map`. The tensor is ``values``;
+    Returned by :func:`~tl_jacobian_scopes.patching.patching_map`,
+    :func:`~tl_jacobian_scopes.patching.residual_patching_map` and
+    :func:`~tl_jacobian_scopes.patching.attribution_patching_map`. The tensor is ``values``;
     ``result[i, j]``, ``result.shape`` and ``numpy.asarray(result)`` read it directly.
 
     Attributes:
@@ -72,7 +72,7 @@ class PatchingResult(SavedAsJson):
     Examples:
         >>> clean = "When Mary and John went to the store, John gave a drink to"
         >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
-        >>> heads = tjs.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")
+        >>> heads = tjs.patching.attribution_patching_map(model, clean, corrupted, " Mary", " John", site="head")
         >>> heads.top(3)
         [PatchingCell(layer=23, head=3, position=None, label='L23H3', value=...), ...]
         >>> df = heads.to_dataframe()
@@ -230,7 +230,8 @@ class PatchingResult(SavedAsJson):
 
         Every string (tokens, answer, model name) is escaped.
         """
-        from ..views.html import ScopeView, _heatmap
+        from ..views.components import heatmap
+        from ..views.page import ScopeView
 
         def esc(value: Any) -> str:
             return html.escape(str(value))
@@ -244,38 +245,32 @@ class PatchingResult(SavedAsJson):
             f"<br>value: {esc(self.metric)} · top: {esc(best)}</div>"
         )
         values = self.values.detach().float().cpu()
-        sections = [header, _heatmap(values.clamp_min(0), self.row_labels, self.col_labels, _RESTORES_COLOR,
+        sections = [header, heatmap(values.clamp_min(0), self.row_labels, self.col_labels, _RESTORES_COLOR,
                                      f"{self.metric}: positive values (restore the clean behaviour)")]
         if bool((values < 0).any()):
-            sections.append(_heatmap((-values).clamp_min(0), self.row_labels, self.col_labels, _HARMS_COLOR,
+            sections.append(heatmap((-values).clamp_min(0), self.row_labels, self.col_labels, _HARMS_COLOR,
                                      f"{self.metric}: negative values, as their magnitude (push away from it)"))
         return ScopeView(sections, self._title())
 
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
-
-    def save_html(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`show` as one self-contained HTML file."""
-        return self.show().save(path)
 
     def plot(self) -> "Figure":
         """A static matplotlib figure (diverging colours centred on 0), not registered with pyplot.
 
         Labels are drawn literally (no mathtext), whatever ``$`` or ``^`` the tokens hold.
         """
-        from ..views.static import _TEXT, _figure
+        from ..views.static import TEXT_STYLE, figure
 
         values = self.values.detach().float().cpu().numpy()
         span = float(abs(values).max()) or 1.0
         n_rows, n_cols = values.shape
-        fig = _figure(figsize=(max(5.0, 0.3 * n_cols + 2.5), max(3.5, 0.16 * n_rows + 1.5)), layout="constrained")
+        fig = figure(figsize=(max(5.0, 0.3 * n_cols + 2.5), max(3.5, 0.16 * n_rows + 1.5)), layout="constrained")
         ax = fig.subplots()
         im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-span, vmax=span, interpolation="nearest")
         columns = [repr(t)[1:-1] for t in self.col_labels] if self.site == "resid_pre" else self.col_labels
         columns = [c if len(c) <= 24 else c[:23] + "…" for c in columns]  # a long token would squeeze the map away
-        ax.set_xticks(range(n_cols), columns, rotation=70 if self.site == "resid_pre" else 0, fontsize=7, **_TEXT)
+        ax.set_xticks(range(n_cols), columns, rotation=70 if self.site == "resid_pre" else 0, fontsize=7, **TEXT_STYLE)
         step = max(1, n_rows // 15)  # every label would overlap on deep models
-        ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7, **_TEXT)
+        ax.set_yticks(range(0, n_rows, step), self.row_labels[::step], fontsize=7, **TEXT_STYLE)
         ax.set_ylabel("layer")
         ax.set_title(f"{self._title()}\n{self.answer_str!r} − {self.wrong_str!r}: {self.metric}", fontsize=9, parse_math=False)
         fig.colorbar(im, ax=ax, shrink=0.8)

@@ -19,18 +19,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import MissingHookError, ModelLoadError, ScopeError
+from ..environment import backend_name as backend_name  # re-exported: the environment names backends too
 from .hook_names import EMBED_HOOK, FINAL_HOOK
 from .readout import LogitTransform, read_logit_transform
-
-
-def backend_name(model: Any) -> str:
-    """Return ``"bridge"`` for a TransformerBridge, ``"hooked"`` for a HookedTransformer."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    if "TransformerBridge" in names or "BridgeCore" in names:
-        return "bridge"
-    if "HookedTransformer" in names:
-        return "hooked"
-    return type(model).__name__
 
 
 def architecture_name(model: Any) -> str:

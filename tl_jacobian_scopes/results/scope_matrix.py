@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..views.html import ScopeView
+    from ..views.page import ScopeView
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import DataFileError, ScopeError
+from .base import ResultRows, ViewableResult
 from .files import SavedAsJson, file_header, strip_header
 from .scope_result import ScopeResult
 
 
-class ScopeMatrix(SavedAsJson):
+class ScopeMatrix(ResultRows[ScopeResult], ViewableResult, SavedAsJson):
     """Many explained positions of one prompt, computed with one shared forward pass.
 
     Row ``i`` is the :class:`ScopeResult` of ``positions[i]``; ``scores`` stacks them into a
@@ -66,14 +66,8 @@ class ScopeMatrix(SavedAsJson):
     def targets(self) -> list[str]:
         return [r.target_str for r in self.results]
 
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __getitem__(self, i: int) -> ScopeResult:
-        return self.results[i]
-
-    def __iter__(self) -> Iterator[ScopeResult]:
-        return iter(self.results)
+    def _rows(self) -> list[ScopeResult]:
+        return self.results
 
     def to_dataframe(self) -> "pd.DataFrame":
         """Long format: explained position, its target, then each token's position and score."""
@@ -108,12 +102,6 @@ class ScopeMatrix(SavedAsJson):
 
         return matrix_view(self)
 
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
-
-    def save_html(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`show` as one self-contained HTML file."""
-        return self.show().save(path)
 
     def __repr__(self) -> str:
         return (f"ScopeMatrix(scope={self.scope!r}, n_positions={len(self)}, n_tokens={len(self.str_tokens)}, "

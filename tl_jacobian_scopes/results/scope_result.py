@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from ..views.html import ScopeView
+    from ..views.page import ScopeView
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import DataFileError, OptionError, PositionError, ScopeError
+from .base import ViewableResult
 from .files import SavedAsJson, file_header, strict_json_value, strip_header
 
 class TokenScore(NamedTuple):
@@ -50,6 +51,8 @@ class CellScore(NamedTuple):
 
 #: Internal maps and their tensor field names.
 SITES = ("layer", "attn", "mlp", "head")
+# How scores scale (a method declares one; see scopes.declarations.ScoreKind): never mix kinds on one scale.
+SCORE_KINDS = ("norm", "quadratic", "kl", "random")
 NORMALIZATIONS = ("raw", "scaled")
 
 
@@ -105,7 +108,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclass(eq=False)  # == compares saved content (SavedAsJson)
-class ScopeResult(SavedAsJson):
+class ScopeResult(ViewableResult, SavedAsJson):
     """Token-level attributions of one Jacobian scope for one explained prediction.
 
     Attributes:
@@ -138,6 +141,10 @@ class ScopeResult(SavedAsJson):
             the ``"scaled"`` normalization.
         stderr: For a stochastic estimate (Fisher with ``samples=``), the standard error of
             each token's score; None for exact computations.
+        score_kind: How the scores scale, from the method's declaration: ``"norm"`` (Semantic,
+            Temperature, G×I, IG), ``"quadratic"`` (Fisher), ``"kl"`` or ``"random"``. Stored on
+            the result and in its file, so a custom method's result keeps its kind when loaded
+            where the method is not registered. Never put two kinds on one colour scale.
 
     Examples:
         >>> r = tjs.fisher_scope(model, "The capital of France is")
@@ -168,16 +175,11 @@ class ScopeResult(SavedAsJson):
     head_scores: Optional[Float[Tensor, "n_layers n_heads pos"]] = None
     internal_norms: dict[str, Tensor] = field(default_factory=dict)
     stderr: Optional[Float[Tensor, " pos"]] = None
+    score_kind: str = "norm"
 
-    @property
-    def score_kind(self) -> str:
-        """How the scores scale, from the method's declaration: ``"norm"`` (Semantic,
-        Temperature, G×I, IG), ``"quadratic"`` (Fisher), ``"kl"`` or ``"random"``. Never put
-        two kinds on one colour scale."""
-        from ..scopes.api import SCOPES  # results are built by the scopes: import late
-
-        scope = SCOPES.get(self.scope)
-        return scope.method.score_kind if scope is not None else "norm"
+    def __post_init__(self) -> None:
+        if self.score_kind not in SCORE_KINDS:
+            raise OptionError(f"score_kind must be one of {list(SCORE_KINDS)}, got {self.score_kind!r}.")
 
     @property
     def n_tokens(self) -> int:
@@ -410,7 +412,6 @@ class ScopeResult(SavedAsJson):
             DataFileError: A field is missing, unknown, or of the wrong type or length.
         """
         data = strip_header(data, "ScopeResult")
-        data.pop("score_kind", None)  # derived from the scope
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         _require(not unknown, f"Unknown ScopeResult field(s) {unknown}.")
@@ -418,6 +419,8 @@ class ScopeResult(SavedAsJson):
                     "target_prob", "predicted", "predicted_str", "predicted_prob"]
         missing = [name for name in required if name not in data]
         _require(not missing, f"Missing ScopeResult field(s) {missing}.")
+        _require(data.get("score_kind", "norm") in SCORE_KINDS,
+                 f"Field 'score_kind' must be one of {list(SCORE_KINDS)}, got {data.get('score_kind')!r}.")
         for name in ("scope", "target_str", "predicted_str", "model_name"):
             _require(isinstance(data.get(name, ""), str), f"Field {name!r} must be a string, got {data.get(name)!r}.")
         _require(data.get("contrast_str") is None or isinstance(data["contrast_str"], str),
@@ -504,9 +507,6 @@ class ScopeResult(SavedAsJson):
         from ..views.html import flatten_parts, show
 
         return show(self, normalization, flatten_parts(parts) or None)
-
-    def _repr_html_(self) -> str:
-        return self.show()._repr_html_()
 
     def save_html(self, path: Union[str, Path], normalization: str = "scaled") -> Path:
         """Write one self-contained HTML file (all JavaScript inlined, nothing fetched)."""

@@ -46,6 +46,7 @@ class Method:
         internals: Supports ``internals=True`` (layer, attention, MLP and head maps).
         probe_count: ``(options, access) -> (probes per job, bytes to make one job's probes)``,
             for the memory guard; ``None``: one probe per job, made in place.
+        color: The colour of the method's views (``"#rrggbb"``); ``None``: grey.
     """
 
     name: str
@@ -58,6 +59,7 @@ class Method:
     contrastive: bool = False
     internals: bool = False
     probe_count: Optional[Callable[[dict[str, Any], ModelAccess], tuple[int, int]]] = None
+    color: Optional[str] = None
 
 
 def vjp_strategy(make_probes: ProbeMaker, times_input: bool = False) -> Strategy:
@@ -98,7 +100,7 @@ def _semantic(plan: Plan) -> list[JobOutput]:
 
 SEMANTIC = Method(
     name="semantic",
-    label="Semantic Scope",
+    label="Semantic Scope", color="#1f77b4",
     score_kind="norm",
     strategy=_semantic,
     targeted=True,
@@ -143,7 +145,7 @@ def _temperature(plan: Plan) -> list[JobOutput]:
 
 TEMPERATURE = Method(
     name="temperature",
-    label="Temperature Scope",
+    label="Temperature Scope", color="#d62728",
     score_kind="norm",
     strategy=_temperature,
     internals=True,
@@ -267,7 +269,7 @@ def _fisher(plan: Plan) -> list[JobOutput]:
 
 FISHER = Method(
     name="fisher",
-    label="Fisher Scope",
+    label="Fisher Scope", color="#2ca02c",
     score_kind="quadratic",
     strategy=_fisher,
     options={"rank": 1, "samples": None, "deflate": 8, "seed": 0},

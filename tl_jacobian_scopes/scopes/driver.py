@@ -421,7 +421,7 @@ def make_result(method: "Method", plan: Plan, job: int, out: JobOutput) -> Scope
     entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum())
     maps = out.maps
     return ScopeResult(
-        scope=method.name,
+        scope=method.name, score_kind=method.score_kind,
         scores=out.scores.detach().float().cpu(),
         tokens=tokens,
         str_tokens=access.to_str_tokens(tokens),

@@ -178,14 +178,14 @@ def summary_markdown(summary: dict[str, Any], scopes: Sequence[str], meta: dict[
 
 def timing(model: Any, length: int = 180, repeats: int = 1) -> dict[str, Any]:
     """Seconds per forecast scope on a ``length``-value Lorenz series: value-level vs token-level."""
-    import tl_jacobian_scopes as tjs
     from ..models.access import ModelAccess
+    from ..scopes.api import fisher_scope, semantic_scope, temperature_scope
 
     s = serialize(FAMILIES["lorenz"](length, seed=0))  # type: ignore[operator]
     ids = token_map(ModelAccess(model), s).ids
     out: dict[str, Any] = {"n_values": length, "n_tokens": len(ids)}
     for scope in FORECAST_SCOPES:
-        fn = {"temperature": tjs.temperature_scope, "semantic": tjs.semantic_scope, "fisher": tjs.fisher_scope}[scope]
+        fn = {"temperature": temperature_scope, "semantic": semantic_scope, "fisher": fisher_scope}[scope]
         token_t, value_t = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -272,11 +272,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise OptionError(f"Cannot write to {str(out)!r} ({exc}): pass a writable --out.") from exc
         path = out / "records.jsonl"
         done = _load(path)
-        import tl_jacobian_scopes as tjs
+        from ..models.loading import DEFAULT_MODEL_NAME, load_default_model
 
-        model = None if args.summary_only else tjs.load_default_model(device=local_device(args.device))
+        model = None if args.summary_only else load_default_model(device=local_device(args.device))
         ranks = environment_ranks()
-        model_name = tjs.DEFAULT_MODEL_NAME
+        model_name = DEFAULT_MODEL_NAME
         meta = {"model": model_name, "length": args.length, "steps": args.steps, "spacing": args.spacing,
                 "dim": args.dim, "recency": args.recency, "k": args.k, "env": _env()}
         if args.timing and model is not None and ranks.main:

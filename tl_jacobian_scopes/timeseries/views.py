@@ -10,29 +10,31 @@ from typing import Any
 
 import numpy as np
 
-from ..views.html import SCOPE_COLORS, ScopeView, _cv, _esc, _heatmap
-from ..views.static import _TEXT, _figure, require_matplotlib
+from ..views.colors import scope_color
+from ..views.components import circuitsvis_element, escape, heatmap
+from ..views.page import ScopeView
+from ..views.static import TEXT_STYLE, figure, require_matplotlib
 
 
 def plot_forecast(r: Any) -> Any:
     """Two panels: value scores as bars with the series on a second axis (forecast step
     marked), and the forecast distribution in the series' units with its true value."""
-    color = SCOPE_COLORS.get(r.scope, "#444444")
+    color = scope_color(r.scope)
     has_dist = r.forecast is not None
-    fig = _figure(figsize=(11, 6.4 if has_dist else 3.4))
+    fig = figure(figsize=(11, 6.4 if has_dist else 3.4))
     axes = fig.subplots(2 if has_dist else 1, 1, squeeze=False, gridspec_kw={"height_ratios": [1.3, 1][: 1 + has_dist]})
     ax = axes[0, 0]
     idx = np.arange(len(r.values))
     ax.bar(idx, r.value_scores, color=color, alpha=0.75, width=0.9)
-    ax.set_xlabel("value index", **_TEXT)
-    ax.set_ylabel(f"{r.scope} score per value ({r.score_kind})", color=color, **_TEXT)
+    ax.set_xlabel("value index", **TEXT_STYLE)
+    ax.set_ylabel(f"{r.scope} score per value ({r.score_kind})", color=color, **TEXT_STYLE)
     twin = ax.twinx()
     series = r.series.decode(r.series.values[: min(len(r.series), r.step + 1)])
     twin.plot(np.arange(len(series)), series, color="black", lw=1.0, marker=".", ms=3)
     twin.axvline(r.step, color="gray", ls="--", lw=1)
     if has_dist:
         twin.errorbar([r.step], [r.forecast.mean], yerr=[r.forecast.std], fmt="o", color=color, capsize=3)
-    twin.set_ylabel("series", **_TEXT)
+    twin.set_ylabel("series", **TEXT_STYLE)
     ax.set_xlim(-1, r.step + 1.5)
     ax.set_title(f"{r.scope} scope of the forecast of the next value (value #{r.step}, counting from 0"
                  f"{'' if int(r.token) == 0 else f'; its token {int(r.token) + 1}'}) · {r.result.model_name}",
@@ -45,8 +47,8 @@ def plot_forecast(r: Any) -> Any:
         if f.true is not None:
             ax.axvline(f.true, color="black", lw=1.5, label=f"true {f.true:.4g}")
         ax.axvline(f.mean, color=color, ls="--", lw=1, label=f"mean {f.mean:.4g} ± {f.std:.3g}")
-        ax.set_xlabel("next value (series units)", **_TEXT)
-        ax.set_ylabel("probability", **_TEXT)
+        ax.set_xlabel("next value (series units)", **TEXT_STYLE)
+        ax.set_ylabel("probability", **TEXT_STYLE)
         ax.legend(fontsize=8)
         lo, hi = np.quantile(f.units, [0, 1]) if f.probs.max() == 0 else _support(f)
         ax.set_xlim(lo, hi)
@@ -71,11 +73,11 @@ def plot_matrix(m: Any) -> Any:
     """Steps × lag heatmap of the value scores (lag 1 = the most recent value)."""
     require_matplotlib()
     grid = m.by_lag()
-    fig = _figure(figsize=(10, 0.12 * len(m) + 2.5))
+    fig = figure(figsize=(10, 0.12 * len(m) + 2.5))
     ax = fig.subplots()
     from matplotlib.colors import LinearSegmentedColormap
 
-    cmap = LinearSegmentedColormap.from_list("scope", ["#ffffff", SCOPE_COLORS.get(m.scope, "#444444")])
+    cmap = LinearSegmentedColormap.from_list("scope", ["#ffffff", scope_color(m.scope)])
     finite = grid[np.isfinite(grid)]
     vmax = float(np.quantile(finite, 0.99)) if finite.size else 1.0
     im = ax.imshow(np.nan_to_num(grid), aspect="auto", cmap=cmap, vmin=0, vmax=vmax or None, interpolation="nearest",
@@ -93,10 +95,10 @@ def _value_tokens(r: Any) -> list[str]:
 
 
 def forecast_sections(r: Any) -> list[str]:
-    color = SCOPE_COLORS.get(r.scope, "#444444")
-    line = (f"<b>{_esc(r.scope)}</b> scope of the forecast of the next value (value #{_esc(r.step)}, counting from 0"
+    color = scope_color(r.scope)
+    line = (f"<b>{escape(r.scope)}</b> scope of the forecast of the next value (value #{escape(r.step)}, counting from 0"
             f"{'' if int(r.token) == 0 else f'; its token {int(r.token) + 1}'}) · "
-            f"{_esc(r.result.model_name)} · scores per value ({_esc(r.score_kind)}), max {float(r.value_scores.max()):.4g}")
+            f"{escape(r.result.model_name)} · scores per value ({escape(r.score_kind)}), max {float(r.value_scores.max()):.4g}")
     if r.forecast is not None:
         f = r.forecast
         line += (f"<br>forecast mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}"
@@ -104,7 +106,7 @@ def forecast_sections(r: Any) -> list[str]:
     header = f'<div class="tjs-header" style="border-left:4px solid {color}">{line}</div>'
     peak = float(r.value_scores.max()) if len(r.value_scores) else 0.0
     return [header, "<h4>Values coloured by influence on the forecast</h4>",
-            _cv("ColoredTokens", tokens=_value_tokens(r), values=r.value_scores.tolist(), minValue=0.0,
+            circuitsvis_element("ColoredTokens", tokens=_value_tokens(r), values=r.value_scores.tolist(), minValue=0.0,
                 maxValue=peak, positiveColor=color)]
 
 
@@ -115,14 +117,14 @@ def show_forecast(r: Any) -> ScopeView:
 
 def show_matrix(m: Any) -> ScopeView:
     """A page: steps × lag heatmap, then each step's values coloured by influence."""
-    color = SCOPE_COLORS.get(m.scope, "#444444")
+    color = scope_color(m.scope)
     grid = np.nan_to_num(m.by_lag())
     import torch
 
     sections = [
-        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{_esc(m.scope)}</b> scope at '
+        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{escape(m.scope)}</b> scope at '
         f"{len(m)} forecast steps · ‖y‖–std Spearman {m.ynorm_std_correlation():.3f}</div>",
-        _heatmap(torch.tensor(grid), [f"step {s}" for s in m.steps], [f"lag {l}" for l in range(1, grid.shape[1] + 1)],
+        heatmap(torch.tensor(grid), [f"step {s}" for s in m.steps], [f"lag {l}" for l in range(1, grid.shape[1] + 1)],
                  color, "Forecast step × lag"),
     ]
     for r in list(m)[-3:]:

@@ -27,14 +27,9 @@ with ``dangerouslySetInnerHTML`` (its hover tooltip therefore shows such tokens 
 
 from __future__ import annotations
 
-import functools
 import html
-import json
 import math
 import reprlib
-import re
-import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -42,178 +37,22 @@ if TYPE_CHECKING:
     from ..results.scope_matrix import ScopeMatrix
 
 import torch
-from torch import Tensor
 
-from ..errors import MissingPackageError, OptionError, ScopeError
+from ..errors import OptionError, ScopeError
 from ..results.scope_result import ScopeResult, check_normalization
-from ..results.files import write_output
+from .colors import NORMALIZATION_TEXT as NORMALIZATION_TEXT, SCOPE_COLORS as SCOPE_COLORS  # re-exported
+from .colors import scope_color
 
-#: The colour of each scope; scopes never share a colour scale.
-SCOPE_COLORS = {"semantic": "#1f77b4", "temperature": "#d62728", "fisher": "#2ca02c"}
-NORMALIZATION_TEXT = {
-    "raw": "raw sensitivity ‖vᵀ∂y/∂a‖ (docs/method.md; deep layers look small: the residual norm grows)",
-    "scaled": "scaled: sensitivity × ‖a‖ (× ‖a‖² for Fisher), comparable across layers",
-}
-
-
-@functools.lru_cache(maxsize=1)
-def circuitsvis_bundle() -> str:
-    """The CircuitsVis JavaScript bundle shipped in the wheel (no CDN)."""
-    import circuitsvis
-
-    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
-    return path.read_text(encoding="utf-8").replace("</script>", "<\\/script>")
-
-
-#: Characters that could end a ``<script>`` block, open a comment, or end a JavaScript line;
-#: inside JSON they only occur in strings, where ``\\uXXXX`` means the same character.
-_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def script_json(value: Any) -> str:
-    """``value`` as a JavaScript literal that is safe to place inside ``<script>``.
-
-    Tensors and arrays become lists. NaN and infinities are written as the JavaScript
-    literals ``NaN``/``Infinity`` (valid in a script, unlike in a JSON file).
-    """
-    text = json.dumps(_plain(value), ensure_ascii=False)
-    for char, escape in _SCRIPT_UNSAFE.items():
-        text = text.replace(char, escape)
-    return text
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return _pack(value)
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _pack(torch.as_tensor(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return _round(value)
-    return value
-
-
-#: Packed arrays hold integers of 1/LEVELS of the array's largest magnitude.
-LEVELS = 9999
-
-
-def _round(value: float) -> float:
-    """4 significant digits (what a page shows; NaN and infinities kept)."""
-    return float(f"{value:.4g}") if math.isfinite(value) else value
-
-
-def _pack(values: Tensor) -> dict[str, Any]:
-    """A numeric array as ``{"$tjs": [step, shape, data]}``, decoded by the page's loader.
-
-    ``data`` lists ``round(value / step)`` in row-major order, ``step`` being 1/9999 of the
-    largest finite magnitude, and writes a run of ``k > 1`` zeros as ``[k]`` (scores are
-    zero after the explained position). NaN and infinities pass through as themselves.
-    """
-    x = values.detach().double().cpu()  # float64: a step below float32's range (tiny scores) would be 0
-    finite = x[torch.isfinite(x)]
-    peak = float(finite.abs().max()) if finite.numel() else 0.0
-    step = float(f"{peak / LEVELS:.6g}") if peak > 0 else 1.0
-    data: list[Any] = []
-    zeros = 0
-    for v in torch.round(x / step).flatten().tolist():
-        if v == 0:
-            zeros += 1
-            continue
-        if zeros:
-            data.append(0 if zeros == 1 else [zeros])
-            zeros = 0
-        data.append(int(v) if math.isfinite(v) else v)
-    if zeros:
-        data.append(0 if zeros == 1 else [zeros])
-    return {"$tjs": [step, list(x.shape), data]}
-
-
-def _token_html(tokens: Sequence[str]) -> list[str]:
-    """Tokens as CircuitsVis must receive them: it inserts each one as HTML (innerHTML)."""
-    return [html.escape(t, quote=False) for t in tokens]
-
-
-def _mount_id() -> str:
-    return f"tjs-cv-{uuid.uuid4().hex[:12]}"
-
-
-_MOUNT_ID = re.compile(r'id="(tjs-cv-[0-9a-f]{12})"')
-
-
-def _fresh_mount_ids(sections: Sequence[str]) -> list[str]:
-    """``sections`` with new element ids: a view displayed twice in one page (``display(v)``
-    in two cells) must not mount into the first display's elements, leaving the second blank."""
-    old = dict.fromkeys(m for s in sections for m in _MOUNT_ID.findall(s))
-    if not old:
-        return list(sections)
-    new = {o: _mount_id() for o in old}
-    pattern = re.compile("|".join(map(re.escape, new)))
-    return [pattern.sub(lambda m: new[m.group(0)], s) for s in sections]
-
-
-def _cv(element: str, **props: Any) -> str:
-    """A div and the call that renders a CircuitsVis element into it once the bundle is there."""
-    div = _mount_id()
-    props = {k: v for k, v in props.items() if v is not None}
-    if "tokens" in props:
-        props["tokens"] = _token_html(props["tokens"])
-    return (
-        f'<div id="{div}" class="tjs-cv" data-element="{html.escape(element)}"></div>\n'
-        f"<script>tjsCV({script_json(div)}, {script_json(element)}, {script_json(props)});</script>"
-    )
-
-
-def _esc(value: Any) -> str:
-    """Any value as escaped HTML text (safe in element content and quoted attributes)."""
-    return html.escape(str(value))
-
-
-def _heatmap_spec(grid: Tensor, color: str) -> tuple[dict[str, Any], str]:
-    """The colour scale of a heatmap (``top``) and its caption text.
-
-    The scale tops out at the 99th percentile of the cells (stated in the caption), so that a
-    handful of extreme cells (e.g. the final residual at the explained position) does not
-    wash out the rest; cells above it are drawn at full colour. The scale comes from the finite
-    cells: NaN and infinite cells are drawn grey and counted in the caption (one NaN used to
-    make the whole scale NaN, and the heatmap blank).
-    """
-    values = grid.detach().float().flatten()
-    finite = values[torch.isfinite(values)]
-    peak = float(finite.max()) if finite.numel() else 0.0
-    top = peak
-    if finite.numel() >= 100:
-        top = float(torch.quantile(finite, 0.99))
-        top = top if top > 0 else peak
-    scale_text = f"max {peak:.4g}" + (f"; colour saturates at the 99th percentile, {top:.4g}" if top < peak else "")
-    n_bad = values.numel() - finite.numel()
-    if n_bad:
-        scale_text += f"; {n_bad} non-finite cell{'s' if n_bad > 1 else ''} (NaN or infinite) in grey"
-    return {"values": grid, "color": color, "top": top}, scale_text
-
-
-def _heatmap_figure(div: str, caption: str, scale_text: str) -> str:
-    return (f'<figure class="tjs-heatmap"><figcaption>{html.escape(caption)} ({html.escape(scale_text)})'
-            f'</figcaption><div id="{div}" class="tjs-hm"></div></figure>')
-
-
-def _heatmap(
-    grid: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], color: str, caption: str,
-    marked_col: Optional[int] = None,
-) -> str:
-    """A heatmap table (rows x columns, one colour scale) that the page draws from packed data;
-    labels are set as text, each column's in full (vertical) and as its tooltip."""
-    spec, scale_text = _heatmap_spec(grid, color)
-    marked = marked_col if isinstance(marked_col, int) and not isinstance(marked_col, bool) else None
-    spec.update(rows=list(row_labels), cols=list(col_labels), marked=marked)
-    div = _mount_id()
-    return _heatmap_figure(div, caption, scale_text) + f"<script>tjsHeatmap({script_json(div)}, {script_json(spec)});</script>"
+from .components import (  # noqa: F401  (re-exported: the view kit's old home)
+    LEVELS, _cv, _esc, _fresh_mount_ids, _heatmap, _heatmap_figure, _heatmap_spec, _mount_id, _pack, _plain,
+    _round, _token_html, circuitsvis_bundle, circuitsvis_element, escape, heatmap, script_json,
+)
+from .page import LOADER as LOADER, STYLE as STYLE, ScopeView as ScopeView, _notebook as _notebook  # re-exported
+from .page import init_notebook as init_notebook, notebook_html as notebook_html, page as page
 
 
 def _prob(p: Optional[float]) -> str:
-    return f"{p:.3f}" if isinstance(p, (int, float)) else _esc(p)
+    return f"{p:.3f}" if isinstance(p, (int, float)) else escape(p)
 
 
 def _param_text(value: Any, depth: int = 0) -> str:
@@ -235,21 +74,21 @@ _SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxs
 
 def _header(result: ScopeResult) -> str:
     r = result
-    explained = _esc(repr(r.str_tokens[r.position])) if isinstance(r.position, int) else "?"
+    explained = escape(repr(r.str_tokens[r.position])) if isinstance(r.position, int) else "?"
     line = (
-        f"<b>{_esc(r.scope)}</b> scope ({_esc(r.score_kind)} scores) · {_esc(r.model_name)}<br>"
-        f"explaining position {_esc(r.position)} ({explained}) → top prediction "
-        f"<b>{_esc(repr(r.predicted_str))}</b> p={_prob(r.predicted_prob)}"
+        f"<b>{escape(r.scope)}</b> scope ({escape(r.score_kind)} scores) · {escape(r.model_name)}<br>"
+        f"explaining position {escape(r.position)} ({explained}) → top prediction "
+        f"<b>{escape(repr(r.predicted_str))}</b> p={_prob(r.predicted_prob)}"
     )
     if r.scope == "semantic":
-        line += f" · target <b>{_esc(repr(r.target_str))}</b> p={_prob(r.target_prob)}"
+        line += f" · target <b>{escape(repr(r.target_str))}</b> p={_prob(r.target_prob)}"
         if r.contrast_str is not None:
-            line += f" vs <b>{_esc(repr(r.contrast_str))}</b> p={_prob(r.contrast_prob)}"
+            line += f" vs <b>{escape(repr(r.contrast_str))}</b> p={_prob(r.contrast_prob)}"
     if r.params:
         # The settings that produced the scores (rank, probes, y_norm, ...), so a saved page is self-describing.
         params = ", ".join(f"{k}={_param_text(v)}" for k, v in r.params.items())
-        line += f'<br><span class="tjs-params">{_esc(params)}</span>'
-    return f'<div class="tjs-header" style="border-left:4px solid {SCOPE_COLORS.get(r.scope, "#444444")}">{line}</div>'
+        line += f'<br><span class="tjs-params">{escape(params)}</span>'
+    return f'<div class="tjs-header" style="border-left:4px solid {scope_color(r.scope)}">{line}</div>'
 
 
 def _token_labels(result: ScopeResult) -> list[str]:
@@ -286,13 +125,13 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
     check_normalization(normalization)
     _check_parts(parts)
     r = result
-    color = SCOPE_COLORS.get(r.scope, "#444444")
+    color = scope_color(r.scope)
     sections = [_header(r)]
     if "tokens" in parts:
         sections += [
-            f"<h4>Tokens coloured by {_esc(r.scope)} score (0 … {float(r.scores.max()):.4g}); "
-            f"explained position {_esc(r.position)}</h4>",
-            _cv("ColoredTokens", tokens=r.str_tokens, values=r.scores, minValue=0.0,
+            f"<h4>Tokens coloured by {escape(r.scope)} score (0 … {float(r.scores.max()):.4g}); "
+            f"explained position {escape(r.position)}</h4>",
+            circuitsvis_element("ColoredTokens", tokens=r.str_tokens, values=r.scores, minValue=0.0,
                 maxValue=float(r.scores.max()), positiveColor=color, paddingBottom=0),
         ]
     if not r.has_internals:
@@ -303,7 +142,7 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
     if "layers" in parts:
         resid = r.internal("layer", normalization)
         sections.append(
-            _heatmap(resid, [f"L{i}" for i in range(n_layers)] + ["final"], _token_labels(r), color,
+            heatmap(resid, [f"L{i}" for i in range(n_layers)] + ["final"], _token_labels(r), color,
                      f"Layer × position: residual stream entering each block, {norm_text}", r.position)
         )
         # Per-site token colouring with site and layer selectors (CircuitsVis).
@@ -313,7 +152,7 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
         sites[:, 2, :n_layers] = r.internal("mlp", normalization).T
         sections.append(f"<h4>Tokens by site and layer ({html.escape(norm_text)})</h4>")
         sections.append(
-            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=sites,
+            circuitsvis_element("TextNeuronActivations", tokens=r.str_tokens, activations=sites,
                 firstDimensionName="Site", secondDimensionName="Layer",
                 firstDimensionLabels=["resid_pre", "attn_out", "mlp_out"],
                 secondDimensionLabels=[str(i) for i in range(n_layers)] + ["final"])
@@ -322,12 +161,12 @@ def result_sections(result: ScopeResult, normalization: str = "scaled", parts: S
         heads = r.internal("head", normalization)
         per_head = r.aggregate(heads)
         sections.append(
-            _heatmap(per_head, [f"L{i}" for i in range(n_layers)], [f"H{h}" for h in range(per_head.shape[1])],
+            heatmap(per_head, [f"L{i}" for i in range(n_layers)], [f"H{h}" for h in range(per_head.shape[1])],
                      color, f"Layer × head (all positions combined), {norm_text}")
         )
         sections.append(f"<h4>Tokens by head ({html.escape(norm_text)})</h4>")
         sections.append(
-            _cv("TextNeuronActivations", tokens=r.str_tokens, activations=heads.permute(2, 0, 1),
+            circuitsvis_element("TextNeuronActivations", tokens=r.str_tokens, activations=heads.permute(2, 0, 1),
                 firstDimensionName="Layer", secondDimensionName="Head")
         )
     return sections
@@ -370,188 +209,8 @@ def comparison_sections(results: Sequence[ScopeResult], labels: Optional[Sequenc
         '<div class="tjs-header" style="border-left:4px solid #444"><b>Comparison</b> · each column is divided '
         "by its own maximum (scopes are never on one colour scale: Fisher scores are quadratic, "
         f"Semantic and Temperature are norms)<br>{html.escape(kinds)}</div>",
-        _cv("ColoredTokensMulti", tokens=tokens, values=values, labels=labels),
+        circuitsvis_element("ColoredTokensMulti", tokens=tokens, values=values, labels=labels),
     ]
-
-
-STYLE = """
-<style>
-.tjs-view{font-family:system-ui,sans-serif;font-size:13px;max-width:1200px}
-.tjs-header{padding:6px 10px;margin:8px 0;background:#f7f7f7}
-.tjs-view h4{margin:14px 0 4px 0;font-weight:600}
-.tjs-heatmap{margin:10px 0;overflow-x:auto}
-.tjs-heatmap table{border-collapse:collapse;font-size:10px}
-.tjs-heatmap td{width:14px;height:12px;border:1px solid #fff;padding:0}
-.tjs-heatmap th{font-weight:normal;padding:0 3px;text-align:right;white-space:nowrap}
-.tjs-heatmap th.col{vertical-align:bottom;padding:2px 0}
-.tjs-heatmap th.col span{display:inline-block;writing-mode:vertical-rl;transform:rotate(180deg);white-space:pre}
-.tjs-heatmap th.marked{background:#ffe9a8}
-.tjs-params{color:#555;font-size:11px}
-.tjs-cv[data-element="ColoredTokensMulti"]>div{padding-bottom:4px!important}
-.tjs-cv .colored-tokens{padding-bottom:2px!important}
-.tjs-missing{color:#a33}
-</style>
-"""
-
-#: Renders every view of a page; defined by each display (a few hundred bytes), so a view
-#: shown before the bundle's script has run waits for ``window.CircuitsVis`` (polling for
-#: 20 s, then it says what to do). Only ``textContent``/attributes take data: never HTML,
-#: except the tokens CircuitsVis itself inserts, which Python has escaped.
-LOADER = r"""<script>
-(function(w){
-function decode(p){var s=p[0],shape=p[1],flat=[];p[2].forEach(function(d){
- if(Array.isArray(d)){for(var i=0;i<d[0];i++)flat.push(0);}else flat.push(d===0?0:+(d*s).toPrecision(4));});
- function build(k,off){if(k===shape.length)return flat[off];var n=1,out=[];
-  for(var j=k+1;j<shape.length;j++)n*=shape[j];for(var i=0;i<shape[k];i++)out.push(build(k+1,off+i*n));return out;}
- return build(0,0);}
-function unpack(v){if(Array.isArray(v))return v.map(unpack);
- if(v&&typeof v==="object"){if(Object.prototype.hasOwnProperty.call(v,"$tjs"))return decode(v["$tjs"]);
-  var o={};for(var k in v)o[k]=unpack(v[k]);return o;}return v;}
-w.tjsUnpack=unpack;
-w.tjsCV=function(id,element,props){var tries=0;props=unpack(props);(function attempt(){
- var el=document.getElementById(id);if(!el)return;
- if(w.CircuitsVis){w.CircuitsVis.render(id,w.CircuitsVis[element],props);return;}
- if(++tries<200){setTimeout(attempt,100);return;}
- el.className+=" tjs-missing";el.textContent="CircuitsVis's script is not in this page (it travels with the first "
-  +"Jacobian Scopes view of a kernel session, whose output was cleared or not saved): run "
-  +"tl_jacobian_scopes.init_notebook() in a cell above, then re-run this one.";})();};
-w.tjsHeatmap=function(id,spec){var el=document.getElementById(id);if(!el)return;spec=unpack(spec);
- var c=spec.color,r=parseInt(c.slice(1,3),16),g=parseInt(c.slice(3,5),16),b=parseInt(c.slice(5,7),16);
- var t=document.createElement("table"),head=t.createTHead().insertRow(),body=t.createTBody();
- head.appendChild(document.createElement("th"));
- spec.cols.forEach(function(label,j){var th=document.createElement("th"),span=document.createElement("span");
-  th.className="col"+(j===spec.marked?" marked":"");span.textContent=label;th.title=label;th.appendChild(span);
-  head.appendChild(th);});
- spec.rows.forEach(function(label,i){var tr=body.insertRow(),th=document.createElement("th");
-  th.textContent=label;tr.appendChild(th);spec.values[i].forEach(function(v,j){var td=tr.insertCell();
-   if(!isFinite(v)){td.style.background="#b0b0b0";td.title=label+", "+spec.cols[j]+": "+(v!==v?"nan":v>0?"inf":"-inf");return;}
-   var a=spec.top>0?Math.max(0,Math.min(1,v/spec.top)):0;td.style.background="rgba("+r+","+g+","+b+","+a.toFixed(3)+")";
-   td.title=label+", "+spec.cols[j]+": "+v;});});
- el.appendChild(t);};
-function unescapeHTML(t){return t.replace(/&lt;/g,"<").replace(/&gt;/g,">").replace(/&amp;/g,"&");}
-w.tjsMatrix=function(heatmapId,tokensId,spec){spec=unpack(spec);
- w.tjsHeatmap(heatmapId,{rows:spec.rows,values:spec.values,color:spec.color,top:spec.top,marked:null,
-  cols:spec.tokens.map(function(t,i){return i+":"+unescapeHTML(t);})});
- var perToken=spec.tokens.map(function(_,j){return spec.values.map(function(row){
-  var peak=Math.max.apply(null,row.filter(isFinite));return peak>0&&isFinite(row[j])?+(row[j]/peak).toPrecision(4):0;});});
- w.tjsCV(tokensId,"ColoredTokensMulti",{tokens:spec.tokens,values:perToken,labels:spec.rows});};
-})(window);
-</script>
-"""
-
-#: Whether this Python process has already sent the bundle to its notebook page, and the
-#: (cell id, execute request id) of the output that carries it, where the front end says.
-_notebook: dict[str, Any] = {"bundle_sent": False, "carrier": None}
-
-
-def _current_cell() -> Optional[tuple[str, str]]:
-    """``(cell id, execute request id)`` of the notebook cell running now, or None.
-
-    JupyterLab, Notebook 7 and VS Code send the cell's id with each execution; IPython is
-    looked up only if already imported (a kernel has it).
-    """
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
-    if get_parent is None:
-        return None
-    try:
-        parent = get_parent("shell")
-    except Exception:  # an older or foreign kernel: no cell ids, the documented init_notebook() applies
-        return None
-    cell = (parent.get("metadata") or {}).get("cellId") if isinstance(parent, dict) else None
-    request = (parent.get("header") or {}).get("msg_id") if isinstance(parent, dict) else None
-    return (str(cell), str(request)) if cell and request else None
-
-
-def _bundle_script() -> str:
-    return f"<script>{circuitsvis_bundle()}</script>\n"
-
-
-def _separate_page_per_output() -> bool:
-    """Colab shows each output in its own frame, where an earlier output's script is not visible."""
-    return "google.colab" in sys.modules
-
-
-def page(sections: Sequence[str], title: str = "Jacobian Scopes", bundle: bool = True) -> str:
-    """One HTML fragment: style, the CircuitsVis bundle (when ``bundle``), the loader, then the sections."""
-    return (
-        f'<div class="tjs-view">{STYLE}{_bundle_script() if bundle else ""}{LOADER}'
-        + "\n".join(sections)
-        + "</div>"
-    )
-
-
-def init_notebook() -> None:
-    """Load the views' JavaScript (CircuitsVis, 1.3 MB, offline) into this notebook page now.
-
-    The first view a Python process displays does this by itself, and later views reuse it,
-    so a notebook holds one copy (re-running that cell sends it again where the front end
-    sends cell ids). Call this after clearing that first output (the copy goes with the
-    output), or to load it before any view.
-
-    Examples:
-        >>> import tl_jacobian_scopes as tjs
-        >>> tjs.init_notebook()  # in a notebook cell (elsewhere IPython prints the raw bundle)  # doctest: +SKIP
-
-    Raises:
-        MissingPackageError: IPython is not installed (no notebook to display into).
-    """
-    try:
-        from IPython.display import display
-    except ImportError as exc:
-        raise MissingPackageError("init_notebook() displays into a Jupyter notebook: pip install ipykernel") from exc
-    display({"text/html": f'<div class="tjs-init">{_bundle_script()}{LOADER}</div>',
-             "text/plain": "Jacobian Scopes views: CircuitsVis loaded"}, raw=True)  # type: ignore[no-untyped-call]
-    _notebook.update(bundle_sent=True, carrier=_current_cell())
-
-
-def notebook_html(sections: Sequence[str], title: str = "Jacobian Scopes") -> str:
-    """The HTML a notebook displays: with the bundle only the first time in this Python process."""
-    here, carrier = _current_cell(), _notebook.get("carrier")
-    # Re-running the cell whose output carries the bundle replaces that output: carry it again.
-    rerun = here is not None and carrier is not None and here[0] == carrier[0] and here[1] != carrier[1]
-    bundle = not _notebook["bundle_sent"] or rerun or _separate_page_per_output()
-    if bundle:
-        _notebook.update(bundle_sent=True, carrier=here)
-    return page(sections, title, bundle=bundle)
-
-
-class ScopeView:
-    """A rendered view: displays itself in a notebook, and saves as one offline HTML file.
-
-    Examples:
-        >>> r = tjs.fisher_scope(model, "The capital of France is", internals=True)
-        >>> view = r.show("tokens", "heads")
-        >>> view  # a cell's last line: displays it  # doctest: +ELLIPSIS
-        <...>
-        >>> path = view.save("scope.html")
-    """
-
-    def __init__(self, sections: Sequence[str], title: str = "Jacobian Scopes", parts: Sequence[str] = ()):
-        self.sections = list(sections)  # HTML fragments, already escaped by whoever built them
-        self.title = str(title)  # plain text: escaped when the page is written
-        self.parts = [str(p) for p in parts]  # what it shows, for the text summary
-
-    def _repr_html_(self) -> str:
-        return notebook_html(_fresh_mount_ids(self.sections), self.title)
-
-    def __repr__(self) -> str:
-        shows = ", ".join(self.parts) if self.parts else f"{len(self.sections)} sections"
-        return (f"<ScopeView {self.title!r}: {shows}. Display it as a notebook cell's last line; "
-                f"save one offline page with .save('view.html').>")
-
-    def to_html(self) -> str:
-        """A complete standalone HTML document (all JavaScript inlined, one copy of CircuitsVis)."""
-        return (
-            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-            f"</head><body>{page(self.sections, self.title)}</body></html>"
-        )
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write :meth:`to_html` to ``path``."""
-        text = self.to_html()
-        return write_output(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def show(result: ScopeResult, normalization: str = "scaled", parts: Optional[Sequence[str]] = None) -> ScopeView:
@@ -627,11 +286,11 @@ def matrix_view(matrix: "ScopeMatrix") -> ScopeView:
     divides each row by its own maximum).
     """
     first = matrix[0]
-    color = SCOPE_COLORS.get(matrix.scope, "#444444")
+    color = scope_color(matrix.scope)
     rows = [f"{r.position}:{r.str_tokens[r.position]}→{r.target_str}" for r in matrix]
     header = (
-        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{_esc(matrix.scope)}</b> scope '
-        f"({_esc(matrix.score_kind)} scores) at {len(matrix)} positions · {_esc(first.model_name)}</div>"
+        f'<div class="tjs-header" style="border-left:4px solid {color}"><b>{escape(matrix.scope)}</b> scope '
+        f"({escape(matrix.score_kind)} scores) at {len(matrix)} positions · {escape(first.model_name)}</div>"
     )
     spec, scale_text = _heatmap_spec(matrix.scores, color)
     spec.update(rows=rows, tokens=_token_html(matrix.str_tokens))

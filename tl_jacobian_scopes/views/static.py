@@ -16,18 +16,18 @@ import numpy as np
 from ..errors import MissingPackageError
 from ..results.scope_result import ScopeResult, check_normalization
 from ..results.files import write_output
-from .html import NORMALIZATION_TEXT, SCOPE_COLORS
+from .colors import NORMALIZATION_TEXT, scope_color
 
 
-def _figure(**kwargs: Any) -> "Figure":
+def figure(**kwargs: Any) -> "Figure":
     """A matplotlib Figure that belongs to no pyplot state and no backend.
 
     Building it with :class:`matplotlib.figure.Figure` instead of ``pyplot`` leaves the
     user's backend and open figures alone (``matplotlib.use`` would switch the backend of
     the whole session); ``savefig`` picks a canvas for the file format by itself.
     """
-    figure: "Figure" = _notebook_figure_class()(**kwargs)
-    return figure
+    made: "Figure" = _notebook_figure_class()(**kwargs)
+    return made
 
 
 def require_matplotlib() -> None:
@@ -60,7 +60,7 @@ def _notebook_figure_class() -> type:
 
 #: Text options for everything we draw: token strings are data, and "$...$", "^" or "_" in
 #: them must not be parsed as mathtext (which raises on e.g. "$^_$" when the figure is drawn).
-_TEXT = {"parse_math": False}
+TEXT_STYLE = {"parse_math": False}
 
 
 #: Height of one layer row in the heatmaps (inches), and the least a tick label needs (points).
@@ -98,7 +98,7 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
 
     check_normalization(normalization)
     r = result
-    color = SCOPE_COLORS.get(r.scope, "#444444")
+    color = scope_color(r.scope)
     cmap = LinearSegmentedColormap.from_list("scope", ["#ffffff", color])
     width = max(6.0, 0.32 * r.n_tokens + 2)
     heights = [2.6]
@@ -109,20 +109,20 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         n_layers = r.attn_scores.shape[0]
         row_inches = min(ROW_INCHES, 14.0 / (n_layers + 1))  # very deep models: thinner rows, fewer labels
         heights += [max(2.0, row_inches * (n_layers + 1)) + 1.4, max(1.4, row_inches * n_layers) + 0.9]
-    fig = _figure(figsize=(width, sum(heights)))
+    fig = figure(figsize=(width, sum(heights)))
     axes = fig.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     labels = [repr(t)[1:-1] for t in r.str_tokens]
     ax = axes[0, 0]
     bars = ax.bar(range(r.n_tokens), r.scores.detach().float().cpu().tolist(), color=color)
     bars[r.position].set_edgecolor("black")
     bars[r.position].set_linewidth(1.5)
-    ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **_TEXT)
-    ax.set_ylabel(f"{r.scope} ({r.score_kind})", **_TEXT)
+    ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **TEXT_STYLE)
+    ax.set_ylabel(f"{r.scope} ({r.score_kind})", **TEXT_STYLE)
     what = f"target {r.target_str!r}" if r.scope == "semantic" else f"prediction {r.predicted_str!r}"
     if r.contrast_str is not None:
         what += f" vs {r.contrast_str!r}"
     ax.set_title(
-        f"{r.scope} scope · position {r.position} ({r.str_tokens[r.position]!r}) · {what}", fontsize=10, **_TEXT
+        f"{r.scope} scope · position {r.position} ({r.str_tokens[r.position]!r}) · {what}", fontsize=10, **TEXT_STYLE
     )
     if r.has_internals:
         layer_names = [str(i) for i in range(n_layers)]
@@ -131,12 +131,12 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         vmax = float(np.quantile(resid, 0.99)) or None  # as in the HTML view: a few cells would wash out the rest
         im = ax.imshow(resid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
         _layer_ticks(ax, layer_names + ["final"], row_inches)
-        ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **_TEXT)
+        ax.set_xticks(range(r.n_tokens), labels, rotation=70, fontsize=8, **TEXT_STYLE)
         ax.axvline(r.position, color="black", lw=0.8, ls=":")
         ax.set_ylabel("layer (resid_pre)")
         ax.set_title(
             f"layer × position, {NORMALIZATION_TEXT[normalization]}\n(colour saturates at the 99th percentile, "
-            f"{vmax or 0.0:.4g}; max {resid.max():.4g})", fontsize=8, **_TEXT,
+            f"{vmax or 0.0:.4g}; max {resid.max():.4g})", fontsize=8, **TEXT_STYLE,
         )
         fig.colorbar(im, ax=ax, fraction=0.02)
         heads = r.aggregate(r.internal("head", normalization)).detach().float().cpu().numpy()
@@ -146,7 +146,7 @@ def plot(result: ScopeResult, normalization: str = "scaled") -> "Figure":
         ax.set_xticks(range(heads.shape[1]), [f"H{h}" for h in range(heads.shape[1])], fontsize=7)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title("layer × head, all positions combined", fontsize=8, **_TEXT)
+        ax.set_title("layer × head, all positions combined", fontsize=8, **TEXT_STYLE)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
     return fig
@@ -156,3 +156,8 @@ def save_png(result: ScopeResult, path: Union[str, Path], normalization: str = "
     """Write :func:`plot` to a PNG file (without touching pyplot or the matplotlib backend)."""
     fig = plot(result, normalization)
     return write_output(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))  # PNG whatever the suffix
+
+
+# The private names the package used before these were public (kept for one release).
+_figure = figure
+_TEXT = TEXT_STYLE

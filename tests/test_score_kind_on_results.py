@@ -1,0 +1,76 @@
+"""A result carries its score kind: set from the method's declaration when the scope runs, written
+by ``save_json`` and read back by ``load``, so that a custom method's result loaded in a fresh
+process (where the method is not registered) keeps its kind instead of becoming ``"norm"``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tl_jacobian_scopes as tjs
+from tl_jacobian_scopes.errors import DataFileError
+from tl_jacobian_scopes.scopes.api import SCOPES, Scope, register
+from tl_jacobian_scopes.scopes.declarations import FISHER
+from tiny_models import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("gpt2", "bridge")[0]
+
+
+@pytest.fixture
+def custom_scope():
+    """A custom method (Fisher's strategy under a new name, declared "quadratic"), registered here only."""
+    method = dataclasses.replace(FISHER, name="my_curvature", label="My curvature")
+    scope = register(Scope(method, "my_curvature_scope", "A custom quadratic scope (test)."))
+    yield scope
+    SCOPES.pop("my_curvature", None)
+
+
+def test_a_scope_sets_the_kind_of_its_method(model) -> None:
+    assert tjs.fisher_scope(model, "the cat sat on the", progress=False).score_kind == "quadratic"
+    assert tjs.semantic_scope(model, "the cat sat on the", progress=False).score_kind == "norm"
+
+
+def test_custom_method_result_keeps_its_kind_in_a_fresh_process(model, custom_scope, tmp_path) -> None:
+    result = custom_scope(model, "the cat sat on the", progress=False)
+    assert result.scope == "my_curvature" and result.score_kind == "quadratic"
+    path = result.save_json(tmp_path / "r.json")
+    assert json.loads(Path(path).read_text())["score_kind"] == "quadratic"
+    # A fresh interpreter has never heard of "my_curvature": the kind must come from the file.
+    code = ("import sys, tl_jacobian_scopes as tjs; r = tjs.load(sys.argv[1]); "
+            "assert 'my_curvature' not in tjs.SCOPES; print(r.scope, r.score_kind)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["my_curvature", "quadratic"], out.stderr
+    # And in this process, load gives back an equal result with the same kind.
+    again = tjs.load(path)
+    assert again == result and again.score_kind == "quadratic"
+
+
+def test_quadratic_kind_changes_how_a_loaded_result_aggregates(model, custom_scope, tmp_path) -> None:
+    """The kind is not a label only: quadratic scores add, norm scores combine as a root-sum-of-squares."""
+    result = tjs.load(custom_scope(model, "the cat sat on the", progress=False).save_json(tmp_path / "r.json"))
+    values = result.scores[:3]
+    assert float(result.aggregate(values)) == pytest.approx(float(values.sum()), rel=1e-5)
+    as_norm = dataclasses.replace(result, score_kind="norm")
+    assert float(as_norm.aggregate(values)) == pytest.approx(float(values.pow(2).sum().sqrt()), rel=1e-5)
+
+
+def test_an_unknown_kind_is_refused_in_a_file_and_in_code(model, tmp_path) -> None:
+    result = tjs.semantic_scope(model, "the cat sat on the", progress=False)
+    data = result.to_dict()
+    data["score_kind"] = "loud"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(DataFileError, match="score_kind"):
+        tjs.load(tmp_path / "bad.json")
+    with pytest.raises(tjs.OptionError, match="score_kind"):
+        dataclasses.replace(result, score_kind="loud")
