@@ -45,6 +45,24 @@ def test_from_import_of_an_old_name_warns_too() -> None:
     assert ScopeResult is tjs.results.ScopeResult
 
 
+def test_from_import_of_an_old_name_warns_once_at_the_importing_line() -> None:
+    """importlib's fromlist check used to warn a second time: two warnings for one import line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from tl_jacobian_scopes import PatchingResult, ScopeMatrix  # noqa: F401
+    moved = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert sorted(str(w.message).split()[0] for w in moved) == [
+        "tl_jacobian_scopes.PatchingResult", "tl_jacobian_scopes.ScopeMatrix"]
+    assert {w.filename for w in moved} == {__file__}
+
+
+def test_an_old_name_turned_into_an_error_still_raises_at_import() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with pytest.raises(DeprecationWarning, match="tjs.results.TokenScore"):
+            from tl_jacobian_scopes import TokenScore  # noqa: F401
+
+
 def test_an_unknown_name_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'no_such_scope'"):
         tjs.no_such_scope  # noqa: B018

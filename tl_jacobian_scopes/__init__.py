@@ -9,6 +9,7 @@ Examples:
 """
 
 import importlib
+import sys
 import warnings
 from typing import Any
 
@@ -66,10 +67,16 @@ def __getattr__(name: str) -> Any:
     submodule = _MOVED.get(name)
     if submodule is None:
         raise AttributeError(f"module 'tl_jacobian_scopes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
+    # `from tl_jacobian_scopes import X` asks twice: importlib's hasattr() check of a package's
+    # fromlist, then the import itself. Warn once per import: only the second ask, from the user's line.
+    caller = sys._getframe(1).f_code.co_filename
+    if "importlib" in caller and "_bootstrap" in caller:
+        return value
     warnings.warn(f"tl_jacobian_scopes.{name} moved to tl_jacobian_scopes.{submodule}.{name} "
                   f"(tjs.{submodule}.{name}); the top-level name goes in the next release.",
                   DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
+    return value
 
 
 def __dir__() -> list[str]:
