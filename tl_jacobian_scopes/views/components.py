@@ -133,6 +133,16 @@ def escape(value: Any) -> str:
     return html.escape(str(value))
 
 
+#: A UTF-16 surrogate on its own (e.g. ``"\\ud800"`` read from a JSON file): not a character, so it
+#: cannot be encoded as UTF-8, and one in a page made saving it (and a notebook displaying it) fail.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (what a browser shows for one)."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def _heatmap_spec(grid: Tensor, color: str) -> tuple[dict[str, Any], str]:
     """The colour scale of a heatmap (``top``) and its caption text.
 
