@@ -74,3 +74,20 @@ def test_an_unknown_kind_is_refused_in_a_file_and_in_code(model, tmp_path) -> No
         tjs.load(tmp_path / "bad.json")
     with pytest.raises(tjs.OptionError, match="score_kind"):
         dataclasses.replace(result, score_kind="loud")
+
+
+def test_a_matrix_of_two_score_kinds_is_refused_in_code_and_in_a_file(tmp_path) -> None:
+    """Now that each row carries its kind, a matrix could mix two: its views would put them on
+    one colour scale and its ``score_kind`` would be the first row's."""
+    from tl_jacobian_scopes.results import ScopeMatrix
+    from scope_fixtures import make_result
+
+    rows = [make_result(position=p, scope="fisher") for p in (3, 4)]
+    with pytest.raises(tjs.ScopeError, match=r"one score kind .*\['norm', 'quadratic'\]"):
+        ScopeMatrix([rows[0], dataclasses.replace(rows[1], score_kind="norm")])
+    data = ScopeMatrix(rows).to_dict()
+    data["results"][1]["score_kind"] = "norm"  # each row alone is a valid file
+    (tmp_path / "mixed.json").write_text(json.dumps(data))
+    with pytest.raises(DataFileError, match="one score kind"):
+        tjs.load(tmp_path / "mixed.json")
+    assert tjs.load(ScopeMatrix(rows).save_json(tmp_path / "ok.json")).score_kind == "quadratic"
