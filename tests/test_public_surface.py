@@ -63,6 +63,12 @@ def test_an_old_name_turned_into_an_error_still_raises_at_import() -> None:
             from tl_jacobian_scopes import TokenScore  # noqa: F401
 
 
+def test_dir_lists_the_package_not_the_imports_its_facade_needs() -> None:
+    """The deprecation shim's imports (Any, importlib, warnings) showed in dir(tjs) and autocomplete."""
+    assert not {"Any", "importlib", "sys", "warnings"} & set(dir(tjs))
+    assert {"fisher_scope", "results", "ScopeResult"} <= set(dir(tjs))
+
+
 def test_an_unknown_name_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'no_such_scope'"):
         tjs.no_such_scope  # noqa: B018
