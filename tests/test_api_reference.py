@@ -58,3 +58,11 @@ def test_the_evaluation_section_lists_names_that_tjs_evaluation_exports() -> Non
     assert listed, "without a members list the module's imports (ModelAccess, errors, ...) are documented too"
     names = [n.strip() for n in listed.group(1).split(",")]
     assert names and set(names) <= set(tjs.evaluation.__all__), names
+
+
+def test_the_public_view_components_are_in_the_reference() -> None:
+    """docs/architecture.md calls them public (a new result type's show() uses them): the reference had no views section."""
+    import tl_jacobian_scopes.views as views
+
+    assert "tl_jacobian_scopes.views" in BLOCKS
+    assert {"escape", "circuitsvis_element", "heatmap", "script_json", "ScopeView"} <= set(views.__all__)
