@@ -61,3 +61,15 @@ def test_a_colour_that_is_not_hex_is_refused_at_declaration(color) -> None:
 
 def test_a_hex_colour_in_either_case_is_accepted() -> None:
     assert dataclasses.replace(SEMANTIC, name="upper", color="#8A2BE2").color == "#8A2BE2"
+
+
+@pytest.mark.parametrize("color", ["red", "#abc", "rgb(1,2,3)", None])
+def test_the_public_heatmap_refuses_a_colour_its_page_cannot_draw(color) -> None:
+    """The page parses the colour as #rrggbb: "red" drew every cell blank, silently."""
+    import torch
+
+    from tl_jacobian_scopes.views import heatmap
+
+    with pytest.raises(OptionError, match="'#rrggbb'"):
+        heatmap(torch.ones(2, 2), ["a", "b"], ["c", "d"], color, "caption")
+    assert "tjsHeatmap" in heatmap(torch.ones(2, 2), ["a", "b"], ["c", "d"], "#8A2BE2", "caption")
