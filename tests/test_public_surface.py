@@ -105,3 +105,11 @@ def test_docs_demos_tests_and_the_package_use_the_new_names() -> None:
              *(p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name)]
     stale = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text(encoding="utf-8"))]
     assert not stale, stale[:20]
+
+
+def test_star_import_brings_no_moved_name_as_the_api_reference_says() -> None:
+    namespace: dict[str, object] = {}
+    exec("from tl_jacobian_scopes import *", namespace)  # noqa: S102
+    assert "fisher_scope" in namespace and not set(MOVED) & set(namespace)
+    assert "`from tl_jacobian_scopes import *` no longer brings them" in " ".join(
+        (ROOT / "docs" / "api.md").read_text(encoding="utf-8").split())
