@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tl_jacobian_scopes.errors import OptionError
 from tl_jacobian_scopes.scopes.api import SCOPES, Scope, register
 from tl_jacobian_scopes.scopes.declarations import FISHER, SEMANTIC, TEMPERATURE
 from tl_jacobian_scopes.views import SCOPE_COLORS, scope_color, show
@@ -47,3 +48,28 @@ def test_no_view_module_hard_codes_a_scope_colour() -> None:
                  *(ROOT / "tl_jacobian_scopes" / "results").glob("*.py")]:
         text = path.read_text(encoding="utf-8").lower()
         assert not [c for c in colours if c in text], path
+
+
+@pytest.mark.parametrize("color", ['#123456"><script>alert(1)</script>', "red", "#abc", "#12345g", 123])
+def test_a_colour_that_is_not_hex_is_refused_at_declaration(color) -> None:
+    """The views write the colour into a style attribute (and the app parses it as #rrggbb):
+    a declared colour used to reach the page unescaped."""
+    with pytest.raises(OptionError, match="color must be None or '#rrggbb'"):
+        dataclasses.replace(SEMANTIC, name="bad_colour", color=color)
+    assert "bad_colour" not in SCOPES
+
+
+def test_a_hex_colour_in_either_case_is_accepted() -> None:
+    assert dataclasses.replace(SEMANTIC, name="upper", color="#8A2BE2").color == "#8A2BE2"
+
+
+@pytest.mark.parametrize("color", ["red", "#abc", "rgb(1,2,3)", None])
+def test_the_public_heatmap_refuses_a_colour_its_page_cannot_draw(color) -> None:
+    """The page parses the colour as #rrggbb: "red" drew every cell blank, silently."""
+    import torch
+
+    from tl_jacobian_scopes.views import heatmap
+
+    with pytest.raises(OptionError, match="'#rrggbb'"):
+        heatmap(torch.ones(2, 2), ["a", "b"], ["c", "d"], color, "caption")
+    assert "tjsHeatmap" in heatmap(torch.ones(2, 2), ["a", "b"], ["c", "d"], "#8A2BE2", "caption")

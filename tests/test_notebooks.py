@@ -37,6 +37,17 @@ def test_demos_have_notebooks() -> None:
     assert {"quickstart.ipynb", "case_studies.ipynb", "inside_the_model.ipynb", "faithfulness.ipynb"} <= names
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_reads_nothing_outside_the_repository(notebook: Path) -> None:
+    """faithfulness.ipynb read ../shared/data/ (a folder beside the clone), so it failed in any
+    fresh clone; the LAMBADA sample it needs ships in the package (tjs.data.lambada_path())."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    sources = [c.source for c in cells if c.cell_type == "code"]
+    assert not [s for s in sources if "ROOT.parent" in s or "../shared" in s or '"shared"' in s]
+
+
 def _bundle_copies(text: str) -> int:
     from tl_jacobian_scopes.views.html import circuitsvis_bundle
 

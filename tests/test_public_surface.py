@@ -45,6 +45,30 @@ def test_from_import_of_an_old_name_warns_too() -> None:
     assert ScopeResult is tjs.results.ScopeResult
 
 
+def test_from_import_of_an_old_name_warns_once_at_the_importing_line() -> None:
+    """importlib's fromlist check used to warn a second time: two warnings for one import line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from tl_jacobian_scopes import PatchingResult, ScopeMatrix  # noqa: F401
+    moved = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert sorted(str(w.message).split()[0] for w in moved) == [
+        "tl_jacobian_scopes.PatchingResult", "tl_jacobian_scopes.ScopeMatrix"]
+    assert {w.filename for w in moved} == {__file__}
+
+
+def test_an_old_name_turned_into_an_error_still_raises_at_import() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with pytest.raises(DeprecationWarning, match="tjs.results.TokenScore"):
+            from tl_jacobian_scopes import TokenScore  # noqa: F401
+
+
+def test_dir_lists_the_package_not_the_imports_its_facade_needs() -> None:
+    """The deprecation shim's imports (Any, importlib, warnings) showed in dir(tjs) and autocomplete."""
+    assert not {"Any", "importlib", "sys", "warnings"} & set(dir(tjs))
+    assert {"fisher_scope", "results", "ScopeResult"} <= set(dir(tjs))
+
+
 def test_an_unknown_name_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'no_such_scope'"):
         tjs.no_such_scope  # noqa: B018
@@ -81,3 +105,11 @@ def test_docs_demos_tests_and_the_package_use_the_new_names() -> None:
              *(p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name)]
     stale = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text(encoding="utf-8"))]
     assert not stale, stale[:20]
+
+
+def test_star_import_brings_no_moved_name_as_the_api_reference_says() -> None:
+    namespace: dict[str, object] = {}
+    exec("from tl_jacobian_scopes import *", namespace)  # noqa: S102
+    assert "fisher_scope" in namespace and not set(MOVED) & set(namespace)
+    assert "`from tl_jacobian_scopes import *` no longer brings them" in " ".join(
+        (ROOT / "docs" / "api.md").read_text(encoding="utf-8").split())

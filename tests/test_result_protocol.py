@@ -133,3 +133,12 @@ def test_views_html_is_split_by_job() -> None:
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (PACKAGE / "views").glob("*.py")}
     assert {"components.py", "page.py", "colors.py", "html.py"} <= set(sizes)
     assert sizes["html.py"] < 500, sizes
+
+
+def test_an_empty_forecast_matrix_has_no_html_and_says_why_it_has_no_view(tmp_path) -> None:
+    """An empty ForecastMatrix (its default) used to raise IndexError from show(), save_html() and a notebook's display."""
+    empty = ForecastMatrix()
+    assert len(empty) == 0 and list(empty) == []
+    assert empty._repr_html_() is None and "ForecastMatrix" in repr(empty)
+    with pytest.raises(tjs.ScopeError, match="no steps"):
+        empty.save_html(tmp_path / "empty.html")

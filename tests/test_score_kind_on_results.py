@@ -4,8 +4,10 @@ process (where the method is not registered) keeps its kind instead of becoming 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +76,57 @@ def test_an_unknown_kind_is_refused_in_a_file_and_in_code(model, tmp_path) -> No
         tjs.load(tmp_path / "bad.json")
     with pytest.raises(tjs.OptionError, match="score_kind"):
         dataclasses.replace(result, score_kind="loud")
+
+
+def test_a_matrix_of_two_score_kinds_is_refused_in_code_and_in_a_file(tmp_path) -> None:
+    """Now that each row carries its kind, a matrix could mix two: its views would put them on
+    one colour scale and its ``score_kind`` would be the first row's."""
+    from tl_jacobian_scopes.results import ScopeMatrix
+    from scope_fixtures import make_result
+
+    rows = [make_result(position=p, scope="fisher") for p in (3, 4)]
+    with pytest.raises(tjs.ScopeError, match=r"one score kind .*\['norm', 'quadratic'\]"):
+        ScopeMatrix([rows[0], dataclasses.replace(rows[1], score_kind="norm")])
+    data = ScopeMatrix(rows).to_dict()
+    data["results"][1]["score_kind"] = "norm"  # each row alone is a valid file
+    (tmp_path / "mixed.json").write_text(json.dumps(data))
+    with pytest.raises(DataFileError, match="one score kind"):
+        tjs.load(tmp_path / "mixed.json")
+    assert tjs.load(ScopeMatrix(rows).save_json(tmp_path / "ok.json")).score_kind == "quadratic"
+
+
+def _without_stored_kind(result):
+    """The result as an earlier version pickled it: score_kind was a property, not in ``__dict__``."""
+    old = copy.copy(result)
+    del old.__dict__["score_kind"]
+    return old
+
+
+def test_a_pickle_from_before_the_kind_was_stored_takes_its_methods_kind() -> None:
+    """Unpickled, such a result read the class default "norm": a Fisher result's quadratic scores became norms."""
+    from scope_fixtures import make_result
+
+    for scope, kind in (("fisher", "quadratic"), ("semantic", "norm"), ("loo", "kl"), ("never-registered", "norm")):
+        old = pickle.dumps(_without_stored_kind(make_result(scope=scope, score_kind=kind)))
+        assert pickle.loads(old).score_kind == kind, scope
+    fisher = pickle.loads(pickle.dumps(_without_stored_kind(make_result(scope="fisher", score_kind="quadratic"))))
+    values = fisher.scores[:3]
+    assert float(fisher.aggregate(values)) == pytest.approx(float(values.sum()))
+
+
+def test_a_pickle_keeps_the_kind_it_stores() -> None:
+    from scope_fixtures import make_result
+
+    stored = make_result(scope="fisher", score_kind="norm")  # stored wins over the declaration
+    assert pickle.loads(pickle.dumps(stored)).score_kind == "norm"
+
+
+def test_a_dict_without_a_kind_takes_its_methods_kind(tmp_path) -> None:
+    """A dict written by hand (or another tool) without score_kind: Fisher's is quadratic, not "norm"."""
+    from scope_fixtures import result_dict
+
+    for scope, kind in (("fisher", "quadratic"), ("temperature", "norm"), ("my_own", "norm")):
+        data = result_dict(("a", " b", " c"), scope=scope)
+        del data["score_kind"]
+        (tmp_path / "r.json").write_text(json.dumps(data))
+        assert tjs.load(tmp_path / "r.json").score_kind == kind, scope

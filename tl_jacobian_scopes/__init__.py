@@ -8,9 +8,11 @@ Examples:
     ['The', ' capital', ' France']
 """
 
-import importlib
-import warnings
-from typing import Any
+# Private aliases: dir(tjs) and autocomplete list the package's names, not its imports.
+import importlib as _importlib
+import sys as _sys
+import warnings as _warnings
+from typing import Any as _Any
 
 from .errors import (
     ArchitectureError,
@@ -62,14 +64,20 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     submodule = _MOVED.get(name)
     if submodule is None:
         raise AttributeError(f"module 'tl_jacobian_scopes' has no attribute {name!r}")
-    warnings.warn(f"tl_jacobian_scopes.{name} moved to tl_jacobian_scopes.{submodule}.{name} "
+    value = getattr(_importlib.import_module(f"{__name__}.{submodule}"), name)
+    # `from tl_jacobian_scopes import X` asks twice: importlib's hasattr() check of a package's
+    # fromlist, then the import itself. Warn once per import: only the second ask, from the user's line.
+    caller = _sys._getframe(1).f_code.co_filename
+    if "importlib" in caller and "_bootstrap" in caller:
+        return value
+    _warnings.warn(f"tl_jacobian_scopes.{name} moved to tl_jacobian_scopes.{submodule}.{name} "
                   f"(tjs.{submodule}.{name}); the top-level name goes in the next release.",
                   DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
+    return value
 
 
 def __dir__() -> list[str]:

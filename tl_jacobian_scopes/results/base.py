@@ -13,7 +13,7 @@ the method, so that importing a result never loads the views.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Iterator, Optional, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Generic, Iterator, Optional, Sequence, Sized, TypeVar, Union
 
 if TYPE_CHECKING:
     from ..views.page import ScopeView
@@ -29,6 +29,9 @@ class ViewableResult:
         raise NotImplementedError(f"{type(self).__name__} must define show()")
 
     def _repr_html_(self) -> Optional[str]:
+        # A result with no rows has no view: None lets a notebook print its text repr, not a traceback.
+        if isinstance(self, Sized) and len(self) == 0:
+            return None
         return self.show()._repr_html_()
 
     def save_html(self, path: Union[str, Path]) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -59,9 +60,15 @@ def dump_strict_json(data: Any) -> str:
             hundreds of levels deep).
     """
     try:
-        return json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(strict_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
     except RecursionError:
         raise _too_deep() from None
+    # A lone surrogate (a token read from a JSON file as "\\ud800") cannot be written as UTF-8:
+    # write it as JSON's own escape, which reads back as the same string.
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _too_deep() -> OutputPathError:

@@ -40,6 +40,10 @@ class ScopeMatrix(ResultRows[ScopeResult], ViewableResult, SavedAsJson):
             raise ScopeError("A ScopeMatrix needs at least one result: pass positions that exist in the prompt.")
         if any(r.str_tokens != results[0].str_tokens for r in results):
             raise ScopeError("A ScopeMatrix needs results over the same tokens (one prompt, one model).")
+        kinds = sorted({r.score_kind for r in results})
+        if len(kinds) > 1:
+            # Its views put every row on one colour scale, and score_kind is read from the first row.
+            raise ScopeError(f"A ScopeMatrix needs results of one score kind (one method), got {kinds}.")
         self.results = results
 
     @property
@@ -94,7 +98,11 @@ class ScopeMatrix(ResultRows[ScopeResult], ViewableResult, SavedAsJson):
                 "A ScopeMatrix dict has kind 'ScopeMatrix' and a list of results; "
                 "write it with ScopeMatrix.save_json() (a single result loads with ScopeResult.load_json())."
             )
-        return cls([ScopeResult.from_dict(r) for r in rows])
+        results = [ScopeResult.from_dict(r) for r in rows]
+        try:
+            return cls(results)
+        except ScopeError as exc:  # rows that are each valid but do not make one matrix
+            raise DataFileError(f"{exc} Write it with ScopeMatrix.save_json() and do not edit its structure.") from exc
 
     def show(self) -> "ScopeView":
         """A positions x tokens heatmap and the per-position token colouring (offline)."""

@@ -6,7 +6,7 @@ import math
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +54,23 @@ SITES = ("layer", "attn", "mlp", "head")
 # How scores scale (a method declares one; see scopes.declarations.ScoreKind): never mix kinds on one scale.
 SCORE_KINDS = ("norm", "quadratic", "kl", "random")
 NORMALIZATIONS = ("raw", "scaled")
+
+
+#: The score kind a method declares, by method name (None: not declared). Results sit below the
+#: scopes, so the scopes set this (:func:`set_declared_kinds`); it only fills in a result saved
+#: before results stored their kind (a pickle of an earlier version, a dict without the field).
+_declared_kind: Callable[[str], Optional[str]] = lambda scope: None
+
+
+def set_declared_kinds(lookup: Callable[[str], Optional[str]]) -> None:
+    """Tell the results how to find a method's declared score kind by its name."""
+    global _declared_kind
+    _declared_kind = lookup
+
+
+def _kind_of_unstored(scope: Any) -> str:
+    kind = _declared_kind(scope) if isinstance(scope, str) else None
+    return kind if kind in SCORE_KINDS else "norm"
 
 
 def check_normalization(normalization: str) -> None:
@@ -180,6 +197,13 @@ class ScopeResult(ViewableResult, SavedAsJson):
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:
             raise OptionError(f"score_kind must be one of {list(SCORE_KINDS)}, got {self.score_kind!r}.")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle from before score_kind was a field holds none: the class default "norm" would
+        # silently turn a Fisher result's quadratic scores into norms. Its method's declaration knows.
+        if "score_kind" not in state:
+            state = {**state, "score_kind": _kind_of_unstored(state.get("scope"))}
+        self.__dict__.update(state)
 
     @property
     def n_tokens(self) -> int:
@@ -419,6 +443,8 @@ class ScopeResult(ViewableResult, SavedAsJson):
                     "target_prob", "predicted", "predicted_str", "predicted_prob"]
         missing = [name for name in required if name not in data]
         _require(not missing, f"Missing ScopeResult field(s) {missing}.")
+        if "score_kind" not in data:  # a dict written by hand or by another tool: the declaration's kind
+            data["score_kind"] = _kind_of_unstored(data["scope"])
         _require(data.get("score_kind", "norm") in SCORE_KINDS,
                  f"Field 'score_kind' must be one of {list(SCORE_KINDS)}, got {data.get('score_kind')!r}.")
         for name in ("scope", "target_str", "predicted_str", "model_name"):

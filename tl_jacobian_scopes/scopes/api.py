@@ -25,7 +25,7 @@ from torch import Tensor
 from ..errors import UnknownScopeError
 from ..results.batch import ScopeBatch
 from ..results.scope_matrix import ScopeMatrix
-from ..results.scope_result import ScopeResult
+from ..results.scope_result import ScopeResult, set_declared_kinds
 from .declarations import FISHER, SEMANTIC, TEMPERATURE, Method
 from .driver import run
 
@@ -192,6 +192,15 @@ fisher_scope = Scope(FISHER, "fisher_scope", """
 
 #: Every scope and baseline by name (baselines register themselves from ``evaluation``).
 SCOPES: dict[str, Scope] = {s.method.name: s for s in (semantic_scope, temperature_scope, fisher_scope)}
+
+
+def _declared_kind(name: str) -> Optional[str]:
+    scope = SCOPES.get(name)
+    return scope.method.score_kind if scope is not None else None
+
+
+# A result saved before results stored their score kind gets it from its method's declaration.
+set_declared_kinds(_declared_kind)
 
 
 def register(scope: Scope) -> Scope:

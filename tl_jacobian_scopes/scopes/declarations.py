@@ -10,6 +10,7 @@ their probes, :func:`.runner.run_jobs`); they differ only in their probes.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
@@ -60,6 +61,13 @@ class Method:
     internals: bool = False
     probe_count: Optional[Callable[[dict[str, Any], ModelAccess], tuple[int, int]]] = None
     color: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        # The views write the colour into a style attribute and parse it as hex: anything else
+        # would break the page (or inject markup into it) and the app's colouring.
+        if self.color is not None and not (isinstance(self.color, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", self.color)):
+            raise OptionError(f"Method {self.name!r}: color must be None or '#rrggbb' (e.g. '#8a2be2'), "
+                              f"got {self.color!r}.")
 
 
 def vjp_strategy(make_probes: ProbeMaker, times_input: bool = False) -> Strategy:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from ..errors import ScopeError
 from ..results.base import ResultRows, ViewableResult
 from ..results.scope_result import ScopeResult
 from .serialize import Serialized
@@ -175,5 +176,9 @@ class ForecastMatrix(ResultRows[ForecastResult], ViewableResult):
     def show(self) -> "ScopeView":
         """A CircuitsVis view: the steps × values heatmap."""
         from .views import show_matrix
+
+        if not self.steps_results:
+            raise ScopeError("This ForecastMatrix holds no steps: there is nothing to show (forecast_scope(..., "
+                             "steps=[...]) fills one).")
 
         return show_matrix(self)

@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import OptionError
+
 
 @functools.lru_cache(maxsize=1)
 def circuitsvis_bundle() -> str:
@@ -133,6 +135,16 @@ def escape(value: Any) -> str:
     return html.escape(str(value))
 
 
+#: A UTF-16 surrogate on its own (e.g. ``"\\ud800"`` read from a JSON file): not a character, so it
+#: cannot be encoded as UTF-8, and one in a page made saving it (and a notebook displaying it) fail.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (what a browser shows for one)."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def _heatmap_spec(grid: Tensor, color: str) -> tuple[dict[str, Any], str]:
     """The colour scale of a heatmap (``top``) and its caption text.
 
@@ -166,7 +178,14 @@ def heatmap(
     marked_col: Optional[int] = None,
 ) -> str:
     """A heatmap table (rows x columns, one colour scale) that the page draws from packed data;
-    labels are set as text, each column's in full (vertical) and as its tooltip."""
+    labels are set as text, each column's in full (vertical) and as its tooltip.
+
+    Raises:
+        OptionError: ``color`` is not ``"#rrggbb"`` (the page reads it as hex: another colour
+            would draw every cell blank).
+    """
+    if not isinstance(color, str) or not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
+        raise OptionError(f"heatmap() color must be '#rrggbb' (e.g. '#8a2be2'), got {color!r}.")
     spec, scale_text = _heatmap_spec(grid, color)
     marked = marked_col if isinstance(marked_col, int) and not isinstance(marked_col, bool) else None
     spec.update(rows=list(row_labels), cols=list(col_labels), marked=marked)

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence, Union
 
 from ..errors import MissingPackageError
 from ..results.files import write_output
-from .components import _fresh_mount_ids, circuitsvis_bundle
+from .components import _fresh_mount_ids, circuitsvis_bundle, _valid_text
 
 STYLE = """
 <style>
@@ -115,7 +115,7 @@ def page(sections: Sequence[str], title: str = "Jacobian Scopes", bundle: bool =
     """One HTML fragment: style, the CircuitsVis bundle (when ``bundle``), the loader, then the sections."""
     return (
         f'<div class="tjs-view">{STYLE}{_bundle_script() if bundle else ""}{LOADER}'
-        + "\n".join(sections)
+        + _valid_text("\n".join(sections))  # a lone surrogate in a token cannot be written as UTF-8
         + "</div>"
     )
 
@@ -182,7 +182,7 @@ class ScopeView:
     def to_html(self) -> str:
         """A complete standalone HTML document (all JavaScript inlined, one copy of CircuitsVis)."""
         return (
-            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(_valid_text(self.title))}</title>"
             f"</head><body>{page(self.sections, self.title)}</body></html>"
         )
 
