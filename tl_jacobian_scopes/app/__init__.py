@@ -17,6 +17,8 @@ views inline their JavaScript: the page makes no request beyond the app's own se
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -75,21 +77,57 @@ def theme() -> Any:
     return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
+class RefuseUploads:
+    """ASGI middleware: ``/gradio_api/upload`` answers 413 before reading the body (the app has
+    no upload component, so no upload of any size is taken, nor written to disk)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and str(scope.get("path", "")).rstrip("/").endswith("/gradio_api/upload"):
+            body = b'{"detail": "This app takes no uploads."}'
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 def launch(blocks: Any, host: str = DEFAULT_HOST, port: Optional[int] = DEFAULT_PORT, **kwargs: Any) -> Any:
     """Serve ``blocks`` on ``host:port`` (127.0.0.1 by default: this machine only), queued,
     with no share link, no server-side rendering, no MCP server and no uploads (the page has
-    no upload component: ``max_file_size=0``). When the server stops, everything the app
-    wrote is removed."""
+    no upload component: ``/gradio_api/upload`` answers 413). Gradio's file cache is the app's
+    own folder. When the server stops (Ctrl-C, SIGTERM, or closed), everything the app wrote
+    is removed; SIGTERM stops it as Ctrl-C does."""
+    from starlette.middleware import Middleware
+
+    cache = getattr(blocks, "tjs_cache", None)
+    if cache is not None:  # files Gradio serves must be in the folder it calls its upload folder
+        os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RefuseUploads)]
     options: dict[str, Any] = dict(server_name=host, server_port=port, share=False, ssr_mode=False,
                                    mcp_server=False, theme=theme(), footer_links=[], show_error=False,
-                                   max_file_size=0)
+                                   max_file_size=0, app_kwargs=app_kwargs)
     options.update(kwargs)
+    blocking = not options.get("prevent_thread_lock")
+    previous = None
+    if blocking and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # stops like Ctrl-C: the cleanup below runs
     try:
         return blocks.queue(default_concurrency_limit=1).launch(**options)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         cleanup = getattr(blocks, "tjs_cleanup", None)
-        if cleanup is not None and not options.get("prevent_thread_lock"):
-            cleanup()  # the server has stopped (Ctrl-C, or closed)
+        if cleanup is not None and blocking:
+            cleanup()  # the server has stopped (Ctrl-C, SIGTERM, or closed)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_app", "launch", "theme"]
