@@ -22,40 +22,7 @@ from tl_jacobian_scopes.app.engine import Engine, Request  # noqa: E402
 from tl_jacobian_scopes.app.state import ModelSlot  # noqa: E402
 from tl_jacobian_scopes.models.access import hook_count  # noqa: E402
 
-PROMPT = "The capital of France is"
-QUIET = lambda *a, **k: None  # noqa: E731  (gr.Progress stand-in)
-
-
-def handler(blocks, name):
-    fns = {id(f.fn): f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == name}
-    (fn,) = fns.values()
-    return fn
-
-
-class Session:
-    def __init__(self, session_hash):
-        self.session_hash = session_hash
-
-
-class CountingLock:
-    """A stand-in for the model's lock that counts acquisitions."""
-
-    def __init__(self):
-        self.lock, self.count = threading.RLock(), 0
-
-    def acquire(self, *args, **kwargs):
-        self.count += 1
-        return self.lock.acquire(*args, **kwargs)
-
-    def release(self):
-        self.lock.release()
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+from app_helpers import PROMPT, QUIET, CountingLock, Session, handler  # noqa: E402
 
 
 @pytest.fixture

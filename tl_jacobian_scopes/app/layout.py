@@ -8,7 +8,9 @@ import hashlib
 import html
 import importlib
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -89,6 +91,18 @@ def session_folder(folder: Path, session_hash: Optional[str]) -> Path:
     """The session's subfolder of ``folder``: named by a digest of Gradio's session hash, which
     the client sends unchecked (``../..`` or an absolute path must not leave ``folder``)."""
     return folder / hashlib.sha256((session_hash or "").encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def point_gradio_at(cache: Path) -> None:
+    """Make ``cache`` Gradio's temporary folder for what it writes from now on (its file cache,
+    the folder it serves files from, its own scratch folders), instead of the system's
+    ``/tmp/gradio``, which nothing removes. Gradio reads ``GRADIO_TEMP_DIR`` on each use, but
+    also keeps it in module constants read at import: both are set."""
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    for name in ("gradio.routes", "gradio.route_utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "DEFAULT_TEMP_DIR"):
+            setattr(module, "DEFAULT_TEMP_DIR", str(cache))
 
 
 def forget_gradio_session(blocks: Any, session: str) -> None:
@@ -235,7 +249,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         stops.retire(session, "background")
         return ""
 
-    def retire_request(evt: GrEvent, request: GrRequest) -> None:
+    def retire_request(request: GrRequest, evt: GrEvent = None) -> None:
         """A click ends the session's running request first (queue-free), so that it does not wait
         behind it; the background job (explaining nearby positions of the same prompt) goes on.
         The click's number (the page counts its clicks) is noted: an earlier click still running
@@ -447,6 +461,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
 
         return _api_call(request, work)  # type: ignore[no-any-return]
 
+    point_gradio_at(cache)  # Blocks() itself writes a folder there
     with gr.Blocks(title="Jacobian Scopes", analytics_enabled=False,
                    delete_cache=(max(60, int(budget.idle_s // 4)), int(budget.idle_s))) as blocks:
         gr.HTML(f"<style>{TOKEN_CSS}</style><h2>Jacobian Scopes</h2><p>Model: <b>{html.escape(engine.slot.label)}"
