@@ -84,6 +84,9 @@ def _wait_up(url: str, proc: subprocess.Popen, limit: float = 300) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--cache-mb", type=float, default=None,
+                        help="the app's disk cap (Budget.cache_mb; default its 64 MB): a smaller one shows "
+                             "disk use flat at the cap within a short run")
     args = parser.parse_args()
     from gradio_client import Client
 
@@ -97,9 +100,15 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, TMPDIR=str(tmp), OMP_NUM_THREADS="1")
     env.pop("GRADIO_TEMP_DIR", None)  # the app puts Gradio's files in its own folder
-    proc = subprocess.Popen([sys.executable, "-m", "tl_jacobian_scopes.app", "--port", str(port), "--device", "cpu"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out: dict[str, Any] = {"what": __doc__.split("\n")[0], "budget": budget.describe(), "url": url}
+    command = [sys.executable, "-m", "tl_jacobian_scopes.app", "--port", str(port), "--device", "cpu"]
+    if args.cache_mb is not None:  # the same app and launch, with only the disk cap changed
+        budget = Budget(cache_mb=args.cache_mb)
+        command = [sys.executable, "-c", "from tl_jacobian_scopes.app import build_app, launch; "
+                   "from tl_jacobian_scopes.app.budget import Budget; "
+                   f"launch(build_app(device='cpu', budget=Budget(cache_mb={args.cache_mb!r})), port={port})"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out: dict[str, Any] = {"what": __doc__.split("\n")[0], "budget": budget.describe(), "url": url,
+                           "cache_mb": budget.cache_mb, "command": " ".join(["benchmarks/app_load.py", *sys.argv[1:]])}
     try:
         _wait_up(url, proc)
         clients = [Client(url, verbose=False) for _ in range(5)]

@@ -138,7 +138,7 @@ def launch(blocks: Any, host: str = DEFAULT_HOST, port: Optional[int] = DEFAULT_
     blocking = not options.get("prevent_thread_lock")
     previous = None
     if blocking and threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # stops like Ctrl-C: the cleanup below runs
+        previous = signal.signal(signal.SIGTERM, _interrupter(blocks))  # like Ctrl-C: the cleanup below runs
     try:
         return blocks.queue(default_concurrency_limit=1).launch(**options)
     finally:
@@ -149,8 +149,16 @@ def launch(blocks: Any, host: str = DEFAULT_HOST, port: Optional[int] = DEFAULT_
             cleanup()  # the server has stopped (Ctrl-C, SIGTERM, or closed)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt()
+def _interrupter(blocks: Any) -> Callable[[int, Any], None]:
+    """A SIGTERM handler: stop every session's work (so that the server's shutdown, which waits
+    for running requests, takes a step, not a request), then stop as Ctrl-C does."""
+    def interrupt(signum: int, frame: Any) -> None:
+        stop_all = getattr(blocks, "tjs_stop_all", None)
+        if stop_all is not None:
+            stop_all()
+        raise KeyboardInterrupt()
+
+    return interrupt
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_app", "launch", "theme"]

@@ -73,11 +73,9 @@ def folder_size(folder: Path) -> int:
 
 def trim_folder(folder: Path, limit_bytes: float, keep: Optional[Path] = None) -> None:
     """Delete the oldest session folders under ``folder`` until it holds at most ``limit_bytes``
-    (``keep``, the folder just written, goes last)."""
+    (never ``keep``, the folder just written: the page is about to offer its files)."""
     subs = sorted((p for p in folder.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime) \
         if folder.exists() else []
-    if keep is not None and keep.exists():
-        subs.append(keep)
     total = folder_size(folder)
     for sub in subs:
         if total <= limit_bytes:
@@ -160,10 +158,11 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     budget = engine.budget
     owned = downloads is None
     root = Path(tempfile.mkdtemp(prefix="tjs-app-"))
-    folder = Path(downloads) if downloads is not None else root / "downloads"
-    folder.mkdir(parents=True, exist_ok=True)
     cache = root / "gradio"
     cache.mkdir()
+    # The app's own downloads go straight into Gradio's cache, which then serves them without a copy.
+    folder = Path(downloads) if downloads is not None else cache
+    folder.mkdir(parents=True, exist_ok=True)
     stops = StopSwitches()
     sessions = Sessions()
     clicks = ClickOrder()
@@ -192,10 +191,15 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         while not stop.wait(min(30.0, budget.idle_s / 4)):
             for session in sessions.idle(budget.idle_s):
                 end_session(session)
-            if blocks_ref:  # sessions Gradio saw closed (or idle) that never reached a handler
+            if blocks_ref:  # sessions Gradio saw closed (or idle), those that reached no handler too
                 for session in gradio_sessions(blocks_ref[0], budget.idle_s):
                     end_session(session)
             trim_folder(cache, budget.cache_mb * 2**20)
+
+    def stop_all() -> None:
+        """Stop every session's running work (at shutdown: the server then stops within a step)."""
+        for session in list(stops.sessions()):
+            stops.stop(session)
 
     def cleanup() -> None:
         """Remove everything the app wrote (the downloads folder if the app made it, else the sessions' folders)."""
@@ -303,10 +307,17 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         except Exception as exc:
             return [_failure(exc)] + [gr.skip()] * (n_out - 1)
 
+    def tab_folder(session: str, tab: str) -> Path:
+        """The session's folder for one tab's files, emptied: a session keeps only the files its
+        page shows (one view and one forecast), so its disk use does not grow with its requests."""
+        sub = session_folder(folder, session) / tab
+        shutil.rmtree(sub, ignore_errors=True)
+        return sub
+
     def write_files(paths: list[Path], sub: Path) -> list[str]:
-        trim_folder(folder, budget.cache_mb * 2**20, keep=sub)
-        # Gradio copies these into its cache after the handler returns: room for them is made now.
-        trim_folder(cache, max(0.0, budget.cache_mb * 2**20 - sum(p.stat().st_size for p in paths if p.exists())))
+        trim_folder(folder, budget.cache_mb * 2**20, keep=sub.parent)
+        if folder != cache:  # Gradio copies them into its cache after the handler returns: room is made now
+            trim_folder(cache, max(0.0, budget.cache_mb * 2**20 - sum(p.stat().st_size for p in paths if p.exists())))
         return [str(p) for p in paths if p.exists()]
 
     def files(state: Optional[dict[str, Any]], internals: bool, request: GrRequest) -> Any:
@@ -314,7 +325,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             return gr.skip(), message_html("Run an explanation first.")
         try:
             result = engine.result(state["request"], state["position"], internals)
-            sub = session_folder(folder, session_of(request))
+            sub = tab_folder(session_of(request), "view")
             paths = write_files(write_downloads(result, sub), sub)
             return paths, message_html(f"Files for position {result.position} ready below.", run=state["runs"])
         except Exception as exc:
@@ -357,7 +368,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
                     if f is not None else "Done.")
             view = r.show()
-            sub = session_folder(folder, session)
+            sub = tab_folder(session, "forecast")
             files = write_files(write_forecast_downloads(r, view, sub), sub)
             return message_html(text), frame_html(view, 260), files[0], files
         except Exception as exc:
@@ -582,6 +593,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     blocks.tjs_sessions = sessions
     blocks.tjs_stops = stops
     blocks.tjs_cleanup = cleanup
+    blocks.tjs_stop_all = stop_all
     blocks.tjs_root = root
     blocks.tjs_cache = cache
     blocks.tjs_clicks = clicks
