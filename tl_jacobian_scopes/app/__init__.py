@@ -151,11 +151,14 @@ def launch(blocks: Any, host: str = DEFAULT_HOST, port: Optional[int] = DEFAULT_
 
 def _interrupter(blocks: Any) -> Callable[[int, Any], None]:
     """A SIGTERM handler: stop every session's work (so that the server's shutdown, which waits
-    for running requests, takes a step, not a request), then stop as Ctrl-C does."""
+    for running requests, takes a step, not a request) and remove the app's files at once (a
+    service manager may kill the process if Gradio's shutdown, up to 5 s for open connections,
+    runs past its grace period), then stop as Ctrl-C does."""
     def interrupt(signum: int, frame: Any) -> None:
-        stop_all = getattr(blocks, "tjs_stop_all", None)
-        if stop_all is not None:
-            stop_all()
+        for name in ("tjs_stop_all", "tjs_cleanup"):
+            step = getattr(blocks, name, None)
+            if step is not None:
+                step()
         raise KeyboardInterrupt()
 
     return interrupt
