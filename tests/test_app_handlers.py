@@ -17,19 +17,7 @@ from tl_jacobian_scopes.app.engine import Engine, Request  # noqa: E402
 from tl_jacobian_scopes.app.state import ModelSlot, Stopped  # noqa: E402
 from tl_jacobian_scopes.models.access import all_modules, hook_count  # noqa: E402
 
-PROMPT = "The capital of France is"
-
-
-def handler(blocks, name):
-    fns = {id(f.fn): f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == name}
-    (fn,) = fns.values()  # one handler (some are wired to several events)
-    return fn
-
-
-class Session:
-    def __init__(self, session_hash):
-        self.session_hash = session_hash
-
+from app_helpers import PROMPT, Session, handler  # noqa: E402
 
 @pytest.fixture(scope="module")
 def app_parts(default_model, tmp_path_factory):

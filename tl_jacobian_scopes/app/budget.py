@@ -9,6 +9,7 @@ checked before any model work, and a refusal names the cap and the fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import OptionError, PromptError
 
@@ -31,7 +32,13 @@ class Budget:
         max_seconds: Longest time one request may hold the model; a request still running then
             is stopped with a message (so another session waits at most this long).
         idle_s: A session's state and files are freed after this long without a request.
-        cache_mb: The downloads folder (all sessions) is kept under this size.
+        cache_mb: The downloads folder (all sessions) and Gradio's file cache are each kept
+            under this size.
+        results_mb: The computed explanations kept for clicks (all sessions) are kept under
+            this size (the oldest used go first): a bound on the server's memory whatever the
+            prompts.
+        probe_chunk: Most probes per backward pass (exact and stochastic Fisher, rank): a Stop,
+            a closed page or another session's request is seen between two such steps.
     """
 
     max_tokens: int = 256
@@ -44,13 +51,17 @@ class Budget:
     max_seconds: float = 5.0
     idle_s: float = 1800.0
     cache_mb: float = 64.0
+    results_mb: float = 256.0
+    probe_chunk: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "max_trace_tokens", "max_rank", "max_samples", "max_series", "chunk"):
+        for name in ("max_tokens", "max_trace_tokens", "max_rank", "max_samples", "max_series", "chunk",
+                     "probe_chunk"):
             if int(getattr(self, name)) < 1:
                 raise OptionError(f"The app's {name} must be at least 1, got {getattr(self, name)}.")
-        if self.precompute < 0 or self.idle_s <= 0 or self.cache_mb <= 0 or self.max_seconds <= 0:
-            raise OptionError("The app's precompute must be >= 0, max_seconds, idle_s and cache_mb > 0.")
+        if (self.precompute < 0 or self.idle_s <= 0 or self.cache_mb <= 0 or self.max_seconds <= 0
+                or self.results_mb <= 0):
+            raise OptionError("The app's precompute must be >= 0, max_seconds, idle_s, cache_mb and results_mb > 0.")
 
     @property
     def max_chars(self) -> int:
@@ -86,10 +97,17 @@ class Budget:
             raise PromptError(f"The series has {count} values; this app forecasts series of up to "
                               f"{self.max_series} values: use fewer values.")
 
-    def over_time(self) -> str:
-        return (f"Stopped: this request held the model for {self.max_seconds:g} s, this app's limit per request "
-                "(other sessions share the model): use a shorter prompt, the rank estimate, or fewer samples, "
-                "or run the library in a notebook.")
+    def over_time(self, elapsed: Optional[float] = None, done: Optional[float] = None) -> str:
+        """The message for a request stopped at (or, projected, before) ``max_seconds``: how far
+        it got (``done``, a fraction) and how long the whole would have taken."""
+        held = self.max_seconds if elapsed is None else elapsed
+        so_far = ""
+        if done is not None and 0 < done < 1:
+            so_far = (f" It was {done:.0%} done after {held:.1f} s; the whole request would take about "
+                      f"{held / done:.0f} s.")
+        return (f"Stopped: this request would hold the model for more than {self.max_seconds:g} s, this app's "
+                f"limit per request (other sessions share the model).{so_far} Use a shorter prompt, the rank "
+                "estimate, or fewer samples, or run the library in a notebook.")
 
     def describe(self) -> str:
         """The budget as one line of plain text for the page."""

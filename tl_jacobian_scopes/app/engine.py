@@ -20,6 +20,7 @@ from ..models.inputs import prepare_tokens
 from ..progress import Progress, observe
 from ..results.scope_result import ScopeResult
 from ..scopes.api import resolve_scope
+from ..scopes.engine import probe_chunk_cap
 from .budget import Budget
 from .state import ModelSlot, OverTime, ResultCache, Stopped
 
@@ -95,8 +96,9 @@ class Engine:
     def __init__(self, slot: ModelSlot, cache_size: int = 32, budget: Optional[Budget] = None):
         self.slot = slot
         self.budget = budget or Budget()
-        self.rows = ResultCache(128 * cache_size)  # per (request, position, internals)
-        self.predictions = ResultCache(cache_size)
+        limit = self.budget.results_mb * 2**20
+        self.rows = ResultCache(128 * cache_size, max_bytes=limit)  # per (request, position, internals)
+        self.predictions = ResultCache(cache_size, max_bytes=limit / 16)
         self._active = 0  # computations running or waiting for the model (for the page and the tests)
         self._active_guard = threading.Lock()
 
@@ -109,14 +111,20 @@ class Engine:
     def _run(self, stop: Optional[threading.Event], progress: Optional[Callable[[Progress], None]],
              body: Callable[[Any], Any], background: bool = False) -> Any:
         """``body(model)`` holding the model once, reporting progress and honouring Stop and
-        the budget's ``max_seconds`` (checked at each progress step)."""
+        the budget's ``max_seconds`` (checked at each progress step, that is between two
+        chunks of at most the budget's ``probe_chunk`` probes). A request that, past half its
+        time, is on course for more than twice the limit stops then, rather than holding the
+        model until the limit for nothing."""
         held = [float("inf")]
+        limit = self.budget.max_seconds
 
         def update(line: Progress) -> None:
             if stop is not None and stop.is_set():
                 raise Stopped()
-            if time.monotonic() - held[0] > self.budget.max_seconds:
-                raise OverTime(self.budget.over_time())
+            elapsed = time.monotonic() - held[0]
+            done = float(line.done) / float(line.total) if line.total else None
+            if elapsed > limit or (done and elapsed > limit / 2 and elapsed / done > 2 * limit):
+                raise OverTime(self.budget.over_time(elapsed, done))
             if progress is not None:
                 progress(line)
 
@@ -125,7 +133,8 @@ class Engine:
         with self._active_guard:
             self._active += 1
         try:
-            with self.slot.hold(background, stop) as model, observe(update):
+            with self.slot.hold(background, stop) as model, observe(update), \
+                    probe_chunk_cap(self.budget.probe_chunk):
                 held[0] = time.monotonic()
                 if stop is not None and stop.is_set():
                     raise Stopped()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import hashlib
 import html
 import importlib
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -22,7 +25,7 @@ from .engine import (APP_SCOPES, FISHER_MODES, Engine, Request, pasted_series, w
                      write_forecast_downloads)
 from .render import (CLICK_JS, TOKEN_CSS, compare_html, frame_html, internals_html, message_html, none_if_blank,
                      summary_html, table_rows, token_html)
-from .state import OverTime, Sessions, Stopped, StopSwitches
+from .state import ClickOrder, OverTime, Sessions, Stopped, StopSwitches
 
 #: Gradio, untyped here: its stubs vary between releases, and the app only wires its components.
 gr: Any = importlib.import_module("gradio")
@@ -42,8 +45,8 @@ EXAMPLE = "The capital of France is Paris, and the capital of Germany is"
 def _failure(exc: BaseException) -> str:
     """The message the page shows for an error: the library's own for bad input, a one-line
     summary otherwise (the traceback goes to the server's log, never to the page)."""
-    if isinstance(exc, OverTime):
-        return message_html(str(exc), error=True)
+    if isinstance(exc, OverTime):  # the app's limit, not the user's error: a notice, not a red alert
+        return message_html(str(exc))
     if isinstance(exc, Stopped):
         return message_html("Stopped: the computation was cancelled; the model is unchanged.")
     if isinstance(exc, ScopeError):
@@ -70,11 +73,9 @@ def folder_size(folder: Path) -> int:
 
 def trim_folder(folder: Path, limit_bytes: float, keep: Optional[Path] = None) -> None:
     """Delete the oldest session folders under ``folder`` until it holds at most ``limit_bytes``
-    (``keep``, the folder just written, goes last)."""
+    (never ``keep``, the folder just written: the page is about to offer its files)."""
     subs = sorted((p for p in folder.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime) \
         if folder.exists() else []
-    if keep is not None and keep.exists():
-        subs.append(keep)
     total = folder_size(folder)
     for sub in subs:
         if total <= limit_bytes:
@@ -88,6 +89,42 @@ def session_folder(folder: Path, session_hash: Optional[str]) -> Path:
     """The session's subfolder of ``folder``: named by a digest of Gradio's session hash, which
     the client sends unchecked (``../..`` or an absolute path must not leave ``folder``)."""
     return folder / hashlib.sha256((session_hash or "").encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def point_gradio_at(cache: Path) -> None:
+    """Make ``cache`` Gradio's temporary folder for what it writes from now on (its file cache,
+    the folder it serves files from, its own scratch folders), instead of the system's
+    ``/tmp/gradio``, which nothing removes. Gradio reads ``GRADIO_TEMP_DIR`` on each use, but
+    also keeps it in module constants read at import: both are set."""
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    for name in ("gradio.routes", "gradio.route_utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "DEFAULT_TEMP_DIR"):
+            setattr(module, "DEFAULT_TEMP_DIR", str(cache))
+
+
+def forget_gradio_session(blocks: Any, session: str) -> None:
+    """Drop Gradio's own state for ``session`` (its ``gr.State`` values and its copy of the
+    page's configuration): Gradio keeps a closed session's for an hour, and the session
+    itself until 10,000 newer ones come."""
+    holder = getattr(blocks, "state_holder", None)  # Gradio sets it at launch
+    if holder is None:
+        return
+    with holder.lock:
+        holder.session_data.pop(session, None)
+        holder.time_last_used.pop(session, None)
+
+
+def gradio_sessions(blocks: Any, idle_s: float) -> list[str]:
+    """The sessions Gradio holds that are closed, or unused for ``idle_s`` seconds."""
+    holder = getattr(blocks, "state_holder", None)
+    if holder is None:
+        return []
+    now = datetime.datetime.now()
+    with holder.lock:
+        return [session for session, data in list(holder.session_data.items())
+                if getattr(data, "is_closed", False)
+                or (now - holder.time_last_used.get(session, now)).total_seconds() > idle_s]
 
 
 SCOPE_HELP = {
@@ -113,12 +150,23 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     seconds after the connection drops) or after the budget's idle time; the downloads folder
     stays under the budget's size; at shutdown (``blocks.close()`` or exit) everything the app
     wrote is removed.
+
+    Everything the app writes goes under one temporary folder (``blocks.tjs_root``): the
+    downloads (unless ``downloads`` names a folder) and Gradio's file cache
+    (``blocks.tjs_cache``, kept under the budget's ``cache_mb``).
     """
     budget = engine.budget
     owned = downloads is None
-    folder = Path(downloads or tempfile.mkdtemp(prefix="tjs-app-"))
+    root = Path(tempfile.mkdtemp(prefix="tjs-app-"))
+    cache = root / "gradio"
+    cache.mkdir()
+    # The app's own downloads go straight into Gradio's cache, which then serves them without a copy.
+    folder = Path(downloads) if downloads is not None else cache
+    folder.mkdir(parents=True, exist_ok=True)
     stops = StopSwitches()
     sessions = Sessions()
+    clicks = ClickOrder()
+    blocks_ref: list[Any] = []  # the Blocks, once built (its state holder exists once launched)
     n_out = 7  # message, tokens, summary, top tokens, internals frame, state, target choices
 
     def session_of(request: GrRequest) -> str:
@@ -127,10 +175,14 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         return session
 
     def end_session(session: str) -> None:
-        """Stop the session's work and free its files (its gr.State expires with it)."""
+        """Stop the session's work and free its files and its state (Gradio keeps a closed
+        session's state for an hour, and the session itself until 10,000 newer ones)."""
         stops.end(session)
         sessions.forget(session)
+        clicks.forget(session)
         shutil.rmtree(session_folder(folder, session), ignore_errors=True)
+        if blocks_ref:
+            forget_gradio_session(blocks_ref[0], session)
 
     def unload(request: GrRequest) -> None:
         end_session(request.session_hash or "")
@@ -139,15 +191,23 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         while not stop.wait(min(30.0, budget.idle_s / 4)):
             for session in sessions.idle(budget.idle_s):
                 end_session(session)
+            if blocks_ref:  # sessions Gradio saw closed (or idle), those that reached no handler too
+                for session in gradio_sessions(blocks_ref[0], budget.idle_s):
+                    end_session(session)
+            trim_folder(cache, budget.cache_mb * 2**20)
+
+    def stop_all() -> None:
+        """Stop every session's running work (at shutdown: the server then stops within a step)."""
+        for session in list(stops.sessions()):
+            stops.stop(session)
 
     def cleanup() -> None:
         """Remove everything the app wrote (the downloads folder if the app made it, else the sessions' folders)."""
         reaper_stop.set()
         for session in list(stops.sessions()):
             stops.end(session)
-        if owned:
-            shutil.rmtree(folder, ignore_errors=True)
-        elif folder.exists():
+        shutil.rmtree(root, ignore_errors=True)  # Gradio's cache, and the downloads if the app made them
+        if not owned and folder.exists():
             for sub in folder.iterdir():
                 if sub.is_dir() and len(sub.name) == 32:
                     shutil.rmtree(sub, ignore_errors=True)
@@ -185,16 +245,22 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         return [done, token_html(result), summary_html(result), table_rows(top, 3), frame,
                 {"request": req, "position": result.position, "runs": runs + 1}], top_next
 
-    def retire(request: GrRequest) -> None:
-        """A new request from a session ends that session's running work first (queue-free)."""
+    def retire(request: GrRequest) -> str:
+        """A new request from a session ends that session's running work first (queue-free),
+        and clears the status line of the work it replaces (never left stale over new results)."""
         session = session_of(request)
         stops.retire(session, "request")
         stops.retire(session, "background")
+        return ""
 
-    def retire_request(request: GrRequest) -> None:
+    def retire_request(request: GrRequest, evt: GrEvent = None) -> None:
         """A click ends the session's running request first (queue-free), so that it does not wait
-        behind it; the background job (explaining nearby positions of the same prompt) goes on."""
-        stops.retire(session_of(request), "request")
+        behind it; the background job (explaining nearby positions of the same prompt) goes on.
+        The click's number (the page counts its clicks) is noted: an earlier click still running
+        can then tell that its result is no longer wanted."""
+        session = session_of(request)
+        clicks.note(session, getattr(evt, "click", None) if evt is not None else None)
+        stops.retire(session, "request")
 
     def explain(prompt: str, scope: str, target: Optional[str], contrast: Optional[str], mode: str, rank: Any,
                 samples: Any, seed: Any, internals: bool, state: Optional[dict[str, Any]], request: GrRequest,
@@ -220,7 +286,12 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         except (TypeError, ValueError, OverflowError):
             return [message_html(f"A click sent position {str(position)[:40]!r}, not a whole number.", error=True)
                     ] + [gr.skip()] * (n_out - 1)
-        return click_at(state, position, internals, request, progress)
+        session = session_of(request)
+        number = clicks.note(session, getattr(evt, "click", None))
+        out = click_at(state, position, internals, request, progress)
+        if clicks.superseded(session, number):  # a later click came meanwhile: its result is the one to show
+            return [gr.skip()] * n_out
+        return out
 
     def toggle_internals(state: Optional[dict[str, Any]], internals: bool, request: GrRequest,
                          progress: Any = gr.Progress()) -> list[Any]:
@@ -236,8 +307,17 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         except Exception as exc:
             return [_failure(exc)] + [gr.skip()] * (n_out - 1)
 
+    def tab_folder(session: str, tab: str) -> Path:
+        """The session's folder for one tab's files, emptied: a session keeps only the files its
+        page shows (one view and one forecast), so its disk use does not grow with its requests."""
+        sub = session_folder(folder, session) / tab
+        shutil.rmtree(sub, ignore_errors=True)
+        return sub
+
     def write_files(paths: list[Path], sub: Path) -> list[str]:
-        trim_folder(folder, budget.cache_mb * 2**20, keep=sub)
+        trim_folder(folder, budget.cache_mb * 2**20, keep=sub.parent)
+        if folder != cache:  # Gradio copies them into its cache after the handler returns: room is made now
+            trim_folder(cache, max(0.0, budget.cache_mb * 2**20 - sum(p.stat().st_size for p in paths if p.exists())))
         return [str(p) for p in paths if p.exists()]
 
     def files(state: Optional[dict[str, Any]], internals: bool, request: GrRequest) -> Any:
@@ -245,7 +325,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             return gr.skip(), message_html("Run an explanation first.")
         try:
             result = engine.result(state["request"], state["position"], internals)
-            sub = session_folder(folder, session_of(request))
+            sub = tab_folder(session_of(request), "view")
             paths = write_files(write_downloads(result, sub), sub)
             return paths, message_html(f"Files for position {result.position} ready below.", run=state["runs"])
         except Exception as exc:
@@ -288,7 +368,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             text = (f"Forecast of value {r.step}: mean {f.mean:.4g} ± {f.std:.3g} (series units), mode {f.mode:.4g}."
                     if f is not None else "Done.")
             view = r.show()
-            sub = session_folder(folder, session)
+            sub = tab_folder(session, "forecast")
             files = write_files(write_forecast_downloads(r, view, sub), sub)
             return message_html(text), frame_html(view, 260), files[0], files
         except Exception as exc:
@@ -331,6 +411,8 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         return request_of(prompt, scope, target, contrast, fisher_mode, rank, samples, seed)
 
     def _api_call(request: GrRequest, work: Callable[[threading.Event], Any]) -> Any:
+        """``work(stop)`` with every check inside: a bad value is the library's message to the
+        client (``gr.Error``), never a traceback."""
         stop = stops.arm(session_of(request), "api")
         try:
             return work(stop)
@@ -338,35 +420,50 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
             raise gr.Error(str(exc), print_exception=False) from None
         except Stopped as exc:
             raise gr.Error(str(exc) or "Stopped.", print_exception=False) from None
+        except Exception as exc:  # the page's rule: a one-line summary, the traceback in the server's log
+            log.exception("unexpected error in the app's API")
+            raise gr.Error(f"Unexpected error ({type(exc).__name__}): {exc}", print_exception=False) from None
+
+    def _api_position(position: Any) -> int:
+        try:
+            number = float(position)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        except (TypeError, ValueError, OverflowError):
+            raise OptionError(f"position must be a whole number (a token's index), got {str(position)[:40]!r}."
+                              ) from None
 
     def api_explain(prompt: str, scope: str = "fisher", target: str = "", contrast: str = "",
                     fisher_mode: str = "rank", rank: float = 1, samples: float = 24, seed: float = 0,
                     request: GrRequest = None) -> dict[str, Any]:
         """Explain the prediction after the prompt's last token; returns the tokens and their scores
         (JSON). Bounded by the app's work budget (shown on the page)."""
-        req = _api_request(prompt, scope, target, contrast, fisher_mode, rank, samples, seed)
-        return _api_call(request, lambda stop: _payload(engine.result(req, None, False, stop)))  # type: ignore
+        return _api_call(request, lambda stop: _payload(engine.result(  # type: ignore[no-any-return]
+            _api_request(prompt, scope, target, contrast, fisher_mode, rank, samples, seed), None, False, stop)))
 
     def api_click(prompt: str, position: float, scope: str = "fisher", fisher_mode: str = "rank",
                   rank: float = 1, samples: float = 24, seed: float = 0,
                   request: GrRequest = None) -> dict[str, Any]:
         """Explain the top prediction at token ``position`` (as a click on that token does)."""
-        req = _api_request(prompt, scope, "", "", fisher_mode, rank, samples, seed)
-        return _api_call(request, lambda stop: _payload(engine.result(req, int(position), False, stop)))  # type: ignore
+        return _api_call(request, lambda stop: _payload(engine.result(  # type: ignore[no-any-return]
+            _api_request(prompt, scope, "", "", fisher_mode, rank, samples, seed), _api_position(position), False,
+            stop)))
 
     def api_compare(prompt: str, first: str = "semantic", second: str = "fisher",
                     request: GrRequest = None) -> list[dict[str, Any]]:
         """Two scopes on the same prompt (the last position), each as api_explain returns it."""
-        reqs = [_api_request(prompt, s, "", "", "rank", 1, 24, 0) for s in (first, second)]
-        return _api_call(request, lambda stop: [_payload(engine.result(r, None, False, stop))  # type: ignore
-                                                 for r in reqs])
+        def work(stop: threading.Event) -> list[dict[str, Any]]:
+            reqs = [_api_request(prompt, s, "", "", "rank", 1, 24, 0) for s in (first, second)]
+            return [_payload(engine.result(r, None, False, stop)) for r in reqs]
+
+        return _api_call(request, work)  # type: ignore[no-any-return]
 
     def api_forecast(series: str, scope: str = "temperature", request: GrRequest = None) -> dict[str, Any]:
         """Forecast the value after a series (numbers separated by commas or spaces) and explain it:
         the per-value influence and the forecast's mean, standard deviation and mode."""
-        values = _api_call(request, lambda stop: pasted_series(series or "", budget.max_series))
-
         def work(stop: threading.Event) -> dict[str, Any]:
+            values = pasted_series("" if series is None else str(series), budget.max_series)
             r = engine.forecast(values, scope, stop=stop)
             f = r.forecast
             return {"scope": r.scope, "step": r.step, "value_scores": [float(v) for v in r.value_scores],
@@ -375,6 +472,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
 
         return _api_call(request, work)  # type: ignore[no-any-return]
 
+    point_gradio_at(cache)  # Blocks() itself writes a folder there
     with gr.Blocks(title="Jacobian Scopes", analytics_enabled=False,
                    delete_cache=(max(60, int(budget.idle_s // 4)), int(budget.idle_s))) as blocks:
         gr.HTML(f"<style>{TOKEN_CSS}</style><h2>Jacobian Scopes</h2><p>Model: <b>{html.escape(engine.slot.label)}"
@@ -456,7 +554,7 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         background = dict(concurrency_id=MODEL_QUEUE + "-background", concurrency_limit=1, show_progress="hidden",
                           **private)
         one_bar = dict(show_progress_on=[message], trigger_mode="always_last")
-        explained = [trigger(retire, None, None, queue=False, **private)
+        explained = [trigger(retire, None, ready, queue=False, **private)
                      .then(explain, inputs + [internals, state], outputs, **queue, **one_bar)
                      for trigger in (run.click, prompt.submit)]
         for e in explained:
@@ -464,13 +562,16 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
         tokens.click(retire_request, None, None, queue=False, **private)  # registered first: runs first
         tokens.click(click, [state, internals], outputs, **queue, **one_bar)
         internals.input(toggle_internals, [state, internals], outputs, **queue, **one_bar)
-        compare_run.click(retire, None, None, queue=False, **private).then(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],
+        compare_run.click(retire, None, ready, queue=False, **private).then(compare_scopes, [prompt, first, second] + inputs[2:], [compare_message, compare_frame],
                           **queue, show_progress_on=[compare_message], trigger_mode="always_last")
-        ts_run.click(retire, None, None, queue=False, **private).then(forecast, [source, length, ts_seed, pasted, ts_scope],
+        ts_run.click(retire, None, ready, queue=False, **private).then(forecast, [source, length, ts_seed, pasted, ts_scope],
                      [ts_message, ts_frame, ts_plot, ts_downloads], **queue, show_progress_on=[ts_message],
             trigger_mode="always_last")
         prepare.click(files, [state, internals], [downloads, message], **queue)
         stop.click(stop_session, None, message, queue=False, **private)
+        # Typing or pasting numbers means "use these": the source follows (no silent generator run).
+        pasted.input(lambda text: gr.update(value="paste") if (text or "").strip() else gr.skip(), pasted, source,
+                     queue=False, **private)
         blocks.unload(unload)
         api = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         gr.api(api_explain, api_name="explain", **api)
@@ -492,4 +593,13 @@ def build_blocks(engine: Engine, downloads: Optional[Path] = None) -> Any:
     blocks.tjs_sessions = sessions
     blocks.tjs_stops = stops
     blocks.tjs_cleanup = cleanup
+    blocks.tjs_stop_all = stop_all
+    blocks.tjs_root = root
+    blocks.tjs_cache = cache
+    blocks.tjs_clicks = clicks
+    blocks_ref.append(blocks)
+    # Gradio's file cache (files handed to the page) under the app's folder, not the system's /tmp/gradio.
+    blocks.GRADIO_CACHE = str(cache)
+    for block in blocks.blocks.values():
+        block.GRADIO_CACHE = str(cache)
     return blocks

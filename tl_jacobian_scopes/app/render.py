@@ -10,10 +10,13 @@ from ..results.scope_result import ScopeResult
 from ..views.html import SCOPE_COLORS, ScopeView
 
 #: Runs once in the page (Gradio's ``js_on_load``): a click on a token sends its position.
+#: Each click carries its number (counted per page, on ``window`` so that it survives a re-render):
+#: the server shows a click's result only if no later click came meanwhile (the last click wins).
 CLICK_JS = (
     "element.addEventListener('click', function (e) {"
     " var t = e.target.closest('[data-pos]');"
-    " if (t) { trigger('click', {position: parseInt(t.getAttribute('data-pos'), 10)}); } });"
+    " if (t) { window.tjsClicks = (window.tjsClicks || 0) + 1;"
+    " trigger('click', {position: parseInt(t.getAttribute('data-pos'), 10), click: window.tjsClicks}); } });"
 )
 
 TOKEN_CSS = """

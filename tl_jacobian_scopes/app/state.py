@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import threading
 import time
 from typing import Any, Callable, Hashable, Iterator, Optional
+
+import torch
 
 from ..errors import ModelLoadError, ScopeError
 from ..models.access import model_lock
@@ -153,29 +156,105 @@ class Sessions:
             return len(self._seen)
 
 
+def approx_bytes(value: Any, _seen: Optional[set[int]] = None) -> int:
+    """Roughly the memory ``value`` holds: its tensors' and arrays' bytes, its strings, and what
+    its containers, dataclasses and objects hold, each object counted once (a cache's size
+    limit, not an exact measure)."""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen or value is None or isinstance(value, (bool, int, float)):
+        return 0
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return int(value.nelement() * value.element_size())
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, (str, bytes)):
+        return sys.getsizeof(value)
+    if isinstance(value, dict):
+        return 64 + sum(approx_bytes(k, seen) + approx_bytes(v, seen) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return 64 + sum(approx_bytes(v, seen) for v in value)
+    fields = getattr(value, "__dict__", None)
+    if isinstance(fields, dict):
+        return 64 + sum(approx_bytes(v, seen) for v in fields.values())
+    return sys.getsizeof(value)
+
+
 class ResultCache:
     """Least-recently-used results by key (prompt + options), shared by all sessions:
-    the same key always means the same computation, so sharing is safe."""
+    the same key always means the same computation, so sharing is safe. At most ``size``
+    items and (with ``max_bytes``) at most that many bytes (:func:`approx_bytes`): a few
+    results with internals maps weigh as much as thousands without."""
 
-    def __init__(self, size: int = 32):
+    def __init__(self, size: int = 32, max_bytes: Optional[float] = None):
         self.size = size
-        self._items: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # what the items hold now
+        self._items: "collections.OrderedDict[Hashable, tuple[Any, int]]" = collections.OrderedDict()
         self._guard = threading.Lock()
 
     def get(self, key: Hashable) -> Any:
         with self._guard:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key][0]
             return None
 
     def put(self, key: Hashable, value: Any) -> Any:
+        size = approx_bytes(value) + approx_bytes(key)
         with self._guard:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old[1]
+            self._items[key] = (value, size)
+            self.nbytes += size
+            # The newest item stays even alone over the limit: it is the result being shown.
+            while len(self._items) > 1 and (len(self._items) > self.size or (
+                    self.max_bytes is not None and self.nbytes > self.max_bytes)):
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.nbytes -= dropped
             return value
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._items)
+
+
+class ClickOrder:
+    """The latest click number per session (the page numbers its clicks): a click whose result
+    comes after a later click's must not replace it, so the last click wins."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, float] = {}
+        self._guard = threading.Lock()
+
+    def note(self, session: str, number: Any) -> Optional[float]:
+        """Record click ``number`` of ``session`` (``None`` when the page sent no valid number)."""
+        try:
+            value = float(number)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if value != value:  # NaN
+            return None
+        with self._guard:
+            self._latest[session] = max(value, self._latest.get(session, value))
+        return value
+
+    def superseded(self, session: str, number: Optional[float]) -> bool:
+        """True when a later click of ``session`` was noted after click ``number``."""
+        if number is None:
+            return False
+        with self._guard:
+            return self._latest.get(session, number) > number
+
+    def forget(self, session: str) -> None:
+        with self._guard:
+            self._latest.pop(session, None)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._latest)
 
 
 class StopSwitches:

@@ -647,12 +647,39 @@ def check_memory(access: ModelAccess, n_tokens: int, batch: int = 1, internals: 
     )
 
 
+_probe_cap = threading.local()
+
+
+@contextlib.contextmanager
+def probe_chunk_cap(cap: Optional[int]) -> Iterator[None]:
+    """At most ``cap`` probes per backward pass for the scope calls made in this thread inside
+    the block (``None``: memory alone decides). Progress is reported, and a stop raised from a
+    progress observer is seen, between chunks: a front end that shares one model between users
+    (the app) keeps chunks small so that a stop or another user's request waits at most one.
+
+    Examples:
+        >>> with probe_chunk_cap(8):
+        ...     r = tjs.fisher_scope(model, "The capital of France is", rank=2, progress=False)
+    """
+    if cap is not None and int(cap) < 1:
+        raise ScopeError(f"probe_chunk_cap must be at least 1 (or None), got {cap}.")
+    previous = getattr(_probe_cap, "value", None)
+    _probe_cap.value = None if cap is None else int(cap)
+    try:
+        yield
+    finally:
+        _probe_cap.value = previous
+
+
 def probe_chunk_size(
     access: ModelAccess, n_tokens: int, n_probes: int, n_leaves: int = 1, batch: int = 1, cap: int = 64,
     kernel: Optional[str] = None,
 ) -> int:
     """How many probes to push through one backward pass without exceeding memory (``kernel``:
-    the forward pass's :func:`attention_kernel`, when known)."""
+    the forward pass's :func:`attention_kernel`, when known; at most ``cap``, and at most the
+    :func:`probe_chunk_cap` in force)."""
+    outer = getattr(_probe_cap, "value", None)
+    cap = cap if outer is None else min(cap, outer)
     budget = _budget(access)
     if budget is None:
         return max(1, min(cap, n_probes))
